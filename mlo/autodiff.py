@@ -1,0 +1,80 @@
+"""Autograd building blocks shared by the engine and the solvers.
+
+All products are matrix-free: a Hessian-vector product is one extra backward pass through
+a gradient built with ``create_graph=True``; no dense Hessian is ever formed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .linalg import Vector
+
+
+def gradient(
+    output: Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    grad_outputs: Sequence[Tensor] | Tensor | None = None,
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+) -> Vector:
+    """``d output / d inputs`` (or a vector-Jacobian product with ``grad_outputs``).
+
+    Inputs the output does not depend on get zeros, never ``None``.
+    """
+    inputs = list(inputs)
+    if not inputs:
+        return []
+    if not output.requires_grad:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(
+        output,
+        inputs,
+        grad_outputs=grad_outputs,
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+    return list(grads)
+
+
+class SecondOrder:
+    """Second-order products of one scalar objective ``f(x, y...)`` around its gradient in ``x``.
+
+    Built once (one backward pass with ``create_graph=True``); then each Hessian-vector
+    product ``H v = d²f/dx² v`` and each mixed product ``d²f/dy dx v`` costs one more
+    backward pass through the stored gradient graph.
+    """
+
+    def __init__(self, objective: Tensor, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        self.grad = gradient(objective, self.params, create_graph=True)
+        self._differentiable = [g.requires_grad for g in self.grad]
+
+    def _vjp(self, vector: Sequence[Tensor], inputs: Sequence[Tensor], retain: bool) -> Vector:
+        outputs = [g for g, d in zip(self.grad, self._differentiable) if d]
+        vectors = [v for v, d in zip(vector, self._differentiable) if d]
+        if not outputs or not inputs:
+            return [torch.zeros_like(x) for x in inputs]
+        grads = torch.autograd.grad(
+            outputs,
+            list(inputs),
+            grad_outputs=vectors,
+            retain_graph=retain,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return list(grads)
+
+    def hvp(self, vector: Sequence[Tensor]) -> Vector:
+        """``H v`` with ``H = d²f/dx²``."""
+        return self._vjp(vector, self.params, retain=True)
+
+    def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
+        """``d²f/dy dx · v`` for each tensor ``y`` in ``others`` (the last use of the graph)."""
+        return self._vjp(vector, others, retain=False)

@@ -1,0 +1,63 @@
+"""Configuration models. Invalid values fail at construction, naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .solvers import Solver, resolve
+
+
+class ProblemConfig(BaseModel):
+    """Per-level options."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+    solver: Solver = Field(
+        default_factory=lambda: resolve("darts"),
+        description="how this level's best-response Jacobian is applied: a registered name "
+        "('first_order', 'darts', 'neumann', 'cg', 'unroll') or a mlo.solvers.Solver",
+    )
+    unroll_steps: int = Field(
+        1, ge=1, description="updates this level takes between two updates of an upper level"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="extra updates this level takes alone before its uppers first update"
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, description="clip this level's gradient to this total norm (None: off)"
+    )
+    reset_each_inner_loop: bool = Field(
+        False, description="call problem.reset() before each group of unroll_steps updates"
+    )
+
+    @field_validator("solver", mode="before")
+    @classmethod
+    def _resolve_solver(cls, value: Any) -> Solver:
+        return resolve(value)
+
+
+class EngineConfig(BaseModel):
+    """Engine-wide options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(1000, ge=0, description="engine ticks that run() performs")
+    progress: bool = Field(True, description="show a rich progress bar and a summary table")
+    log_every: int = Field(
+        10, ge=1, description="ticks between metric records and progress-bar refreshes"
+    )
+    metrics_path: Path | None = Field(
+        None, description="append metrics as JSON lines to this file (None: off)"
+    )
+    check_finite_every: int = Field(
+        1,
+        ge=1,
+        description="ticks between checks that losses and gradients are finite; each check "
+        "synchronises with the device, and the error still names the first bad step",
+    )
+    on_nonfinite: Literal["raise"] = Field(
+        "raise", description="what to do with a non-finite loss or gradient"
+    )

@@ -1,0 +1,73 @@
+"""A problem's batches: any iterable, cycled, with a look-ahead that moves nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+_MISSING = object()
+
+
+class DataError(ValueError):
+    """A problem's data cannot provide batches."""
+
+
+class BatchStream:
+    """Cycles an iterable of batches; ``None`` data yields ``None`` forever.
+
+    ``epoch`` counts completed passes and ``position`` the batches drawn in the current
+    one. :meth:`peek` returns the next batch without consuming it, so that
+    ``engine.hypergradient`` can evaluate a problem that has not drawn a batch yet without
+    moving its data position.
+    """
+
+    def __init__(self, problem: str, data: Iterable[Any] | None) -> None:
+        self.problem = problem
+        self.data = data
+        self.epoch = 0
+        self.position = 0
+        self._iterator: Iterator[Any] | None = None
+        self._lookahead: Any = _MISSING
+        if data is not None and not isinstance(data, Iterable):
+            raise DataError(
+                f"data for problem {problem!r} must be an iterable of batches (a list, a "
+                f"DataLoader, ...) or None; got {type(data).__name__}"
+            )
+
+    def _fetch(self) -> tuple[Any, bool]:
+        """The next batch, and whether it starts a new pass over the data."""
+        if self.data is None:
+            return None, False
+        if self._iterator is not None:
+            try:
+                return next(self._iterator), False
+            except StopIteration:
+                pass
+        restart = self._iterator is not None
+        self._iterator = iter(self.data)
+        try:
+            return next(self._iterator), restart
+        except StopIteration:
+            hint = (
+                " It is a one-shot iterator (e.g. a generator) that is now exhausted; pass a "
+                "re-iterable such as a list or a DataLoader."
+                if restart and iter(self.data) is self.data
+                else " Check that the dataset is not empty."
+            )
+            raise DataError(f"data for problem {self.problem!r} yields no batches.{hint}") from None
+
+    def peek(self) -> Any:
+        if self._lookahead is _MISSING:
+            self._lookahead = self._fetch()
+        return self._lookahead[0]
+
+    def next(self) -> Any:
+        if self._lookahead is not _MISSING:
+            (batch, restart), self._lookahead = self._lookahead, _MISSING
+        else:
+            batch, restart = self._fetch()
+        if restart:
+            self.epoch += 1
+            self.position = 0
+        self.position += 1
+        return batch

@@ -1,0 +1,345 @@
+"""The engine: runs the schedule and computes every update's gradient by adjoint propagation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .autodiff import gradient
+from .config import EngineConfig
+from .graph import LevelGraph
+from .linalg import Vector, add
+from .monitor import MetricsWriter, RunMonitor
+from .parameters import BufferGuard
+from .problem import Problem
+from .schedule import Action, Schedule
+from .solvers import Level
+from .trajectory import Trajectory
+
+logger = logging.getLogger("mlo")
+
+_CURRENT = object()
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN or infinite."""
+
+
+class Engine:
+    """Trains a graph of problems, each level through the levels below it.
+
+    Args:
+        problems: the levels, each a :class:`mlo.Problem` with a unique name.
+        dependencies: ``{upper: [lowers]}``, by name or by problem object. ``U → L`` means
+            L's objective reads U's parameters, so L's solution is a function of them.
+        config: engine options (:class:`mlo.EngineConfig`).
+    """
+
+    def __init__(
+        self,
+        problems: Sequence[Problem],
+        dependencies: Mapping[Any, Sequence[Any] | Any] | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        problems = list(problems)
+        if not problems:
+            raise ValueError("Engine needs at least one problem")
+        for p in problems:
+            if not isinstance(p, Problem):
+                raise TypeError(f"problems must be mlo.Problem instances, got {type(p).__name__}")
+        if config is not None and not isinstance(config, EngineConfig):
+            raise TypeError("config must be a mlo.EngineConfig")
+        self.config = config if config is not None else EngineConfig()
+        names = [p.name for p in problems]
+        self.graph = LevelGraph.from_dependencies(names, _by_name(dependencies or {}))
+        self.problems: dict[str, Problem] = {p.name: p for p in problems}
+        for p in problems:
+            clash = [n for n in self.problems if n != p.name and hasattr(type(p), n)]
+            if clash:
+                raise ValueError(
+                    f"problem name(s) {clash} clash with attributes of {type(p).__name__}; "
+                    "rename the problem"
+                )
+            p._peers = {n: q for n, q in self.problems.items() if n != p.name}
+        self.schedule = Schedule(
+            self.graph,
+            {n: p.config.unroll_steps for n, p in self.problems.items()},
+            {n: p.config.warmup_steps for n, p in self.problems.items()},
+            {n: p.config.reset_each_inner_loop for n, p in self.problems.items()},
+        )
+        self.trajectories: dict[str, Trajectory] = {
+            n: Trajectory(p.config.unroll_steps)
+            for n, p in self.problems.items()
+            if p.config.solver.needs_trajectory and self.graph.parents[n]
+        }
+        self._descendants = {n: self.graph.descendants(n) for n in self.graph.names}
+        self._buffers = {
+            n: BufferGuard([self.problems[d].module for d in [n, *self._descendants[n]]])
+            for n in self.graph.names
+        }
+        self.tick = 0
+        self.updates: dict[str, int] = dict.fromkeys(self.problems, 0)
+        self._losses: dict[str, Tensor] = {}
+        self._diagnostics: dict[str, dict[str, Tensor]] = {}
+        self._pending_checks: list[tuple[int, str, str, Tensor]] = []
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ objectives
+
+    def _objective(self, name: str, params: Sequence[Tensor] | None = None, batch: Any = _CURRENT):
+        problem = self.problems[name]
+        if batch is _CURRENT:
+            batch = problem.batch if problem.has_batch else problem.stream.peek()
+        context = problem.params.substitute(params) if params is not None else nullcontext()
+        with context:
+            loss = problem.training_step(batch)
+        if not isinstance(loss, Tensor):
+            raise TypeError(
+                f"{type(problem).__name__}.training_step of problem {name!r} returned "
+                f"{type(loss).__name__}; it must return a scalar torch.Tensor"
+            )
+        if loss.numel() != 1:
+            raise ValueError(
+                f"{type(problem).__name__}.training_step of problem {name!r} returned a tensor "
+                f"of shape {tuple(loss.shape)}; it must return a scalar (reduce it, e.g. .mean())"
+            )
+        return loss.reshape(())
+
+    def _level(self, name: str) -> Level:
+        problem = self.problems[name]
+        lr = problem.optimizer.param_groups[0]["lr"]
+        return Level(
+            name=name,
+            params=list(problem.params.tensors),
+            objective=lambda params=None, batch=_CURRENT: self._objective(name, params, batch),
+            learning_rate=float(lr),
+            grad_clip=problem.config.grad_clip,
+            trajectory=self.trajectories.get(name),
+        )
+
+    # ------------------------------------------------------------------ adjoint propagation
+
+    def _total_gradient(self, name: str, loss: Tensor) -> Vector:
+        """``d f_P / d θ_P`` with every descendant at its best response (DESIGN §2)."""
+        problem = self.problems[name]
+        below = self._descendants[name]
+        if not below:
+            return gradient(loss, problem.params.tensors)
+        levels = [name, *below]
+        sizes = [len(self.problems[n].params) for n in levels]
+        flat = gradient(loss, [t for n in levels for t in self.problems[n].params.tensors])
+        adjoint: dict[str, Vector] = {}
+        start = 0
+        for n, size in zip(levels, sizes):
+            adjoint[n] = flat[start : start + size]
+            start += size
+        inside = set(levels)
+        with self._buffers[name].preserved():
+            for lower in reversed(below):
+                parents = [u for u in self.graph.parents[lower] if u in inside]
+                solver = self.problems[lower].config.solver
+                result = solver.vjp(
+                    self._level(lower),
+                    adjoint[lower],
+                    [self.problems[u].params.tensors for u in parents],
+                )
+                for upper, vjp in zip(parents, result.vjps):
+                    adjoint[upper] = add(adjoint[upper], vjp)
+                if result.diagnostics:
+                    self._diagnostics[lower] = result.diagnostics
+        return adjoint[name]
+
+    def hypergradient(self, name: str) -> dict[str, Tensor]:
+        """The total derivative of ``name``'s objective w.r.t. its own parameters.
+
+        Evaluated at the current parameters and at each level's current batch (the next
+        batch for a level that has not drawn one yet). No parameter, buffer, optimizer
+        state, data position or random-number state is changed.
+        """
+        if name not in self.problems:
+            raise KeyError(f"unknown problem {name!r}; problems: {', '.join(self.problems)}")
+        problem = self.problems[name]
+        devices = sorted(
+            {p.device.index or 0 for p in problem.params.tensors if p.device.type == "cuda"}
+        )
+        with torch.random.fork_rng(devices=devices), self._buffers[name].preserved():
+            loss = self._objective(name)
+            grads = self._total_gradient(name, loss)
+        return {n: g.detach() for n, g in zip(problem.params.names, grads)}
+
+    # ------------------------------------------------------------------ training
+
+    def _update(self, name: str) -> None:
+        problem = self.problems[name]
+        batch = problem.stream.next()
+        problem.batch, problem.has_batch = batch, True
+        loss = self._objective(name, batch=batch)
+        grads = self._total_gradient(name, loss)
+        params = problem.params.tensors
+        for p, g in zip(params, grads):
+            p.grad = g
+        if problem.config.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, problem.config.grad_clip)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        loss = loss.detach()
+        self._losses[name] = loss
+        self._pending_checks.append((self.tick + 1, name, "loss", loss))
+        self._pending_checks.append((self.tick + 1, name, "gradient", grad_norm.detach()))
+        if self.config.check_finite_every == 1:
+            self._check_finite()
+        trajectory = self.trajectories.get(name)
+        if trajectory is not None:
+            trajectory.record(problem.optimizer, params, batch)
+        problem.optimizer.step()
+        problem.optimizer.zero_grad(set_to_none=True)
+        if problem.scheduler is not None:
+            problem.scheduler.step()
+        self.updates[name] += 1
+
+    def _reset(self, name: str) -> None:
+        self.problems[name].reset()
+
+    def _check_finite(self) -> None:
+        pending, self._pending_checks = self._pending_checks, []
+        if not pending:
+            return
+        flags = torch.stack([torch.isfinite(v).all().to("cpu") for *_, v in pending])
+        if bool(flags.all()):
+            return
+        tick, name, what, value = pending[int((~flags).nonzero()[0])]
+        raise NonFiniteError(
+            f"problem {name!r} produced a non-finite {what} ({value.item()}) at step {tick}. "
+            f"Check its training_step and learning rate; "
+            + (
+                "the gradient includes the hypergradient from its lower levels' solvers "
+                f"({', '.join(self._descendants[name])}), so check their settings too."
+                if what == "gradient" and self._descendants[name]
+                else "set ProblemConfig.grad_clip to bound the update."
+            )
+        )
+
+    def step(self) -> None:
+        """One engine tick: every top level updates once, its lower levels first."""
+        for action in self.schedule.tick():
+            if action.kind == "reset":
+                self._reset(action.problem)
+            else:
+                self._update(action.problem)
+        self.tick += 1
+        if self.tick % self.config.check_finite_every == 0:
+            self._check_finite()
+
+    def run(self) -> None:
+        """Run ``config.steps`` ticks, with progress, metrics and solver warnings."""
+        total = self.config.steps
+        monitor = RunMonitor(total, list(self.problems), self.config.progress)
+        writer = MetricsWriter(self.config.metrics_path)
+        try:
+            for i in range(total):
+                self.step()
+                if (i + 1) % self.config.log_every == 0 or i + 1 == total:
+                    record = self._log_record()
+                    writer.write(record)
+                    monitor.update(i + 1, record["loss"])
+            self._check_finite()
+        finally:
+            writer.close()
+            monitor.close({"updates": ", ".join(f"{n} {c}" for n, c in self.updates.items())})
+
+    def _log_record(self) -> dict[str, Any]:
+        """Materialise the latest losses and diagnostics (one device synchronisation)."""
+        losses = {n: float(v) for n, v in self._losses.items()}
+        diagnostics = {
+            n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()
+        }
+        for name, values in diagnostics.items():
+            for message in self.problems[name].config.solver.warnings(values):
+                key = f"{name}:{message.split('(')[0]}"
+                if key not in self._warned:
+                    self._warned.add(key)
+                    logger.warning("level %r, step %d: %s", name, self.tick, message)
+        return {
+            "step": self.tick,
+            "loss": {n: v if math.isfinite(v) else str(v) for n, v in losses.items()},
+            "diagnostics": diagnostics,
+            "updates": dict(self.updates),
+        }
+
+    def diagnostics(self) -> dict[str, dict[str, float]]:
+        """The latest solver diagnostics of every level, as floats (synchronises)."""
+        return {n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()}
+
+    # ------------------------------------------------------------------ description
+
+    def describe(self, ticks: int = 1) -> str:
+        """Print and return the level graph, each level's solver, and the update order of
+        the next ``ticks`` ticks (simulated; nothing is trained)."""
+        lines = ["levels (top to bottom):"]
+        for name in self.graph.order:
+            cfg = self.problems[name].config
+            solver = cfg.solver
+            knobs = ", ".join(f"{k}={v}" for k, v in solver.model_dump().items())
+            lines.append(
+                f"  {name}: solver={solver.name}({knobs}) unroll_steps={cfg.unroll_steps}"
+                + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
+                + (f" lowers=[{', '.join(self.graph.children[name])}]"
+                   if self.graph.children[name] else "")
+            )
+        lines.append("edges (upper → lower):")
+        edges = self.graph.edges()
+        lines.extend(f"  {u} → {lo}" for u, lo in edges)
+        if not edges:
+            lines.append("  (none)")
+        simulation = Schedule(
+            self.graph,
+            self.schedule.unroll_steps,
+            self.schedule.warmup_steps,
+            self.schedule.reset,
+        )
+        simulation.load_state_dict(self.schedule.state_dict())
+        for t in range(ticks):
+            lines.append(f"tick {self.tick + t + 1}: " + _compress(simulation.tick()))
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+
+def _compress(actions: list[Action]) -> str:
+    parts: list[str] = []
+    previous, count = None, 0
+    for action in actions:
+        label = action.problem if action.kind == "update" else f"reset({action.problem})"
+        if label == previous:
+            count += 1
+            continue
+        if previous is not None:
+            parts.append(previous if count == 1 else f"{previous}×{count}")
+        previous, count = label, 1
+    if previous is not None:
+        parts.append(previous if count == 1 else f"{previous}×{count}")
+    return " → ".join(parts)
+
+
+def _by_name(dependencies: Mapping[Any, Any]) -> dict[str, list[str]]:
+    def name_of(x: Any) -> str:
+        if isinstance(x, Problem):
+            return x.name
+        if isinstance(x, str):
+            return x
+        raise TypeError(
+            f"dependencies must use problem names or Problem objects, got {type(x).__name__}"
+        )
+
+    out: dict[str, list[str]] = {}
+    for upper, lowers in dependencies.items():
+        if isinstance(lowers, (str, Problem)):
+            lowers = [lowers]
+        out.setdefault(name_of(upper), []).extend(name_of(lo) for lo in lowers)
+    return out

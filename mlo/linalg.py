@@ -1,0 +1,64 @@
+"""Vector algebra on parameter lists.
+
+A "vector" in a hypergradient solver is a list of tensors shaped like a problem's
+parameters. Every scalar reduction a solver makes (dot products, norms) goes through
+:func:`reduce_sum`, the single place where a distributed run would all-reduce across
+ranks. Nothing here synchronises with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+Vector = list[Tensor]
+
+
+def reduce_sum(partial: Tensor) -> Tensor:
+    """Sum a locally computed scalar over all ranks (identity on a single process)."""
+    return partial
+
+
+def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """``sum_i <x_i, y_i>`` as a 0-dim tensor."""
+    if not xs:
+        raise ValueError("dot() of empty vectors")
+    total = torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).sum()
+    return reduce_sum(total)
+
+
+def norm(xs: Sequence[Tensor]) -> Tensor:
+    """Euclidean norm of the concatenated vector, as a 0-dim tensor."""
+    return dot(xs, xs).sqrt()
+
+
+def axpy(alpha: Tensor | float, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:
+    """``alpha * x + y``, returning new tensors."""
+    if isinstance(alpha, (int, float)):
+        return list(torch._foreach_add(list(ys), list(xs), alpha=alpha))
+    return [y + alpha * x for x, y in zip(xs, ys)]
+
+
+def scale(alpha: Tensor | float, xs: Sequence[Tensor]) -> Vector:
+    """``alpha * x``, returning new tensors."""
+    if isinstance(alpha, (int, float)):
+        return list(torch._foreach_mul(list(xs), alpha))
+    return [alpha * x for x in xs]
+
+
+def add(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:
+    return list(torch._foreach_add(list(xs), list(ys)))
+
+
+def sub(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:
+    return list(torch._foreach_sub(list(xs), list(ys)))
+
+
+def zeros_like(xs: Sequence[Tensor]) -> Vector:
+    return [torch.zeros_like(x) for x in xs]
+
+
+def detached(xs: Sequence[Tensor]) -> Vector:
+    return [x.detach() for x in xs]

@@ -1,0 +1,105 @@
+"""A level of a multilevel program."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import ProblemConfig
+from .data import BatchStream
+from .parameters import ParameterSet
+
+
+class Problem:
+    """One learning problem: parameters (``module``), an optimizer, data and an objective.
+
+    Subclass it and implement :meth:`training_step`, which returns the scalar objective
+    ``f_P`` on a batch. Inside it, other problems of the same engine are reached by name:
+    ``self.outer.module(x)``.
+
+    Args:
+        name: unique name of the level; also the attribute other problems use to reach it.
+        module: the ``nn.Module`` holding this level's trainable parameters ``θ_P``.
+        optimizer: a ``torch.optim.Optimizer`` over (a subset of) ``module``'s parameters.
+        data: any iterable of batches, cycled; ``None`` passes ``batch=None``.
+        config: per-level options (:class:`mlo.ProblemConfig`).
+        scheduler: an optional learning-rate scheduler, stepped after every update.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: Iterable[Any] | None = None,
+        config: ProblemConfig | None = None,
+        scheduler: Any | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(
+                f"problem name {name!r} must be a Python identifier, since other problems "
+                f"reach it as self.<name>"
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"problem {name!r}: module must be a torch.nn.Module")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"problem {name!r}: optimizer must be a torch.optim.Optimizer")
+        if config is not None and not isinstance(config, ProblemConfig):
+            raise TypeError(f"problem {name!r}: config must be a mlo.ProblemConfig")
+        self.name = name
+        self.module = module
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.config = config if config is not None else ProblemConfig()
+        self.params = ParameterSet(module)
+        if len(self.params) == 0:
+            raise ValueError(
+                f"problem {name!r} has no trainable parameters (none of its module's "
+                "parameters has requires_grad=True); give it a module with parameters"
+            )
+        own = {id(p) for p in self.params.tensors}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in own:
+                    raise ValueError(
+                        f"problem {name!r}: its optimizer holds a tensor that is not a "
+                        "trainable parameter of its module; build the optimizer from "
+                        "module.parameters()"
+                    )
+        self.stream = BatchStream(name, data)
+        self.batch: Any = None
+        self.has_batch = False
+        self._peers: dict[str, Problem] = {}
+
+    def training_step(self, batch: Any) -> Tensor:
+        """The objective ``f_P`` on ``batch``: a scalar tensor."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement training_step(self, batch) -> scalar tensor"
+        )
+
+    def reset(self) -> None:
+        """Re-initialise the module and clear the optimizer state.
+
+        Called before each inner loop when ``config.reset_each_inner_loop`` is set;
+        override it for a custom re-initialisation.
+        """
+        for sub in self.module.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+        self.optimizer.state.clear()
+
+    def __getattr__(self, item: str) -> Problem:
+        peers = self.__dict__.get("_peers")
+        if peers and item in peers:
+            return peers[item]
+        known = f"; problems in its engine: {', '.join(peers)}" if peers else ""
+        raise AttributeError(
+            f"{type(self).__name__} {self.__dict__.get('name')!r} has no attribute {item!r}{known}"
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, solver={self.config.solver.name!r})"

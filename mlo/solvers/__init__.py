@@ -1,0 +1,32 @@
+"""Hypergradient solvers: each gives ``J_{D,U}ᵀ v`` for all parents ``U`` of a level ``D``.
+
+| name          | ``H⁻¹v`` replaced by                       |
+|---------------|--------------------------------------------|
+| ``first_order`` | 0                                        |
+| ``darts``       | ``ξ v``, mixed product by finite difference |
+| ``neumann``     | ``α Σ_{k≤K} (I − αH)^k v``                  |
+| ``cg``          | CG solve of ``(H + ρI) w = v``              |
+| ``unroll``      | exact reverse mode through D's last K steps |
+"""
+
+from .base import ImplicitSolver, Level, Solver, SolverResult, available, register, resolve
+from .cg import CG
+from .darts import Darts
+from .first_order import FirstOrder
+from .neumann import Neumann
+from .unroll import Unroll
+
+__all__ = [
+    "CG",
+    "Darts",
+    "FirstOrder",
+    "ImplicitSolver",
+    "Level",
+    "Neumann",
+    "Solver",
+    "SolverResult",
+    "Unroll",
+    "available",
+    "register",
+    "resolve",
+]

@@ -1,0 +1,142 @@
+"""The solver interface and the registry.
+
+A solver answers one question for a level ``D``: given a vector ``v`` shaped like
+``θ_D``, what is ``J_{D,U}ᵀ v`` for every parent ``U`` of ``D`` at once, where
+``J_{D,U} = ∂θ_D*/∂θ_U`` is the best-response Jacobian. The engine calls it once per
+edge group during adjoint propagation and never needs to know which solver it is.
+
+A solver is also its own configuration: a frozen pydantic model whose fields are the
+solver's knobs. Register new ones with :func:`register`; they are then usable by name
+in :class:`mlo.ProblemConfig`, without editing ``mlo/``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from ..autodiff import SecondOrder
+from ..linalg import Vector
+from ..trajectory import Trajectory
+
+Objective = Callable[..., Tensor]
+
+
+@dataclass
+class Level:
+    """What a solver may see of the lower level ``D`` whose Jacobian it applies.
+
+    ``objective(params=None, batch=None)`` evaluates ``f_D`` at D's current batch (or
+    ``batch``) with D's parameters replaced by ``params`` when given; the parameters of
+    every other problem stay as they are.
+    """
+
+    name: str
+    params: list[Tensor]
+    objective: Objective
+    learning_rate: float
+    grad_clip: float | None = None
+    trajectory: Trajectory | None = None
+
+
+@dataclass
+class SolverResult:
+    """``vjps[i]`` is ``J_{D,U_i}ᵀ v`` shaped like parent ``i``'s parameters."""
+
+    vjps: list[Vector]
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Solver(BaseModel, ABC):
+    """Base class of all solvers (and of their configurations)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: ClassVar[str] = ""
+    needs_trajectory: ClassVar[bool] = False
+
+    @abstractmethod
+    def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
+        """Return ``J_{D,U}ᵀ v`` for each parameter list in ``parents``."""
+
+    def warnings(self, diagnostics: dict[str, float]) -> list[str]:
+        """Human-readable warnings for materialised diagnostics (none by default)."""
+        return []
+
+
+class ImplicitSolver(Solver):
+    """Solvers built on the implicit function theorem at a stationary point of ``f_D``:
+
+    ``J_{D,U}ᵀ v = −∂²f_D/∂θ_U∂θ_D · w`` with ``w ≈ H_D⁻¹ v``.
+
+    Subclasses supply ``w``. The mixed product for all parents comes from one backward
+    pass, so ``w`` is shared by all of them.
+    """
+
+    @abstractmethod
+    def inverse_hvp(
+        self, hessian: SecondOrder, v: Vector, level: Level
+    ) -> tuple[Vector, dict[str, Tensor]]:
+        """Approximate ``H_D⁻¹ v``."""
+
+    def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
+        hessian = SecondOrder(level.objective(), level.params)
+        w, diagnostics = self.inverse_hvp(hessian, v, level)
+        flat = [t for group in parents for t in group]
+        mixed = hessian.mixed(w, flat)
+        return SolverResult(_split([-m for m in mixed], parents), diagnostics)
+
+
+def _split(flat: list[Tensor], groups: Sequence[Sequence[Tensor]]) -> list[Vector]:
+    out, start = [], 0
+    for group in groups:
+        out.append(flat[start : start + len(group)])
+        start += len(group)
+    return out
+
+
+_REGISTRY: dict[str, type[Solver]] = {}
+
+S = TypeVar("S", bound=type[Solver])
+
+
+def register(name: str) -> Callable[[S], S]:
+    """Class decorator: make a :class:`Solver` subclass available under ``name``."""
+
+    def decorate(cls: S) -> S:
+        if not (isinstance(cls, type) and issubclass(cls, Solver)):
+            raise TypeError(f"@register({name!r}) needs a subclass of mlo.solvers.Solver")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"a solver named {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> list[str]:
+    """Names of all registered solvers."""
+    return sorted(_REGISTRY)
+
+
+def resolve(spec: Any) -> Solver:
+    """A solver instance from a name or an instance."""
+    if isinstance(spec, Solver):
+        return spec
+    if isinstance(spec, str):
+        cls = _REGISTRY.get(spec)
+        if cls is None:
+            raise ValueError(
+                f"unknown solver {spec!r}; valid solvers are: {', '.join(available())} "
+                "(or register your own with @mlo.solvers.register)"
+            )
+        return cls()
+    raise TypeError(
+        f"solver must be a solver name or a mlo.solvers.Solver instance, got {type(spec).__name__}"
+    )

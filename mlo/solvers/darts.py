@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field
+from torch import Tensor
+
+from ..autodiff import gradient
+from ..linalg import Vector, axpy, norm
+from .base import Level, Solver, SolverResult, _split, register
+
+
+@register("darts")
+class Darts(Solver):
+    """The DARTS approximation (Liu et al., 2019).
+
+    ``H⁻¹ v`` is replaced by ``ξ v`` (one SGD step's worth of look-ahead), and the mixed
+    second derivative by a central finite difference of the parents' gradients::
+
+        J_{D,U}ᵀ v ≈ −ξ · [∇_U f_D(θ_D + r v) − ∇_U f_D(θ_D − r v)] / (2r),  r = ε / ‖v‖
+
+    ``xi`` defaults to D's learning rate. The perturbed objectives are evaluated with
+    substituted tensors, so D's parameters are never written.
+    """
+
+    epsilon: float = Field(0.01, gt=0, description="finite-difference step, divided by ‖v‖")
+    xi: float | None = Field(None, gt=0, description="look-ahead scale; None = D's lr")
+
+    def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
+        xi = level.learning_rate if self.xi is None else self.xi
+        flat = [t for group in parents for t in group]
+        r = self.epsilon / norm(v).clamp_min(1e-30)
+        theta = [p.detach() for p in level.params]
+        plus = gradient(level.objective(axpy(r, v, theta)), flat)
+        minus = gradient(level.objective(axpy(-r, v, theta)), flat)
+        coef = -xi / (2 * r)
+        return SolverResult(_split([coef * (a - b) for a, b in zip(plus, minus)], parents))

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..linalg import Vector
+from .base import Level, Solver, SolverResult, register
+
+
+@register("first_order")
+class FirstOrder(Solver):
+    """``J_{D,U}ᵀ v = 0``: the lower level is treated as independent of its uppers.
+
+    The upper level then follows only its direct gradient ``∂f_P/∂θ_P``.
+    """
+
+    def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
+        return SolverResult([[torch.zeros_like(t) for t in group] for group in parents])

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import functional_optim
+from ..autodiff import gradient
+from ..linalg import Vector, dot, norm, sub
+from .base import Level, Solver, SolverResult, _split, register
+
+
+@register("unroll")
+class Unroll(Solver):
+    """Exact reverse-mode differentiation through D's most recent optimizer steps.
+
+    The engine records the state before each of D's last ``unroll_steps`` updates (its
+    parameters, optimizer state, hyperparameters and batch). This solver replays those
+    steps with differentiable SGD/Adam/AdamW steps, from the oldest recorded state, with
+    the parents' parameters as they are now, and returns ``(∂θ_D^{(K)}/∂θ_U)ᵀ v``.
+
+    Each replayed step uses D's own gradient ``∂f_D/∂θ_D`` (with D's lower levels held at
+    their current values). Diagnostic ``unroll_replay_error``: ‖θ_D^{(K)} − θ_D‖/‖θ_D‖,
+    the distance between the replayed end point and D's actual parameters; it is 0 up to
+    rounding unless the parents changed during the window.
+    """
+
+    needs_trajectory = True
+
+    def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
+        trajectory = level.trajectory
+        flat = [t for group in parents for t in group]
+        if trajectory is None or len(trajectory) == 0:
+            return SolverResult([[torch.zeros_like(t) for t in group] for group in parents])
+        records = list(trajectory.records)
+        first = records[0]
+        params = [p.clone().requires_grad_(True) for p in first.params]
+        state = [dict(s) for s in first.optimizer_state]
+        for record in records:
+            loss = level.objective(params, batch=record.batch)
+            grads = gradient(loss, params, create_graph=True)
+            if level.grad_clip is not None:
+                grads = _clip(grads, level.grad_clip)
+            params, state = functional_optim.step(params, grads, state, record.rules)
+        outputs = [p for p in params if p.requires_grad]
+        vectors = [vi for p, vi in zip(params, v) if p.requires_grad]
+        if outputs:
+            vjp = list(
+                torch.autograd.grad(
+                    outputs, flat, grad_outputs=vectors, allow_unused=True, materialize_grads=True
+                )
+            )
+        else:
+            vjp = [torch.zeros_like(t) for t in flat]
+        with torch.no_grad():
+            current = [p.detach() for p in level.params]
+            error = norm(sub([p.detach() for p in params], current)) / norm(current).clamp_min(
+                1e-30
+            )
+        return SolverResult(_split(vjp, parents), {"unroll_replay_error": error})
+
+
+def _clip(grads: Vector, max_norm: float) -> Vector:
+    """Differentiable version of ``torch.nn.utils.clip_grad_norm_``."""
+    total = dot(grads, grads).sqrt()
+    factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return [g * factor for g in grads]
