@@ -79,10 +79,8 @@ class Engine:
             if p.config.solver.needs_trajectory and self.graph.parents[n]
         }
         self._descendants = {n: self.graph.descendants(n) for n in self.graph.names}
-        self._buffers = {
-            n: BufferGuard([self.problems[d].module for d in [n, *self._descendants[n]]])
-            for n in self.graph.names
-        }
+        # Any objective may read any module, so re-evaluations guard all buffers.
+        self._buffers = BufferGuard([p.module for p in problems])
         self.tick = 0
         self.updates: dict[str, int] = dict.fromkeys(self.problems, 0)
         self._losses: dict[str, Tensor] = {}
@@ -140,7 +138,7 @@ class Engine:
             adjoint[n] = flat[start : start + size]
             start += size
         inside = set(levels)
-        with self._buffers[name].preserved():
+        with self._buffers.preserved():
             for lower in reversed(below):
                 parents = [u for u in self.graph.parents[lower] if u in inside]
                 solver = self.problems[lower].config.solver
@@ -168,7 +166,7 @@ class Engine:
         devices = sorted(
             {p.device.index or 0 for p in problem.params.tensors if p.device.type == "cuda"}
         )
-        with torch.random.fork_rng(devices=devices), self._buffers[name].preserved():
+        with torch.random.fork_rng(devices=devices), self._buffers.preserved():
             loss = self._objective(name)
             grads = self._total_gradient(name, loss)
         return {n: g.detach() for n, g in zip(problem.params.names, grads)}

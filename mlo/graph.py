@@ -62,33 +62,43 @@ class LevelGraph:
         return cls(names, edges)
 
     def _topological_order(self) -> list[str]:
-        # Depth-first search, so that a cycle can be reported as a path.
-        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+        """Kahn's algorithm; ties keep the order in which the problems were given."""
+        import heapq
+
+        index = {n: i for i, n in enumerate(self.names)}
+        indegree = {n: len(self.parents[n]) for n in self.names}
+        ready = [index[n] for n in self.names if indegree[n] == 0]
+        heapq.heapify(ready)
         order: list[str] = []
-        stack: list[str] = []
-
-        def visit(node: str) -> None:
-            state[node] = 1
-            stack.append(node)
-            for child in self.children[node]:
-                if state.get(child) == 1:
-                    cycle = [*stack[stack.index(child) :], child]
-                    raise GraphError(
-                        "the dependencies contain a cycle: "
-                        + " → ".join(cycle)
-                        + "; a level graph must be acyclic (remove one of these edges)"
-                    )
-                if child not in state:
-                    visit(child)
-            stack.pop()
-            state[node] = 2
+        while ready:
+            node = self.names[heapq.heappop(ready)]
             order.append(node)
-
-        for name in self.names:
-            if name not in state:
-                visit(name)
-        order.reverse()
+            for child in self.children[node]:
+                indegree[child] -= 1
+                if indegree[child] == 0:
+                    heapq.heappush(ready, index[child])
+        if len(order) < len(self.names):
+            cycle = self._find_cycle({n for n in self.names if indegree[n] > 0})
+            raise GraphError(
+                "the dependencies contain a cycle: "
+                + " → ".join(cycle)
+                + "; a level graph must be acyclic (remove one of these edges)"
+            )
         return order
+
+    def _find_cycle(self, candidates: set[str]) -> list[str]:
+        # Every node left by Kahn's algorithm has a parent that is also left: walk parents
+        # until a node repeats, then report that loop in the upper → lower direction.
+        node = min(candidates, key=self.names.index)
+        path: list[str] = []
+        while node not in path:
+            path.append(node)
+            node = next(p for p in self.parents[node] if p in candidates)
+        loop = path[path.index(node) :]
+        loop.reverse()
+        start = min(range(len(loop)), key=lambda i: self.names.index(loop[i]))
+        loop = loop[start:] + loop[:start]
+        return [*loop, loop[0]]
 
     def descendants(self, name: str) -> list[str]:
         """All levels below ``name``, in topological order (uppers first)."""

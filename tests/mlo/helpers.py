@@ -1,0 +1,36 @@
+"""Small problems shared by the engine tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import mlo
+
+
+class Scalar(nn.Module):
+    def __init__(self, value: float = 0.0) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor([value], dtype=torch.float64))
+
+
+class Pull(mlo.Problem):
+    """f = ½ (x − Σ parents' x)²: a lower level that tracks its uppers."""
+
+    def training_step(self, batch):
+        target = sum((getattr(self, n).module.x for n in self.parent_names), torch.zeros(1))
+        return 0.5 * ((self.module.x - target) ** 2).sum()
+
+    parent_names: tuple[str, ...] = ()
+
+
+def problem(name: str, parents: tuple[str, ...] = (), value: float = 0.0, **config) -> Pull:
+    module = Scalar(value)
+    p = Pull(name, module, torch.optim.SGD(module.parameters(), lr=0.1),
+             config=mlo.ProblemConfig(**config))
+    p.parent_names = parents
+    return p
+
+
+def engine(problems, deps, **config) -> mlo.Engine:
+    return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False, **config))

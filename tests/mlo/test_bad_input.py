@@ -1,0 +1,174 @@
+"""Invalid graphs, configs and objectives fail early with messages that name the fix."""
+
+from __future__ import annotations
+
+import math
+
+import pydantic
+import pytest
+import torch
+from torch import nn
+
+import mlo
+
+from .helpers import Scalar, engine, problem
+
+
+def test_cycle_is_refused_and_named():
+    a, b, c = problem("a"), problem("b"), problem("c")
+    with pytest.raises(mlo.GraphError, match=r"cycle: a → b → c → a"):
+        engine([a, b, c], {"a": ["b"], "b": ["c"], "c": ["a"]})
+
+
+def test_self_loop_is_refused():
+    a, b = problem("a"), problem("b")
+    with pytest.raises(mlo.GraphError, match="its own lower level"):
+        engine([a, b], {"a": ["a", "b"]})
+
+
+def test_unknown_name_in_dependencies_is_refused():
+    a, b = problem("a"), problem("b")
+    with pytest.raises(mlo.GraphError, match=r"'typo'.*not one of the problems \(a, b\)"):
+        engine([a, b], {"a": ["typo"]})
+
+
+def test_problem_object_outside_the_problem_list_is_refused():
+    a, b, stray = problem("a"), problem("b"), problem("stray")
+    with pytest.raises(mlo.GraphError, match="'stray'"):
+        engine([a, b], {a: [b, stray]})
+
+
+def test_duplicate_names_are_refused():
+    with pytest.raises(mlo.GraphError, match="two problems are named 'a'"):
+        engine([problem("a"), problem("a")], {})
+
+
+def test_disconnected_problem_is_refused():
+    with pytest.raises(mlo.GraphError, match="'c' is not connected"):
+        engine([problem("a"), problem("b"), problem("c")], {"a": ["b"]})
+
+
+def test_unknown_solver_lists_the_valid_ones():
+    with pytest.raises(pydantic.ValidationError) as info:
+        mlo.ProblemConfig(solver="newton")
+    message = str(info.value)
+    assert "solver" in message and "unknown solver 'newton'" in message
+    for name in ("first_order", "darts", "neumann", "cg", "unroll"):
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    ("factory", "field"),
+    [
+        (lambda: mlo.ProblemConfig(unroll_steps=0), "unroll_steps"),
+        (lambda: mlo.ProblemConfig(warmup_steps=-1), "warmup_steps"),
+        (lambda: mlo.ProblemConfig(grad_clip=0.0), "grad_clip"),
+        (lambda: mlo.ProblemConfig(unroll_step=2), "unroll_step"),
+        (lambda: mlo.EngineConfig(steps=-5), "steps"),
+        (lambda: mlo.EngineConfig(log_every=0), "log_every"),
+        (lambda: mlo.EngineConfig(on_nonfinite="ignore"), "on_nonfinite"),
+        (lambda: mlo.solvers.CG(iterations=0), "iterations"),
+        (lambda: mlo.solvers.CG(ridge=-1.0), "ridge"),
+        (lambda: mlo.solvers.Neumann(alpha=0.0), "alpha"),
+        (lambda: mlo.solvers.Darts(epsilon=-0.1), "epsilon"),
+    ],
+)
+def test_invalid_config_values_name_the_field(factory, field):
+    with pytest.raises(pydantic.ValidationError) as info:
+        factory()
+    assert field in str(info.value)
+
+
+def test_non_scalar_loss_is_refused():
+    class Vectorial(mlo.Problem):
+        def training_step(self, batch):
+            return self.module.x * torch.ones(3)
+
+    m = Scalar()
+    p = Vectorial("solo", m, torch.optim.SGD(m.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match=r"'solo' returned a tensor of shape \(3,\).*scalar"):
+        engine([p], {}).step()
+
+
+def test_loss_that_is_not_a_tensor_is_refused():
+    class Floaty(mlo.Problem):
+        def training_step(self, batch):
+            return 1.0
+
+    m = Scalar()
+    p = Floaty("solo", m, torch.optim.SGD(m.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="returned float; it must return a scalar torch.Tensor"):
+        engine([p], {}).step()
+
+
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_non_finite_loss_names_the_problem_and_the_step(check_every):
+    class BlowsUp(mlo.Problem):
+        calls = 0
+
+        def training_step(self, batch):
+            BlowsUp.calls += 1
+            bad = math.nan if BlowsUp.calls == 3 else 0.0
+            return 0.5 * (self.module.x**2).sum() + bad + self.outer.module.x.sum() * 0
+
+    inner_module, outer = Scalar(1.0), problem("outer")
+    inner = BlowsUp("inner", inner_module, torch.optim.SGD(inner_module.parameters(), lr=0.1),
+                    config=mlo.ProblemConfig(solver="first_order"))
+    e = engine([outer, inner], {"outer": ["inner"]}, check_finite_every=check_every, steps=8)
+    with pytest.raises(mlo.NonFiniteError, match=r"problem 'inner' produced a non-finite loss "
+                                                 r"\(nan\) at step 3"):
+        e.run()
+
+
+def test_problem_without_trainable_parameters_is_refused():
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="'frozen' has no trainable parameters"):
+        mlo.Problem("frozen", frozen, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1))
+
+
+def test_optimizer_over_foreign_tensors_is_refused():
+    m = Scalar()
+    with pytest.raises(ValueError, match="not a trainable parameter of its module"):
+        mlo.Problem("p", m, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1))
+
+
+def test_problem_name_must_be_an_identifier():
+    m = Scalar()
+    with pytest.raises(ValueError, match="must be a Python identifier"):
+        mlo.Problem("my level", m, torch.optim.SGD(m.parameters(), lr=1))
+
+
+def test_unknown_peer_attribute_lists_the_problems():
+    a, b = problem("a"), problem("b")
+    engine([a, b], {"a": ["b"]})
+    with pytest.raises(AttributeError, match="has no attribute 'c'; problems in its engine: a"):
+        _ = b.c
+
+
+def test_empty_data_is_refused_with_the_problem_named():
+    m = Scalar()
+    p = mlo.Problem("solo", m, torch.optim.SGD(m.parameters(), lr=1), data=[])
+    with pytest.raises(mlo.DataError, match="'solo' yields no batches"):
+        engine([p], {}).step()
+
+
+def test_exhausted_generator_is_explained():
+    class Solo(mlo.Problem):
+        def training_step(self, batch):
+            return (self.module.x * batch).sum()
+
+    m = Scalar()
+    p = Solo("solo", m, torch.optim.SGD(m.parameters(), lr=1),
+             data=(torch.ones(1) for _ in range(2)))
+    e = engine([p], {})
+    e.step()
+    e.step()
+    with pytest.raises(mlo.DataError, match="one-shot iterator"):
+        e.step()
+
+
+def test_hypergradient_of_unknown_problem():
+    a, b = problem("a"), problem("b", parents=("a",))
+    e = engine([a, b], {"a": ["b"]})
+    with pytest.raises(KeyError, match="unknown problem 'z'; problems: a, b"):
+        e.hypergradient("z")
