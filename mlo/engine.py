@@ -254,9 +254,7 @@ class Engine:
     def _log_record(self) -> dict[str, Any]:
         """Materialise the latest losses and diagnostics (one device synchronisation)."""
         losses = {n: float(v) for n, v in self._losses.items()}
-        diagnostics = {
-            n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()
-        }
+        diagnostics = {n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()}
         for name, values in diagnostics.items():
             for message in self.problems[name].config.solver.warnings(values):
                 key = f"{name}:{message.split('(')[0]}"
@@ -287,8 +285,11 @@ class Engine:
             lines.append(
                 f"  {name}: solver={solver.name}({knobs}) unroll_steps={cfg.unroll_steps}"
                 + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
-                + (f" lowers=[{', '.join(self.graph.children[name])}]"
-                   if self.graph.children[name] else "")
+                + (
+                    f" lowers=[{', '.join(self.graph.children[name])}]"
+                    if self.graph.children[name]
+                    else ""
+                )
             )
         lines.append("edges (upper → lower):")
         edges = self.graph.edges()

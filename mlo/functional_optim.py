@@ -50,8 +50,10 @@ def capture_rules(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) ->
             kind_here = "adamw"
         else:
             kind_here = kind
-        keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov") if kind == "sgd" else (
-            "lr", "betas", "eps", "weight_decay"
+        keys = (
+            ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+            if kind == "sgd"
+            else ("lr", "betas", "eps", "weight_decay")
         )
         hyper = tuple((k, _plain(group[k])) for k in keys)
         rule = StepRule(kind_here, hyper)

@@ -29,9 +29,7 @@ class Trajectory:
         self.length = length
         self.records: deque[StepRecord] = deque(maxlen=length)
 
-    def record(
-        self, optimizer: torch.optim.Optimizer, params: list[Tensor], batch: Any
-    ) -> None:
+    def record(self, optimizer: torch.optim.Optimizer, params: list[Tensor], batch: Any) -> None:
         """Call just before ``optimizer.step()`` is applied to ``params`` with ``batch``."""
         self.records.append(
             StepRecord(

@@ -15,10 +15,14 @@ class Neumann(ImplicitSolver):
 
         H⁻¹ v ≈ α Σ_{k=0..K} (I − αH)^k v
 
-    ``K = iterations`` Hessian-vector products. It converges when ``α‖H‖ < 1`` and H is
-    positive definite; ``alpha`` defaults to D's learning rate. The diagnostic
-    ``neumann_growth`` is the largest ratio ‖term_{k+1}‖/‖term_k‖; above 1 the series
-    grows and a warning is raised.
+    ``K = iterations`` Hessian-vector products; ``alpha`` defaults to D's learning rate.
+    The series converges when every eigenvalue λ of H has ``0 < αλ < 2`` and decays
+    monotonically when ``α‖H‖ < 1``. Diagnostics, computed on the device from the products
+    the series needs anyway:
+
+    - ``neumann_alpha_h``: the largest ``α‖Hp‖/‖p‖`` over the terms ``p``, a lower bound on
+      ``α‖H‖``; at or above 1 a warning is logged;
+    - ``neumann_growth``: the largest ratio ``‖p_{k+1}‖/‖p_k‖``; above 1 the series grows.
     """
 
     iterations: int = Field(10, ge=0, description="number of Hessian-vector products K")
@@ -31,20 +35,29 @@ class Neumann(ImplicitSolver):
         term = list(v)
         total = list(v)
         term_norm = norm(term)
-        growth = torch.zeros((), dtype=term_norm.dtype, device=term_norm.device)
+        zero = torch.zeros((), dtype=term_norm.dtype, device=term_norm.device)
+        growth, alpha_h = zero, zero
         for _ in range(self.iterations):
-            term = sub(term, scale(alpha, hessian.hvp(term)))
+            step = scale(alpha, hessian.hvp(term))
+            alpha_h = torch.maximum(alpha_h, norm(step) / term_norm.clamp_min(1e-30))
+            term = sub(term, step)
             total = add(total, term)
             new_norm = norm(term)
             growth = torch.maximum(growth, new_norm / term_norm.clamp_min(1e-30))
             term_norm = new_norm
-        return scale(alpha, total), {"neumann_growth": growth}
+        return scale(alpha, total), {"neumann_growth": growth, "neumann_alpha_h": alpha_h}
 
     def warnings(self, diagnostics: dict[str, float]) -> list[str]:
         growth = diagnostics.get("neumann_growth", 0.0)
+        alpha_h = diagnostics.get("neumann_alpha_h", 0.0)
         if growth > 1.0:
             return [
-                f"Neumann series grows (term ratio {growth:.3g} > 1, so α‖H‖ ≥ 1 or H is "
-                "not positive definite): lower alpha, or use the 'cg' solver"
+                f"Neumann series grows (term ratio {growth:.3g} > 1, α‖H‖ ≥ {alpha_h:.3g}): "
+                "the hypergradient is wrong; lower alpha, or use the 'cg' solver"
+            ]
+        if alpha_h >= 1.0:
+            return [
+                f"Neumann series may not converge (α‖H‖ ≥ {alpha_h:.3g} ≥ 1): lower alpha "
+                "below 1/‖H‖"
             ]
         return []

@@ -26,8 +26,12 @@ class Pull(mlo.Problem):
 
 def problem(name: str, parents: tuple[str, ...] = (), value: float = 0.0, **config) -> Pull:
     module = Scalar(value)
-    p = Pull(name, module, torch.optim.SGD(module.parameters(), lr=0.1),
-             config=mlo.ProblemConfig(**config))
+    p = Pull(
+        name,
+        module,
+        torch.optim.SGD(module.parameters(), lr=0.1),
+        config=mlo.ProblemConfig(**config),
+    )
     p.parent_names = parents
     return p
 

@@ -2,7 +2,8 @@
 
 Level X has parameters ``x`` and objective
 
-    f_X = ½ xᵀA_X x + Σ_{U parent of X} xᵀB_{X,U} u + c_Xᵀx + Σ_{D below X} (½ dᵀQ_{X,D} d + q_{X,D}ᵀd)
+    f_X = ½ xᵀA_X x + Σ_{U parent of X} xᵀB_{X,U} u + c_Xᵀx
+          + Σ_{D below X} (½ dᵀQ_{X,D} d + q_{X,D}ᵀd)
 
 so ``∂f_X/∂x`` does not involve X's lower levels and the best response is the linear map
 ``x*(parents) = −A_X⁻¹ (Σ_U B_{X,U} u + c_X)`` with Jacobian ``−A_X⁻¹ B_{X,U}``. The true
@@ -89,8 +90,10 @@ class QuadraticSpec:
         ``−inverse(D, B_{D,U})`` (default: exact, ``A_D⁻¹``).
         """
         if inverse is None:
+
             def inverse(n: str, m: torch.Tensor) -> torch.Tensor:
                 return torch.linalg.solve(self.A[n], m)
+
         live = {n: v.detach().clone() for n, v in values.items()}
         live[top] = live[top].requires_grad_(True)
         below = set(self.graph.descendants(top))
@@ -106,7 +109,7 @@ class QuadraticSpec:
         f = self.objective(top, live)
         return torch.autograd.grad(f, live[top])[0]
 
-    def build(self, solver, init: dict[str, torch.Tensor], lr: float = 0.1):
+    def build(self, solver, init: dict[str, torch.Tensor], lr: float = 0.1, **engine_config):
         spec = self
 
         class Level(mlo.Problem):
@@ -126,4 +129,4 @@ class QuadraticSpec:
                     config=mlo.ProblemConfig(solver=solver),
                 )
             )
-        return mlo.Engine(problems, self.deps, mlo.EngineConfig(progress=False))
+        return mlo.Engine(problems, self.deps, mlo.EngineConfig(progress=False, **engine_config))

@@ -19,7 +19,7 @@ ITERATIONS, ALPHA = 5, 0.05
 def data(seed: int):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(32, 6, generator=gen, dtype=torch.float64)
-    y = (x[:, :1] - 0.5 * x[:, 1:2] + 0.1 * torch.randn(32, 1, generator=gen, dtype=torch.float64))
+    y = x[:, :1] - 0.5 * x[:, 1:2] + 0.1 * torch.randn(32, 1, generator=gen, dtype=torch.float64)
     return x, y
 
 
@@ -61,8 +61,13 @@ def test_neumann_hypergradient_agrees_with_betty():
             return outer_loss(self.inner.module, batch)
 
     solver = mlo.solvers.Neumann(iterations=ITERATIONS, alpha=ALPHA)
-    inner = Inner("inner", model, torch.optim.SGD(model.parameters(), lr=0.1), data=[train],
-                  config=mlo.ProblemConfig(solver=solver))
+    inner = Inner(
+        "inner",
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        data=[train],
+        config=mlo.ProblemConfig(solver=solver),
+    )
     outer = Outer("outer", decay, torch.optim.SGD(decay.parameters(), lr=0.1), data=[val])
     engine = mlo.Engine([outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(progress=False))
     ours = engine.hypergradient("outer")["log_decay"]
@@ -78,19 +83,37 @@ def test_neumann_hypergradient_agrees_with_betty():
         def training_step(self, batch):
             return outer_loss(self.inner.module, batch)
 
-    b_inner = BInner("inner", Config(type="neumann", neumann_iterations=ITERATIONS,
-                                     neumann_alpha=ALPHA),
-                     module=b_model, optimizer=torch.optim.SGD(b_model.parameters(), lr=0.1),
-                     train_data_loader=[train], device="cpu")
-    b_outer = BOuter("outer", Config(first_order=True), module=b_decay,
-                     optimizer=torch.optim.SGD(b_decay.parameters(), lr=0.1),
-                     train_data_loader=[val], device="cpu")
-    BettyEngine([b_outer, b_inner], config=EngineConfig(train_iters=0),
-                dependencies={"l2u": {b_inner: [b_outer]}, "u2l": {b_outer: [b_inner]}})
+    b_inner = BInner(
+        "inner",
+        Config(type="neumann", neumann_iterations=ITERATIONS, neumann_alpha=ALPHA),
+        module=b_model,
+        optimizer=torch.optim.SGD(b_model.parameters(), lr=0.1),
+        train_data_loader=[train],
+        device="cpu",
+    )
+    b_outer = BOuter(
+        "outer",
+        Config(first_order=True),
+        module=b_decay,
+        optimizer=torch.optim.SGD(b_decay.parameters(), lr=0.1),
+        train_data_loader=[val],
+        device="cpu",
+    )
+    BettyEngine(
+        [b_outer, b_inner],
+        config=EngineConfig(train_iters=0),
+        dependencies={"l2u": {b_inner: [b_outer]}, "u2l": {b_outer: [b_inner]}},
+    )
     b_inner.cur_batch = train
     loss = b_outer.training_step(val)
-    b_outer.backward(loss, b_outer.trainable_parameters(), b_outer.paths, create_graph=False,
-                     retain_graph=True, allow_unused=True)
+    b_outer.backward(
+        loss,
+        b_outer.trainable_parameters(),
+        b_outer.paths,
+        create_graph=False,
+        retain_graph=True,
+        allow_unused=True,
+    )
     theirs = b_decay.log_decay.grad
 
     assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-14)

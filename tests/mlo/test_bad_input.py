@@ -97,7 +97,7 @@ def test_loss_that_is_not_a_tensor_is_refused():
 
     m = Scalar()
     p = Floaty("solo", m, torch.optim.SGD(m.parameters(), lr=0.1))
-    with pytest.raises(TypeError, match="returned float; it must return a scalar torch.Tensor"):
+    with pytest.raises(TypeError, match=r"returned float; it must return a scalar torch\.Tensor"):
         engine([p], {}).step()
 
 
@@ -112,11 +112,18 @@ def test_non_finite_loss_names_the_problem_and_the_step(check_every):
             return 0.5 * (self.module.x**2).sum() + bad + self.outer.module.x.sum() * 0
 
     inner_module, outer = Scalar(1.0), problem("outer")
-    inner = BlowsUp("inner", inner_module, torch.optim.SGD(inner_module.parameters(), lr=0.1),
-                    config=mlo.ProblemConfig(solver="first_order"))
+    inner = BlowsUp(
+        "inner",
+        inner_module,
+        torch.optim.SGD(inner_module.parameters(), lr=0.1),
+        config=mlo.ProblemConfig(solver="first_order"),
+    )
     e = engine([outer, inner], {"outer": ["inner"]}, check_finite_every=check_every, steps=8)
-    with pytest.raises(mlo.NonFiniteError, match=r"problem 'inner' produced a non-finite loss "
-                                                 r"\(nan\) at step 3"):
+    with pytest.raises(
+        mlo.NonFiniteError,
+        match=r"problem 'inner' produced a non-finite loss "
+        r"\(nan\) at step 3",
+    ):
         e.run()
 
 
@@ -158,8 +165,9 @@ def test_exhausted_generator_is_explained():
             return (self.module.x * batch).sum()
 
     m = Scalar()
-    p = Solo("solo", m, torch.optim.SGD(m.parameters(), lr=1),
-             data=(torch.ones(1) for _ in range(2)))
+    p = Solo(
+        "solo", m, torch.optim.SGD(m.parameters(), lr=1), data=(torch.ones(1) for _ in range(2))
+    )
     e = engine([p], {})
     e.step()
     e.step()

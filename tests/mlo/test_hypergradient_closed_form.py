@@ -126,8 +126,12 @@ def test_darts_finite_difference_on_a_non_quadratic_lower_level():
         def training_step(self, batch):
             return (self.inner.module(x) ** 2).mean() + (self.module.weight**2).sum()
 
-    inner = Inner("inner", w, torch.optim.SGD(w.parameters(), lr=0.1),
-                  config=mlo.ProblemConfig(solver=mlo.solvers.Darts(epsilon=1e-4)))
+    inner = Inner(
+        "inner",
+        w,
+        torch.optim.SGD(w.parameters(), lr=0.1),
+        config=mlo.ProblemConfig(solver=mlo.solvers.Darts(epsilon=1e-4)),
+    )
     outer = Outer("outer", u, torch.optim.SGD(u.parameters(), lr=0.1))
     engine = mlo.Engine([outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(progress=False))
     got = engine.hypergradient("outer")

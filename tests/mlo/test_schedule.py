@@ -19,7 +19,9 @@ def plan(deps, unroll=None, warmup=None, reset=None, ticks=1):
     )
     out = []
     for _ in range(ticks):
-        out.append([a.problem if a.kind == "update" else f"reset:{a.problem}" for a in sched.tick()])
+        out.append(
+            [a.problem if a.kind == "update" else f"reset:{a.problem}" for a in sched.tick()]
+        )
     return out
 
 

@@ -15,8 +15,9 @@ SOLVERS = ["first_order", "darts", "neumann", "cg", "unroll"]
 
 def net(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.2),
-                         nn.Linear(6, 1))
+    return nn.Sequential(
+        nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.2), nn.Linear(6, 1)
+    )
 
 
 def batches(seed: int, n: int = 4):
@@ -48,16 +49,29 @@ def build(solver: str) -> mlo.Engine:
     cfg = mlo.ProblemConfig(solver=solver, unroll_steps=2)
     mods = {n: net(i) for i, n in enumerate(["top", "middle", "bottom"])}
     problems = [
-        Top("top", mods["top"], torch.optim.Adam(mods["top"].parameters(), lr=1e-2),
-            data=batches(0)),
-        Middle("middle", mods["middle"],
-               torch.optim.SGD(mods["middle"].parameters(), lr=1e-2, momentum=0.9),
-               data=batches(1), config=cfg),
-        Bottom("bottom", mods["bottom"], torch.optim.Adam(mods["bottom"].parameters(), lr=1e-2),
-               data=batches(2, n=3), config=cfg),
+        Top(
+            "top", mods["top"], torch.optim.Adam(mods["top"].parameters(), lr=1e-2), data=batches(0)
+        ),
+        Middle(
+            "middle",
+            mods["middle"],
+            torch.optim.SGD(mods["middle"].parameters(), lr=1e-2, momentum=0.9),
+            data=batches(1),
+            config=cfg,
+        ),
+        Bottom(
+            "bottom",
+            mods["bottom"],
+            torch.optim.Adam(mods["bottom"].parameters(), lr=1e-2),
+            data=batches(2, n=3),
+            config=cfg,
+        ),
     ]
-    return mlo.Engine(problems, {"top": ["middle", "bottom"], "middle": ["bottom"]},
-                      mlo.EngineConfig(progress=False))
+    return mlo.Engine(
+        problems,
+        {"top": ["middle", "bottom"], "middle": ["bottom"]},
+        mlo.EngineConfig(progress=False),
+    )
 
 
 def snapshot(engine: mlo.Engine):

@@ -35,8 +35,12 @@ def quadratic_pair(optimizer_factory, k: int, seed: int = 0):
             return 0.5 * (x - t) @ (x - t) + 0.5 * rho * y @ y
 
     xm, ym = Vector(x0), Vector(y0)
-    inner = Inner("inner", xm, optimizer_factory(xm.parameters()),
-                  config=mlo.ProblemConfig(solver="unroll", unroll_steps=k))
+    inner = Inner(
+        "inner",
+        xm,
+        optimizer_factory(xm.parameters()),
+        config=mlo.ProblemConfig(solver="unroll", unroll_steps=k),
+    )
     # lr = 0 keeps y fixed, so that the closed form can use y0 after engine.step().
     outer = Outer("outer", ym, torch.optim.SGD(ym.parameters(), lr=0.0))
     engine = mlo.Engine([outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(progress=False))
@@ -65,15 +69,15 @@ def test_unroll_matches_closed_form_of_k_gradient_descent_steps(k):
 @pytest.mark.parametrize("k", [1, 4])
 def test_unroll_matches_closed_form_of_sgd_with_momentum_and_weight_decay(k):
     lr, mu, wd = 0.1, 0.9, 0.05
-    engine, q = quadratic_pair(
-        lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, weight_decay=wd), k
-    )
+    engine, q = quadratic_pair(lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, weight_decay=wd), k)
     # Two ticks: the second window starts from a non-empty momentum buffer.
     engine.step()
     state_x = engine.problems["inner"].module.x.detach().clone()
-    buf = engine.problems["inner"].optimizer.state[engine.problems["inner"].module.x][
-        "momentum_buffer"
-    ].clone()
+    buf = (
+        engine.problems["inner"]
+        .optimizer.state[engine.problems["inner"].module.x]["momentum_buffer"]
+        .clone()
+    )
     engine.step()
     A, B, c, y = q["A"], q["B"], q["c"], q["y0"]
     Aw = A + wd * torch.eye(N_INNER, dtype=DTYPE)
@@ -141,8 +145,13 @@ def test_unroll_equals_autograd_through_explicit_loop_on_mlp(optimizer):
             x, y = batch
             return ((self.inner.module(x) - y) ** 2).mean()
 
-    inner = Inner("inner", mlp, optimizer(mlp.parameters()), data=batches,
-                  config=mlo.ProblemConfig(solver="unroll", unroll_steps=k))
+    inner = Inner(
+        "inner",
+        mlp,
+        optimizer(mlp.parameters()),
+        data=batches,
+        config=mlo.ProblemConfig(solver="unroll", unroll_steps=k),
+    )
     outer = Outer("outer", scale, torch.optim.SGD(scale.parameters(), lr=0.0), data=[val])
     engine = mlo.Engine([outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(progress=False))
     engine.step()
@@ -155,8 +164,9 @@ def test_unroll_equals_autograd_through_explicit_loop_on_mlp(optimizer):
     params = {n: v.clone().requires_grad_(True) for n, v in start.items()}
     state = {n: {} for n in params}
     for step, batch in enumerate(batches[:k], start=1):
-        grads = torch.autograd.grad(inner_loss(params, log_scale, batch), list(params.values()),
-                                    create_graph=True)
+        grads = torch.autograd.grad(
+            inner_loss(params, log_scale, batch), list(params.values()), create_graph=True
+        )
         new = {}
         for (n, p), g in zip(params.items(), grads):
             s = state[n]

@@ -1,0 +1,292 @@
+"""Time one DARTS-style iteration three ways, side by side, on the same batches.
+
+The iteration: one SGD step (momentum, weight decay) on the network weights ``w`` using
+a training batch, then one Adam step on the architecture weights ``α`` using a
+validation batch, with the ``darts`` hypergradient:
+
+    g_α = ∇_α L_val(w, α) − ξ [∇_α L_train(w + r v, α) − ∇_α L_train(w − r v, α)] / (2r),
+    v = ∇_w L_val(w, α),  r = 0.01 / ‖v‖,  ξ = the weights' learning rate.
+
+Versions: mlo; the same math hand-written in plain PyTorch; Betty (betty-ml 0.1.1, its
+``darts`` type, if installed). Rounds are interleaved so that machine noise hits all
+versions alike. Prints the median time per iteration and the ratios.
+
+    python benchmarks/darts_step.py [--rounds 30] [--batch 32] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mlo
+
+OPS = ("none", "skip", "conv3", "conv5", "maxpool", "avgpool")
+
+
+class MixedOp(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+
+        def conv(k: int) -> nn.Module:
+            return nn.Sequential(
+                nn.ReLU(),
+                nn.Conv2d(channels, channels, k, padding=k // 2, bias=False),
+                nn.BatchNorm2d(channels, affine=False),
+            )
+
+        self.ops = nn.ModuleList(
+            [
+                nn.Identity(),  # "none", multiplied by zero below
+                nn.Identity(),
+                conv(3),
+                conv(5),
+                nn.MaxPool2d(3, 1, 1),
+                nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+            ]
+        )
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = self.ops[1](x) * weights[1]
+        for i in range(2, len(self.ops)):
+            out = out + self.ops[i](x) * weights[i]
+        return out + 0.0 * weights[0] * x
+
+
+class Architecture(nn.Module):
+    def __init__(self, edges: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(1e-3 * torch.randn(edges, len(OPS)))
+
+
+class MixedCNN(nn.Module):
+    """A stem, ``edges`` mixed operations in a chain, global pooling and a classifier."""
+
+    def __init__(self, channels: int = 16, edges: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        )
+        self.edges = nn.ModuleList([MixedOp(channels) for _ in range(edges)])
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        weights = F.softmax(alpha, dim=-1)
+        h = self.stem(x)
+        for i, edge in enumerate(self.edges):
+            h = edge(h, weights[i])
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def make_models(seed: int):
+    torch.manual_seed(seed)
+    return MixedCNN(), Architecture(4)
+
+
+def make_optimizers(net: nn.Module, arch: nn.Module):
+    w_opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(arch.parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    return w_opt, a_opt
+
+
+def _with_models(step, net: nn.Module, arch: nn.Module):
+    """The step function, with the models it trains attached (for checks)."""
+
+    def run() -> None:
+        step()
+
+    run.net, run.arch = net, arch
+    return run
+
+
+# --------------------------------------------------------------------------- mlo
+
+
+class Weights(mlo.Problem):
+    def training_step(self, batch):
+        x, y = batch
+        return F.cross_entropy(self.module(x, self.arch.module.alpha), y)
+
+
+class Arch(mlo.Problem):
+    def training_step(self, batch):
+        x, y = batch
+        return F.cross_entropy(self.weights.module(x, self.module.alpha), y)
+
+
+def mlo_step(train, val):
+    net, arch = make_models(0)
+    w_opt, a_opt = make_optimizers(net, arch)
+    weights = Weights(
+        "weights",
+        net,
+        w_opt,
+        data=train,
+        config=mlo.ProblemConfig(solver=mlo.solvers.Darts(epsilon=0.01)),
+    )
+    architecture = Arch("arch", arch, a_opt, data=val)
+    engine = mlo.Engine(
+        [architecture, weights], {"arch": ["weights"]}, mlo.EngineConfig(progress=False)
+    )
+    return _with_models(engine.step, net, arch)
+
+
+# --------------------------------------------------------------------------- by hand
+
+
+def hand_step(train, val):
+    net, arch = make_models(0)
+    w_opt, a_opt = make_optimizers(net, arch)
+    w_params = list(net.parameters())
+    alpha = arch.alpha
+    xi = w_opt.param_groups[0]["lr"]
+    position = {"train": 0, "val": 0}
+
+    def next_batch(name, data):
+        batch = data[position[name] % len(data)]
+        position[name] += 1
+        return batch
+
+    def step():
+        x, y = next_batch("train", train)
+        loss = F.cross_entropy(net(x, alpha), y)
+        grads = torch.autograd.grad(loss, w_params)
+        for p, g in zip(w_params, grads):
+            p.grad = g
+        w_opt.step()
+        w_opt.zero_grad(set_to_none=True)
+
+        xv, yv = next_batch("val", val)
+        loss_val = F.cross_entropy(net(xv, alpha), yv)
+        g_alpha, *v = torch.autograd.grad(loss_val, [alpha, *w_params])
+        r = 0.01 / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
+        with torch.no_grad():
+            torch._foreach_add_(w_params, torch._foreach_mul(v, r))
+        g_plus = torch.autograd.grad(F.cross_entropy(net(x, alpha), y), alpha)[0]
+        with torch.no_grad():
+            torch._foreach_add_(w_params, torch._foreach_mul(v, -2 * r))
+        g_minus = torch.autograd.grad(F.cross_entropy(net(x, alpha), y), alpha)[0]
+        with torch.no_grad():
+            torch._foreach_add_(w_params, torch._foreach_mul(v, r))
+        alpha.grad = g_alpha - xi * (g_plus - g_minus) / (2 * r)
+        a_opt.step()
+        a_opt.zero_grad(set_to_none=True)
+
+    return _with_models(step, net, arch)
+
+
+# --------------------------------------------------------------------------- Betty
+
+
+def betty_step(train, val):
+    try:
+        from betty.configs import Config, EngineConfig
+        from betty.engine import Engine
+        from betty.problems import ImplicitProblem
+    except ImportError:
+        return None
+    import logging
+
+    from betty.logging.logger_base import get_logger
+
+    get_logger().setLevel(logging.ERROR)  # Betty logs at INFO to stdout by default
+    net, arch = make_models(0)
+    w_opt, a_opt = make_optimizers(net, arch)
+
+    class BWeights(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            return F.cross_entropy(self.module(x, self.arch.module.alpha), y)
+
+    class BArch(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            return F.cross_entropy(self.weights.module(x, self.module.alpha), y)
+
+    bw = BWeights(
+        "weights",
+        Config(type="darts", darts_alpha=0.01),
+        module=net,
+        optimizer=w_opt,
+        train_data_loader=train,
+        device="cpu",
+    )
+    ba = BArch(
+        "arch",
+        Config(first_order=True, retain_graph=True),
+        module=arch,
+        optimizer=a_opt,
+        train_data_loader=val,
+        device="cpu",
+    )
+    engine = Engine(
+        [ba, bw],
+        config=EngineConfig(train_iters=1, logger_type="none"),
+        dependencies={"l2u": {bw: [ba]}, "u2l": {ba: [bw]}},
+    )
+
+    def step():
+        engine.global_step += 1
+        engine.train_step()
+
+    return step
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=16, help="image side")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    gen = torch.Generator().manual_seed(0)
+
+    def batches(n):
+        return [
+            (
+                torch.randn(args.batch, 3, args.size, args.size, generator=gen),
+                torch.randint(0, 10, (args.batch,), generator=gen),
+            )
+            for _ in range(n)
+        ]
+
+    train, val = batches(8), batches(8)
+    versions = {"mlo": mlo_step(train, val), "hand-written": hand_step(train, val)}
+    betty = betty_step(train, val)
+    if betty is not None:
+        versions["betty"] = betty
+    times: dict[str, list[float]] = {k: [] for k in versions}
+    for i in range(args.warmup + args.rounds):
+        for name, step in versions.items():
+            start = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - start
+            if i >= args.warmup:
+                times[name].append(elapsed)
+
+    print(
+        f"DARTS iteration: batch {args.batch}, {args.size}x{args.size} images, "
+        f"{args.rounds} rounds, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    for name, median in medians.items():
+        print(f"  {name:13s} median {1e3 * median:8.2f} ms")
+    hand = medians["hand-written"]
+    print(f"  ratio mlo / hand-written = {medians['mlo'] / hand:.3f}  (target ≤ 1.05)")
+    if "betty" in medians:
+        print(f"  ratio mlo / betty        = {medians['mlo'] / medians['betty']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Ready-made multilevel methods built on the mlo engine, one sub-package each."""

@@ -1,0 +1,35 @@
+"""The benchmark compares like with like: mlo and the hand-written step do the same math."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "darts_step.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("darts_step", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mlo_and_hand_written_darts_steps_agree():
+    bench = load()
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 10, (4,), generator=gen))
+        for _ in range(3)
+    ]
+    train, val = batches[:2], batches[1:]
+    ours, hand = bench.mlo_step(train, val), bench.hand_step(train, val)
+    for _ in range(3):
+        ours()
+        hand()
+    assert not torch.equal(ours.arch.alpha, bench.make_models(0)[1].alpha)  # it moved
+    assert torch.allclose(ours.arch.alpha, hand.arch.alpha, rtol=1e-4, atol=1e-6)
+    for a, b in zip(ours.net.parameters(), hand.net.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
