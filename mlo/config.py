@@ -52,11 +52,13 @@ class EngineConfig(BaseModel):
     metrics_path: Path | None = Field(
         None, description="append metrics as JSON lines to this file (None: off)"
     )
-    check_finite_every: int = Field(
-        1,
+    check_finite_every: int | None = Field(
+        None,
         ge=1,
-        description="ticks between checks that losses and gradients are finite; each check "
-        "synchronises with the device, and the error still names the first bad step",
+        description="ticks between checks that losses and gradients are finite. 1 checks "
+        "every update before its optimizer step; a larger value avoids a device "
+        "synchronisation per update, and the error still names the first bad step. None: "
+        "1 when the parameters are on the CPU (where a check is free), log_every otherwise",
     )
     on_nonfinite: Literal["raise"] = Field(
         "raise", description="what to do with a non-finite loss or gradient"

@@ -87,6 +87,10 @@ class Engine:
         self._diagnostics: dict[str, dict[str, Tensor]] = {}
         self._pending_checks: list[tuple[int, str, str, Tensor]] = []
         self._warned: set[str] = set()
+        on_cpu = all(t.device.type == "cpu" for p in problems for t in p.params.tensors)
+        self.check_finite_every = self.config.check_finite_every or (
+            1 if on_cpu else self.config.log_every
+        )
 
     # ------------------------------------------------------------------ objectives
 
@@ -190,7 +194,7 @@ class Engine:
         self._losses[name] = loss
         self._pending_checks.append((self.tick + 1, name, "loss", loss))
         self._pending_checks.append((self.tick + 1, name, "gradient", grad_norm.detach()))
-        if self.config.check_finite_every == 1:
+        if self.check_finite_every == 1:
             self._check_finite()
         trajectory = self.trajectories.get(name)
         if trajectory is not None:
@@ -231,7 +235,7 @@ class Engine:
             else:
                 self._update(action.problem)
         self.tick += 1
-        if self.tick % self.config.check_finite_every == 0:
+        if self.tick % self.check_finite_every == 0:
             self._check_finite()
 
     def run(self) -> None:
