@@ -6,7 +6,8 @@ let the :class:`Engine` train every level through the levels below it.
 
 import logging
 
-from . import solvers
+from . import data, solvers
+from .checkpoint import CheckpointError
 from .config import EngineConfig, ProblemConfig
 from .data import DataError
 from .engine import Engine, NonFiniteError
@@ -18,6 +19,7 @@ logging.getLogger("mlo").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "DataError",
     "Engine",
     "EngineConfig",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
+
 _MISSING = object()
 
 
@@ -28,6 +30,7 @@ class BatchStream:
         self.position = 0
         self._iterator: Iterator[Any] | None = None
         self._lookahead: Any = _MISSING
+        self._epoch_rng: dict[str, Any] | None = None
         if data is not None and not isinstance(data, Iterable):
             raise DataError(
                 f"data for problem {problem!r} must be an iterable of batches (a list, a "
@@ -44,7 +47,7 @@ class BatchStream:
             except StopIteration:
                 pass
         restart = self._iterator is not None
-        self._iterator = iter(self.data)
+        self._iterator = self._new_iterator()
         try:
             return next(self._iterator), restart
         except StopIteration:
@@ -55,6 +58,46 @@ class BatchStream:
                 else " Check that the dataset is not empty."
             )
             raise DataError(f"data for problem {self.problem!r} yields no batches.{hint}") from None
+
+    def _new_iterator(self) -> Iterator[Any]:
+        # A shuffling loader draws its permutation when the iterator is made: keep the
+        # random state of that moment, so that a resumed run can draw the same one.
+        generator = getattr(self.data, "generator", None)
+        self._epoch_rng = {
+            "torch": torch.get_rng_state(),
+            "generator": generator.get_state() if isinstance(generator, torch.Generator) else None,
+        }
+        return iter(self.data)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "epoch_rng": self._epoch_rng}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Re-open the saved epoch with its random state and skip the consumed batches."""
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._lookahead = _MISSING
+        self._iterator = None
+        saved = state.get("epoch_rng")
+        if self.data is None or saved is None:
+            return
+        current = torch.get_rng_state()
+        generator = getattr(self.data, "generator", None)
+        try:
+            torch.set_rng_state(saved["torch"])
+            if saved["generator"] is not None and isinstance(generator, torch.Generator):
+                generator.set_state(saved["generator"])
+            self._epoch_rng = saved
+            self._iterator = iter(self.data)
+        finally:
+            torch.set_rng_state(current)
+        for _ in range(self.position):
+            try:
+                next(self._iterator)
+            except StopIteration:
+                raise DataError(
+                    f"data for problem {self.problem!r} has fewer batches than the checkpoint "
+                    f"had consumed ({self.position}); resume with the same data"
+                ) from None
 
     def peek(self) -> Any:
         if self._lookahead is _MISSING:

@@ -6,12 +6,15 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import rng
 from .autodiff import gradient
+from .checkpoint import CheckpointError, load_safe, save_atomic
 from .config import EngineConfig
 from .graph import LevelGraph
 from .linalg import Vector, add
@@ -272,6 +275,80 @@ class Engine:
             "updates": dict(self.updates),
         }
 
+    def losses(self) -> dict[str, float]:
+        """The latest loss of every level that has updated, as floats (synchronises)."""
+        return {n: float(v) for n, v in self._losses.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match: the edges and every parameter's name and shape."""
+        return {
+            "edges": [list(e) for e in self.graph.edges()],
+            "params": {
+                n: {k: list(v.shape) for k, v in p.module.state_dict().items()}
+                for n, p in self.problems.items()
+            },
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters, buffers, optimizer and scheduler states, data positions, random
+        number generator states, unroll trajectories, the schedule and the tick."""
+        return {
+            "format": "mlo.engine/1",
+            "fingerprint": self.fingerprint(),
+            "tick": self.tick,
+            "updates": dict(self.updates),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng.capture(),
+            "trajectories": {n: t.state_dict() for n, t in self.trajectories.items()},
+            "problems": {
+                n: {
+                    "module": p.module.state_dict(),
+                    "optimizer": p.optimizer.state_dict(),
+                    "scheduler": None if p.scheduler is None else p.scheduler.state_dict(),
+                    "data": p.stream.state_dict(),
+                }
+                for n, p in self.problems.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; a mismatch raises before anything is changed."""
+        if not isinstance(state, dict) or state.get("format") != "mlo.engine/1":
+            raise CheckpointError("not an mlo engine checkpoint (format mlo.engine/1 expected)")
+        mine, theirs = self.fingerprint(), state["fingerprint"]
+        if mine != theirs:
+            raise CheckpointError(
+                "the checkpoint was written by a different graph: "
+                + _fingerprint_difference(theirs, mine)
+                + ". Load it into the same problems and dependencies it was saved from."
+            )
+        for name, p in self.problems.items():
+            saved = state["problems"][name]
+            p.module.load_state_dict(saved["module"])
+            p.optimizer.load_state_dict(saved["optimizer"])
+            if p.scheduler is not None and saved["scheduler"] is not None:
+                p.scheduler.load_state_dict(saved["scheduler"])
+            p.stream.load_state_dict(saved["data"])
+        self.schedule.load_state_dict(state["schedule"])
+        for name, trajectory in self.trajectories.items():
+            trajectory.load_state_dict(state["trajectories"].get(name, []))
+        rng.restore(state["rng"])
+        self.tick = state["tick"]
+        self.updates = dict(state["updates"])
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write :meth:`state_dict` (plus ``extra``) atomically to ``path``."""
+        return save_atomic({"engine": self.state_dict(), "extra": extra or {}}, path)
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore from a file written by :meth:`save`; returns its ``extra``."""
+        device = next(iter(self.problems.values())).params.tensors[0].device
+        saved = load_safe(path, map_location=device)
+        self.load_state_dict(saved["engine"])
+        return saved.get("extra", {})
+
     def diagnostics(self) -> dict[str, dict[str, float]]:
         """The latest solver diagnostics of every level, as floats (synchronises)."""
         return {n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()}
@@ -312,6 +389,19 @@ class Engine:
         text = "\n".join(lines)
         print(text)
         return text
+
+
+def _fingerprint_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    if saved["edges"] != current["edges"]:
+        return f"edges {saved['edges']} in the file, {current['edges']} here"
+    for name in sorted(set(saved["params"]) | set(current["params"])):
+        a, b = saved["params"].get(name), current["params"].get(name)
+        if a is None or b is None:
+            return f"problem {name!r} is {'missing from the file' if a is None else 'not here'}"
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return f"{name}.{key} has shape {a.get(key)} in the file, {b.get(key)} here"
+    return "the fingerprints differ"
 
 
 def _compress(actions: list[Action]) -> str:

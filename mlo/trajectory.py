@@ -40,8 +40,33 @@ class Trajectory:
             )
         )
 
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "params": r.params,
+                "optimizer_state": r.optimizer_state,
+                "rules": [[rule.kind, [list(kv) for kv in rule.hyper]] for rule in r.rules],
+                "batch": r.batch,
+            }
+            for r in self.records
+        ]
+
+    def load_state_dict(self, state: list[dict[str, Any]]) -> None:
+        self.records.clear()
+        for r in state:
+            rules = [
+                StepRule(kind, tuple((k, _hyper(v)) for k, v in hyper))
+                for kind, hyper in r["rules"]
+            ]
+            self.records.append(StepRecord(r["params"], r["optimizer_state"], rules, r["batch"]))
+
     def clear(self) -> None:
         self.records.clear()
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def _hyper(value: Any) -> Any:
+    # betas are saved as a list; the step rule compares and unpacks them as a tuple
+    return tuple(value) if isinstance(value, list) else value

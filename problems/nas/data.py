@@ -1,0 +1,247 @@
+"""Image data for architecture search and evaluation.
+
+- ``cifar10`` / ``cifar100``: ``torchvision.datasets.CIFAR10/100`` with the DARTS
+  transforms, downloaded into ``data_dir`` when allowed and possible;
+- ``imagefolder``: a user's own images, ``data_dir/train/<class>/*`` and optionally
+  ``data_dir/test/<class>/*`` (or ``val/``), through ``torchvision.datasets.ImageFolder``;
+- ``synthetic``: class-structured random images for offline smoke runs — not a benchmark.
+
+Search uses the training set only, split 50/50 into search-train and search-validation
+(as in DARTS); the test set is for evaluating a derived architecture.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+logger = logging.getLogger("problems.nas")
+
+DatasetName = Literal["cifar10", "cifar100", "imagefolder", "synthetic"]
+
+STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+class NasDataError(RuntimeError):
+    """The requested data cannot be loaded; the message says what to do."""
+
+
+class Cutout:
+    """Zero one random ``length``×``length`` square of a (C, H, W) tensor image."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        y = int(torch.randint(h, (1,)))
+        x = int(torch.randint(w, (1,)))
+        y0, y1 = max(0, y - self.length // 2), min(h, y + self.length // 2)
+        x0, x1 = max(0, x - self.length // 2), min(w, x + self.length // 2)
+        img = img.clone()
+        img[..., y0:y1, x0:x1] = 0.0
+        return img
+
+
+def transforms_for(dataset: str, train: bool, cutout: int = 0, image_size: int = 32):
+    from torchvision import transforms as T
+
+    mean, std = STATS.get(dataset, STATS["imagefolder"])
+    steps = []
+    if dataset == "imagefolder":
+        steps.append(T.Resize((image_size, image_size)))
+    if train:
+        steps += [T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip()]
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    if train and cutout > 0:
+        steps.append(Cutout(cutout))
+    return T.Compose(steps)
+
+
+class SyntheticImages(Dataset):
+    """Each class is a fixed smooth random pattern; an example is its pattern plus noise,
+    randomly shifted. Learnable, but says nothing about real accuracy."""
+
+    def __init__(
+        self, size: int, num_classes: int = 10, image_size: int = 32, seed: int = 0
+    ) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        coarse = torch.randn(num_classes, 3, 4, 4, generator=gen)
+        self.templates = torch.nn.functional.interpolate(
+            coarse, size=(image_size, image_size), mode="bilinear", align_corners=False
+        )
+        self.labels = torch.randint(num_classes, (size,), generator=gen)
+        self.noise_seed = seed + 1
+        self.classes = [f"class_{i}" for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        gen = torch.Generator().manual_seed(self.noise_seed * 1_000_003 + index)
+        label = int(self.labels[index])
+        shift = torch.randint(-3, 4, (2,), generator=gen)
+        img = torch.roll(self.templates[label], shifts=(int(shift[0]), int(shift[1])), dims=(1, 2))
+        return img + 0.8 * torch.randn(img.shape, generator=gen), label
+
+
+@dataclass
+class ImageData:
+    train: Dataset  # with training augmentation
+    test: Dataset
+    num_classes: int
+    name: str
+
+
+def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    folder = root / cls.base_folder
+    train_tf, test_tf = transforms_for(name, True, cutout), transforms_for(name, False)
+
+    def build(dl: bool):
+        return (
+            cls(str(root), train=True, transform=train_tf, download=dl),
+            cls(str(root), train=False, transform=test_tf, download=dl),
+        )
+
+    try:
+        train, test = build(False)
+    except RuntimeError:
+        if folder.exists():
+            raise NasDataError(
+                f"{name}: {folder} exists but its files are missing or corrupt (checksum "
+                f"mismatch). Delete {folder} and download again, or pass --data-dir pointing "
+                "to an intact copy."
+            ) from None
+        if not download:
+            raise NasDataError(
+                f"{name} was not found in {root} and downloading is off. Pass --data-dir "
+                f"pointing to a folder that contains {cls.base_folder}/, or allow the download."
+            ) from None
+        try:
+            train, test = build(True)
+        except Exception as exc:  # network errors come in many types
+            raise NasDataError(
+                f"{name} was not found in {root} and could not be downloaded "
+                f"({type(exc).__name__}: {exc}). Pass --data-dir pointing to a folder that "
+                f"contains {cls.base_folder}/ (the python version of the dataset from "
+                f"{cls.url}), or run where the download is allowed."
+            ) from None
+    except Exception as exc:
+        # pickle errors, truncated arrays: a file is there but unreadable
+        raise NasDataError(
+            f"{name}: the files in {folder} cannot be read ({type(exc).__name__}: {exc}). "
+            f"Delete {folder} and download again, or pass --data-dir to an intact copy."
+        ) from None
+    return ImageData(train, test, len(train.classes), name)
+
+
+def _imagefolder(root: Path, cutout: int, image_size: int) -> ImageData:
+    from torchvision import datasets
+
+    train_dir = root / "train"
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if not train_dir.is_dir():
+        raise NasDataError(
+            f"imagefolder: {train_dir} does not exist. Arrange your images as "
+            "DATA_DIR/train/<class>/<image> (and optionally DATA_DIR/test/<class>/<image>) "
+            "and pass --data-dir DATA_DIR."
+        )
+    try:
+        train = datasets.ImageFolder(
+            str(train_dir), transform=transforms_for("imagefolder", True, cutout, image_size)
+        )
+        if test_dir is not None:
+            test = datasets.ImageFolder(
+                str(test_dir), transform=transforms_for("imagefolder", False, 0, image_size)
+            )
+        else:
+            logger.warning("imagefolder: no test/ or val/ folder; there is no test set")
+            test = Subset(train, [])
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise NasDataError(f"imagefolder: no images found under {root} ({exc})") from None
+    if len(train) == 0:
+        raise NasDataError(f"imagefolder: {train_dir} holds no images")
+    return ImageData(train, test, len(train.classes), "imagefolder")
+
+
+def load_images(
+    name: DatasetName,
+    data_dir: str | Path,
+    *,
+    download: bool = True,
+    cutout: int = 0,
+    image_size: int = 32,
+    synthetic_size: int = 2048,
+    num_classes: int = 10,
+    seed: int = 0,
+) -> ImageData:
+    """Training (with augmentation) and test sets for ``name``."""
+    root = Path(data_dir).expanduser()
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, root, download, cutout)
+    if name == "imagefolder":
+        return _imagefolder(root, cutout, image_size)
+    if name == "synthetic":
+        logger.warning(
+            "SYNTHETIC DATA: random class-structured images, for offline smoke runs only; "
+            "accuracies on it say nothing about real architectures"
+        )
+        return ImageData(
+            SyntheticImages(synthetic_size, num_classes, image_size, seed),
+            SyntheticImages(synthetic_size // 4, num_classes, image_size, seed + 7),
+            num_classes,
+            "synthetic",
+        )
+    raise NasDataError(f"unknown dataset {name!r}; use cifar10, cifar100, imagefolder or synthetic")
+
+
+def search_split(dataset: Dataset, portion: float = 0.5, seed: int = 0) -> tuple[Subset, Subset]:
+    """Split a training set into search-train and search-validation halves (DARTS)."""
+    n = len(dataset)
+    if n < 2:
+        raise NasDataError(f"the training set has {n} example(s); a search needs at least 2")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = int(n * portion)
+    return Subset(dataset, order[:cut]), Subset(dataset, order[cut:])
+
+
+def loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    workers: int = 0,
+    drop_last: bool = True,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader whose shuffling follows its own seeded generator (reproducible)."""
+    if len(dataset) == 0:
+        raise NasDataError("cannot build a loader over an empty dataset")
+    if drop_last and len(dataset) < batch_size:
+        raise NasDataError(
+            f"the dataset has {len(dataset)} examples, fewer than one batch of {batch_size}; "
+            "lower --batch-size"
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+    )

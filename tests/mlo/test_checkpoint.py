@@ -1,0 +1,97 @@
+"""Engine checkpoints: round trip, atomic writes, safe loading, graph mismatches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mlo
+
+from .test_state_untouched import assert_identical, build, snapshot
+
+
+@pytest.mark.parametrize("solver", ["cg", "unroll"])
+def test_save_and_load_round_trip_continues_identically(tmp_path, solver):
+    reference = build(solver)
+    for _ in range(5):
+        reference.step()
+
+    first = build(solver)
+    for _ in range(2):
+        first.step()
+    first.save(tmp_path / "ckpt.pt", extra={"note": "two steps"})
+    resumed = build(solver)
+    assert resumed.load(tmp_path / "ckpt.pt") == {"note": "two steps"}
+    assert resumed.tick == 2
+    hypergradient = first.hypergradient("top")
+    for name, value in resumed.hypergradient("top").items():
+        assert torch.equal(value, hypergradient[name]), name
+    for _ in range(3):
+        resumed.step()
+    assert_identical(snapshot(reference), snapshot(resumed))
+
+
+def test_resume_mid_epoch_of_a_shuffling_loader_is_exact(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def engine_with_loader():
+        e = build("darts")
+        data = TensorDataset(torch.randn(20, 3), torch.randn(20, 1))
+        loader = DataLoader(
+            data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
+        e.problems["middle"].stream = mlo.data.BatchStream("middle", loader)
+        return e
+
+    reference = engine_with_loader()
+    for _ in range(7):  # 14 middle updates: two epochs of 5 batches and 4 more
+        reference.step()
+    first = engine_with_loader()
+    for _ in range(4):
+        first.step()
+    first.save(tmp_path / "ckpt.pt")
+    resumed = engine_with_loader()
+    resumed.load(tmp_path / "ckpt.pt")
+    for _ in range(3):
+        resumed.step()
+    assert_identical(snapshot(reference), snapshot(resumed))
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    engine = build("darts")
+    engine.step()
+    path = engine.save(tmp_path / "ckpt.pt")
+    data = torch.load(path, weights_only=True)
+    assert data["engine"]["format"] == "mlo.engine/1"
+
+
+def test_truncated_checkpoint_gives_a_clear_error_and_the_previous_one_survives(tmp_path):
+    engine = build("darts")
+    engine.step()
+    good = engine.save(tmp_path / "good.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(mlo.CheckpointError, match="truncated, corrupt"):
+        build("darts").load(bad)
+    build("darts").load(good)
+
+
+def test_loading_into_a_different_graph_fails_and_changes_nothing(tmp_path):
+    engine = build("darts")
+    engine.step()
+    path = engine.save(tmp_path / "ckpt.pt")
+    other = build("darts")
+    other.problems["top"].module[0] = torch.nn.Linear(3, 7)  # a different shape
+    before = snapshot(other)
+    with pytest.raises(
+        mlo.CheckpointError, match=r"top\.0\.bias has shape \[6\] in the file, \[7\] here"
+    ):
+        other.load(path)
+    assert_identical(before, snapshot(other))
+
+
+def test_atomic_save_leaves_no_temporary_files(tmp_path):
+    engine = build("darts")
+    engine.save(tmp_path / "a.pt")
+    engine.save(tmp_path / "a.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
