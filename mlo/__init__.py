@@ -29,5 +29,6 @@ __all__ = [
     "Problem",
     "ProblemConfig",
     "__version__",
+    "data",
     "solvers",
 ]

@@ -308,6 +308,8 @@ class Engine:
                     "optimizer": p.optimizer.state_dict(),
                     "scheduler": None if p.scheduler is None else p.scheduler.state_dict(),
                     "data": p.stream.state_dict(),
+                    "batch": p.batch if p.has_batch else None,
+                    "has_batch": p.has_batch,
                 }
                 for n, p in self.problems.items()
             },
@@ -331,6 +333,7 @@ class Engine:
             if p.scheduler is not None and saved["scheduler"] is not None:
                 p.scheduler.load_state_dict(saved["scheduler"])
             p.stream.load_state_dict(saved["data"])
+            p.batch, p.has_batch = saved["batch"], saved["has_batch"]
         self.schedule.load_state_dict(state["schedule"])
         for name, trajectory in self.trajectories.items():
             trajectory.load_state_dict(state["trajectories"].get(name, []))
