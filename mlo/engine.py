@@ -250,7 +250,7 @@ class Engine:
             for i in range(total):
                 self.step()
                 if (i + 1) % self.config.log_every == 0 or i + 1 == total:
-                    record = self._log_record()
+                    record = self.report()
                     writer.write(record)
                     monitor.update(i + 1, record["loss"])
             self._check_finite()
@@ -258,8 +258,9 @@ class Engine:
             writer.close()
             monitor.close({"updates": ", ".join(f"{n} {c}" for n, c in self.updates.items())})
 
-    def _log_record(self) -> dict[str, Any]:
-        """Materialise the latest losses and diagnostics (one device synchronisation)."""
+    def report(self) -> dict[str, Any]:
+        """The latest losses, solver diagnostics and update counts as plain numbers (one
+        device synchronisation); logs each new solver warning once."""
         losses = {n: float(v) for n, v in self._losses.items()}
         diagnostics = {n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()}
         for name, values in diagnostics.items():

@@ -1,0 +1,148 @@
+"""What every example's command line shares: configs from TOML files and flags, validated
+by pydantic, and failures reported as one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag is invalid; the message names the key and the fix."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` to stderr and exit (no traceback)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _unknown_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:
+    problems = []
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            valid = ", ".join(fields)
+            problems.append(f"unknown key {prefix}{key!r}{hint} (valid keys: {valid})")
+            continue
+        annotation = fields[key].annotation
+        if (
+            isinstance(value, dict)
+            and isinstance(annotation, type)
+            and issubclass(annotation, BaseModel)
+        ):
+            problems.extend(_unknown_keys(annotation, value, f"{prefix}{key}."))
+    return problems
+
+
+def build_config(
+    model: type[M],
+    file: Path | None,
+    overrides: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+) -> M:
+    """``model`` from ``defaults``, then a TOML file (optional), then command-line
+    ``overrides`` on top.
+
+    Nested tables map to nested models; an override key ``a.b`` sets ``[a] b``.
+    """
+    data: dict[str, Any] = dict(defaults or {})
+    if file is not None:
+        try:
+            data.update(tomllib.loads(Path(file).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    unknown = _unknown_keys(model, data)
+    if unknown:
+        raise ConfigError("; ".join(unknown))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+        source = f" in {file}" if file else ""
+        raise ConfigError(f"invalid configuration{source}: " + "; ".join(lines)) from None
+
+
+def print_config(config: BaseModel) -> None:
+    """The effective configuration, as TOML-like JSON values (reproduces the run)."""
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the search and evaluation commands (None = keep file/default)."""
+    parser.add_argument("--config", type=Path, help="TOML file; flags override its values")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100", "imagefolder", "synthetic"])
+    parser.add_argument("--data-dir", type=Path, dest="data_dir")
+    parser.add_argument(
+        "--no-download",
+        action="store_const",
+        const=False,
+        dest="download",
+        help="never try to download the dataset",
+    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, dest="batch_size")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--init-channels", type=int, dest="init_channels")
+    parser.add_argument("--max-steps", type=int, dest="max_steps")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--workers", type=int, help="data-loading worker processes")
+    parser.add_argument(
+        "--amp",
+        action="store_const",
+        const=True,
+        help="bfloat16 autocast (on GPUs with bf16 support)",
+    )
+    parser.add_argument("--channels-last", action="store_const", const=True, dest="channels_last")
+    parser.add_argument(
+        "--resume", action="store_const", const=True, help="continue from OUT/checkpoint.pt"
+    )
+    parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
+    parser.add_argument(
+        "--image-size", type=int, dest="image_size", help="imagefolder/synthetic image side"
+    )
+    parser.add_argument(
+        "--synthetic-size",
+        type=int,
+        dest="synthetic_size",
+        help="examples in the synthetic training set",
+    )
+    parser.add_argument(
+        "--log-every", type=int, dest="log_every", help="updates between metric records"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, dest="checkpoint_every", help="updates between checkpoints"
+    )

@@ -1,0 +1,86 @@
+"""Configurations of a DARTS-space search and of a genotype's evaluation (DARTS defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+import mlo
+
+from .search import SearchHyper
+
+Dataset = Literal["cifar10", "cifar100", "imagefolder", "synthetic"]
+
+
+class RunBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Dataset = "cifar10"
+    data_dir: Path = Field(Path("data"), description="where the dataset is, or is downloaded to")
+    download: bool = Field(True, description="download the dataset when it is missing")
+    out: Path = Field(Path("runs/search"), description="output folder")
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(64, ge=1)
+    layers: int = Field(8, ge=1, description="cells in the network")
+    init_channels: int = Field(16, ge=2, description="channels of the first cells")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many updates")
+    seed: int = 2
+    device: str = Field("auto", description="cpu, cuda, cuda:N, or auto")
+    workers: int = Field(2, ge=0)
+    amp: bool = Field(False, description="bfloat16 autocast")
+    channels_last: bool = False
+    resume: bool = Field(False, description="continue from OUT/checkpoint.pt")
+    progress: bool = True
+    image_size: int = Field(32, ge=8, description="imagefolder images are resized to this")
+    synthetic_size: int = Field(2048, ge=16, description="examples in the synthetic set")
+    log_every: int = Field(10, ge=1, description="updates between metric records")
+    checkpoint_every: int = Field(200, ge=1, description="updates between checkpoints")
+
+
+class SearchRun(RunBase):
+    """A search in the DARTS space (``examples/darts_cifar.py search``)."""
+
+    solver: str = Field("darts", description="hypergradient solver of the network level")
+    unroll_steps: int = Field(1, ge=1, description="network updates per architecture update")
+    partial_channels: int = Field(1, ge=1, description="PC-DARTS: 1/k of the channels per edge")
+    hyper: SearchHyper = SearchHyper()
+
+    @field_validator("solver")
+    @classmethod
+    def _known_solver(cls, value: str) -> str:
+        mlo.solvers.resolve(value)
+        return value
+
+
+class EvalRun(RunBase):
+    """Retraining a genotype from scratch (``examples/darts_cifar.py evaluate``)."""
+
+    genotype: str = Field("DARTS_V2", description="a genotype.json file or a published name")
+    out: Path = Path("runs/evaluate")
+    epochs: int = Field(600, ge=1)
+    batch_size: int = Field(96, ge=1)
+    layers: int = Field(20, ge=1)
+    init_channels: int = Field(36, ge=2)
+    lr: float = Field(0.025, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    cutout: int = Field(16, ge=0, description="cutout square side (0: off)")
+    auxiliary_weight: float = Field(0.4, ge=0, description="auxiliary head loss weight (0: off)")
+    drop_path: float = Field(0.2, ge=0, lt=1, description="final drop-path probability")
+    short: bool = Field(False, description="short budget: 10 epochs, 8 cells, 16 channels")
+
+    def effective(self) -> EvalRun:
+        """The configuration with the short-budget preset applied."""
+        if not self.short:
+            return self
+        return self.model_copy(
+            update={
+                "epochs": min(self.epochs, 10),
+                "layers": 8,
+                "init_channels": 16,
+                "short": False,
+            }
+        )

@@ -1,0 +1,165 @@
+"""Pictures of a search: a genotype's cells, and how the architecture weights evolved.
+
+Drawn with matplotlib's Agg backend into PNG files; no system binary (graphviz) needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .genotype import Genotype
+from .operations import PRIMITIVES
+
+COLORS = {
+    "max_pool_3x3": "#1f77b4",
+    "avg_pool_3x3": "#17becf",
+    "skip_connect": "#7f7f7f",
+    "sep_conv_3x3": "#d62728",
+    "sep_conv_5x5": "#ff7f0e",
+    "dil_conv_3x3": "#2ca02c",
+    "dil_conv_5x5": "#9467bd",
+    "none": "#bbbbbb",
+}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError("drawing needs matplotlib: pip install -e '.[examples]'") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
+    """Inputs on the left, intermediate nodes left to right, the output on the right.
+
+    Call after the figure layout is fixed: label positions are computed in display
+    coordinates, where matplotlib bends the ``arc3`` edges.
+    """
+    nodes = len(cell) // 2
+    pos = {0: (0.0, 0.8), 1: (0.0, 0.2)}
+    for i in range(nodes):
+        pos[2 + i] = (1.0 + i, 0.8 if i % 2 == 0 else 0.2)
+    out = (nodes + 1.0, 0.5)
+    ax.set_xlim(-0.5, nodes + 1.5)
+    ax.set_ylim(-0.15, 1.15)
+    ax.set_title(title)
+    ax.axis("off")
+    names = {0: "c_{k-2}", 1: "c_{k-1}", **{2 + i: str(i) for i in range(nodes)}}
+    to_display, to_data = ax.transData.transform, ax.transData.inverted().transform
+    for k, (op, src) in enumerate(cell):
+        dst = 2 + k // 2
+        rad = 0.2 if k % 2 else -0.2
+        ax.annotate(
+            "",
+            xy=pos[dst],
+            xytext=pos[src],
+            arrowprops=dict(
+                arrowstyle="-|>",
+                color=COLORS[op],
+                lw=2,
+                shrinkA=14,
+                shrinkB=14,
+                connectionstyle=f"arc3,rad={rad}",
+            ),
+        )
+        # the curve's midpoint: the chord's midpoint moved by rad/2 times the rotated chord
+        (x0, y0), (x1, y1) = to_display(pos[src]), to_display(pos[dst])
+        mid = ((x0 + x1) / 2 + rad / 2 * (y1 - y0), (y0 + y1) / 2 - rad / 2 * (x1 - x0))
+        ax.text(
+            *to_data(mid),
+            op,
+            fontsize=8,
+            ha="center",
+            va="center",
+            color=COLORS[op],
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9),
+        )
+    for node in concat:
+        ax.annotate(
+            "",
+            xy=out,
+            xytext=pos[node],
+            arrowprops=dict(
+                arrowstyle="-|>", color="#bbbbbb", lw=1, shrinkA=14, shrinkB=16, linestyle="--"
+            ),
+        )
+    for node, (x, y) in pos.items():
+        ax.text(
+            x,
+            y,
+            names[node],
+            ha="center",
+            va="center",
+            fontsize=10,
+            bbox=dict(
+                boxstyle="circle,pad=0.4" if node >= 2 else "round,pad=0.4",
+                fc="#c6dbef" if node < 2 else "#fdd0a2",
+                ec="black",
+            ),
+        )
+    ax.text(
+        *out,
+        "c_{k}",
+        ha="center",
+        va="center",
+        fontsize=10,
+        bbox=dict(boxstyle="round,pad=0.4", fc="#c7e9c0", ec="black"),
+    )
+
+
+def plot_genotype(genotype: Genotype, path: str | Path, title: str = "") -> Path:
+    """Draw the normal and reduction cells (nodes and operation-labelled edges)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5))
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.02, wspace=0.08)
+    _draw_cell(axes[0], genotype.normal, genotype.normal_concat, "normal cell")
+    _draw_cell(axes[1], genotype.reduce, genotype.reduce_concat, "reduction cell")
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_alpha_evolution(
+    steps: Sequence[int],
+    normal: Sequence[torch.Tensor],
+    reduce: Sequence[torch.Tensor],
+    path: str | Path,
+) -> Path:
+    """Softmax of α per edge and operation over the search: one panel per edge, for the
+    normal cell (top rows) and the reduction cell (bottom rows)."""
+    plt = _pyplot()
+    normal_t = torch.stack([w.float().cpu() for w in normal])  # (T, edges, ops)
+    reduce_t = torch.stack([w.float().cpu() for w in reduce])
+    edges = normal_t.shape[1]
+    cols = 7
+    rows = 2 * ((edges + cols - 1) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.6 * cols, 1.9 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    half = rows // 2
+    for block, (name, data) in enumerate((("normal", normal_t), ("reduce", reduce_t))):
+        for e in range(edges):
+            ax = axes[block * half + e // cols][e % cols]
+            for o, op in enumerate(PRIMITIVES):
+                ax.plot(list(steps), data[:, e, o].tolist(), color=COLORS[op], lw=1.2, label=op)
+            ax.set_title(f"{name} edge {e}", fontsize=8)
+            ax.tick_params(labelsize=6)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(PRIMITIVES), fontsize=8)
+    fig.supxlabel("architecture update", y=0.04)
+    fig.supylabel("softmax(α)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,99 @@
+"""The data pipeline reads the real CIFAR format through torchvision's loaders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from problems.nas.data import Cutout, NasDataError, load_images, loader, search_split
+
+
+def test_cifar10_fixture_loads_through_torchvision(cifar10_dir):
+    data = load_images("cifar10", cifar10_dir, download=False)
+    assert type(data.train).__name__ == "CIFAR10"
+    assert len(data.train) == 80 and len(data.test) == 16 and data.num_classes == 10
+    image, label = data.train[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0 <= label < 10
+
+
+def test_cifar100_fixture_loads_through_torchvision(cifar100_dir):
+    data = load_images("cifar100", cifar100_dir, download=False)
+    assert type(data.train).__name__ == "CIFAR100"
+    assert data.num_classes == 100 and len(data.train) == 64
+
+
+def test_search_split_is_a_disjoint_half(cifar10_dir):
+    data = load_images("cifar10", cifar10_dir, download=False)
+    a, b = search_split(data.train, 0.5, seed=0)
+    assert len(a) == len(b) == 40
+    assert not set(a.indices) & set(b.indices)
+    assert search_split(data.train, 0.5, seed=0)[0].indices == a.indices
+
+
+def test_loader_batches(cifar10_dir):
+    data = load_images("cifar10", cifar10_dir, download=False)
+    x, y = next(iter(loader(data.train, 8, shuffle=True, seed=0)))
+    assert x.shape == (8, 3, 32, 32) and y.shape == (8,)
+
+
+def test_missing_data_without_download_names_data_dir(tmp_path):
+    with pytest.raises(NasDataError, match="--data-dir"):
+        load_images("cifar10", tmp_path / "nothing", download=False)
+
+
+def test_corrupt_cifar_file_is_reported(cifar10_dir):
+    (cifar10_dir / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(NasDataError, match=r"cannot be read.*data-dir"):
+        load_images("cifar10", cifar10_dir, download=False)
+
+
+def test_corrupt_cifar_file_fails_the_real_checksum(tmp_path):
+    from tests.cifar_fixture import write_cifar10
+
+    root = write_cifar10(tmp_path / "data")  # checksums are not patched here
+    with pytest.raises(NasDataError, match="missing or corrupt"):
+        load_images("cifar10", root, download=False)
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(folder / f"{i}.png")
+    data = load_images("imagefolder", tmp_path, image_size=32)
+    assert data.num_classes == 2 and len(data.train) == 6 and len(data.test) == 6
+    assert data.train[0][0].shape == (3, 32, 32)
+
+
+def test_imagefolder_without_images_is_refused(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(NasDataError, match="no images"):
+        load_images("imagefolder", tmp_path)
+    with pytest.raises(NasDataError, match="train does not exist"):
+        load_images("imagefolder", tmp_path / "elsewhere")
+
+
+def test_synthetic_data_is_class_structured_and_says_so(caplog):
+    data = load_images("synthetic", "unused", synthetic_size=64, num_classes=4)
+    assert "SYNTHETIC DATA" in caplog.text
+    x, y = data.train[0]
+    assert x.shape == (3, 32, 32) and 0 <= y < 4
+    assert torch.equal(data.train[5][0], data.train[5][0])  # deterministic
+
+
+def test_cutout_zeroes_a_square():
+    img = torch.ones(3, 32, 32)
+    out = Cutout(16)(img)
+    zeros = int((out[0] == 0).sum())
+    assert 0 < zeros <= 256 and torch.equal(img, torch.ones(3, 32, 32))
+
+
+def test_batch_smaller_than_dataset_is_required(cifar10_dir):
+    data = load_images("cifar10", cifar10_dir, download=False)
+    with pytest.raises(NasDataError, match="lower --batch-size"):
+        loader(data.test, 64, shuffle=False, seed=0)
