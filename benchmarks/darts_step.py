@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import mlo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hand_darts import darts_step_by_hand
 
 OPS = ("none", "skip", "conv3", "conv5", "maxpool", "avgpool")
 
@@ -142,41 +147,9 @@ def mlo_step(train, val):
 def hand_step(train, val):
     net, arch = make_models(0)
     w_opt, a_opt = make_optimizers(net, arch)
-    w_params = list(net.parameters())
-    alpha = arch.alpha
-    xi = w_opt.param_groups[0]["lr"]
-    position = {"train": 0, "val": 0}
-
-    def next_batch(name, data):
-        batch = data[position[name] % len(data)]
-        position[name] += 1
-        return batch
-
-    def step():
-        x, y = next_batch("train", train)
-        loss = F.cross_entropy(net(x, alpha), y)
-        grads = torch.autograd.grad(loss, w_params)
-        for p, g in zip(w_params, grads):
-            p.grad = g
-        w_opt.step()
-        w_opt.zero_grad(set_to_none=True)
-
-        xv, yv = next_batch("val", val)
-        loss_val = F.cross_entropy(net(xv, alpha), yv)
-        g_alpha, *v = torch.autograd.grad(loss_val, [alpha, *w_params])
-        r = 0.01 / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
-        with torch.no_grad():
-            torch._foreach_add_(w_params, torch._foreach_mul(v, r))
-        g_plus = torch.autograd.grad(F.cross_entropy(net(x, alpha), y), alpha)[0]
-        with torch.no_grad():
-            torch._foreach_add_(w_params, torch._foreach_mul(v, -2 * r))
-        g_minus = torch.autograd.grad(F.cross_entropy(net(x, alpha), y), alpha)[0]
-        with torch.no_grad():
-            torch._foreach_add_(w_params, torch._foreach_mul(v, r))
-        alpha.grad = g_alpha - xi * (g_plus - g_minus) / (2 * r)
-        a_opt.step()
-        a_opt.zero_grad(set_to_none=True)
-
+    step = darts_step_by_hand(
+        lambda x: net(x, arch.alpha), list(net.parameters()), [arch.alpha], w_opt, a_opt, train, val
+    )
     return _with_models(step, net, arch)
 
 

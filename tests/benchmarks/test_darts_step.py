@@ -33,3 +33,27 @@ def test_mlo_and_hand_written_darts_steps_agree():
     assert torch.allclose(ours.arch.alpha, hand.arch.alpha, rtol=1e-4, atol=1e-6)
     for a, b in zip(ours.net.parameters(), hand.net.parameters()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_supernet_benchmark_versions_agree():
+    import argparse
+
+    spec = importlib.util.spec_from_file_location(
+        "nas_search_step", PATH.parent / "nas_search_step.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(layers=3, channels=4, amp=False, channels_last=False)
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(2, 3, 8, 8, generator=gen), torch.randint(0, 10, (2,), generator=gen))
+        for _ in range(3)
+    ]
+    device = torch.device("cpu")
+    ours, (_, arch_a) = bench.mlo_version(args, device, batches[:2], batches[1:])
+    hand, (_, arch_b) = bench.hand_version(args, device, batches[:2], batches[1:])
+    for _ in range(2):
+        ours()
+        hand()
+    for a, b in zip(arch_a.parameters(), arch_b.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
