@@ -32,6 +32,11 @@ class ProblemConfig(BaseModel):
     reset_each_inner_loop: bool = Field(
         False, description="call problem.reset() before each group of unroll_steps updates"
     )
+    batch_from: str | None = Field(
+        None,
+        description="read the current batch of this other problem instead of drawing from "
+        "own data, so that two levels see the same examples (the problem's data must be None)",
+    )
 
     @field_validator("solver", mode="before")
     @classmethod

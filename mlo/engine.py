@@ -70,6 +70,7 @@ class Engine:
                     "rename the problem"
                 )
             p._peers = {n: q for n, q in self.problems.items() if n != p.name}
+        self._validate_levels()
         self.schedule = Schedule(
             self.graph,
             {n: p.config.unroll_steps for n, p in self.problems.items()},
@@ -95,12 +96,59 @@ class Engine:
             1 if on_cpu else self.config.log_every
         )
 
+    def _validate_levels(self) -> None:
+        for name, p in self.problems.items():
+            source = p.config.batch_from
+            if source is not None:
+                if source not in self.problems or source == name:
+                    raise ValueError(
+                        f"problem {name!r}: batch_from={source!r} must name another problem "
+                        f"({', '.join(n for n in self.problems if n != name)})"
+                    )
+                if p.stream.data is not None:
+                    raise ValueError(
+                        f"problem {name!r} has its own data and batch_from={source!r}; pass "
+                        "data=None to read the other problem's batches"
+                    )
+                if self.problems[source].config.batch_from is not None:
+                    raise ValueError(
+                        f"problem {name!r}: batch_from={source!r}, which itself reads its "
+                        "batches from another problem; point at the problem that owns the data"
+                    )
+            if p.config.solver.name == "explicit" and not p.explicit:
+                raise ValueError(
+                    f"problem {name!r} uses the 'explicit' solver but {type(p).__name__} does "
+                    "not implement best_response(batch)"
+                )
+            if p.optimizer is None and p.config.solver.needs_trajectory:
+                raise ValueError(
+                    f"problem {name!r} has no optimizer to replay; the 'unroll' solver needs one"
+                )
+
     # ------------------------------------------------------------------ objectives
+
+    def _current_batch(self, name: str) -> Any:
+        """The batch a level is evaluated on: its own latest batch, the next one if it has
+        not drawn any (without consuming it), or its ``batch_from`` problem's."""
+        problem = self.problems[name]
+        source = problem.config.batch_from
+        if source is not None:
+            return self._current_batch(source)
+        return problem.batch if problem.has_batch else problem.stream.peek()
+
+    def _draw_batch(self, name: str) -> Any:
+        problem = self.problems[name]
+        if problem.config.batch_from is not None:
+            batch = self._current_batch(name)
+        else:
+            batch = problem.stream.next()
+        problem.batch, problem.has_batch = batch, True
+        return batch
 
     def _objective(self, name: str, params: Sequence[Tensor] | None = None, batch: Any = _CURRENT):
         problem = self.problems[name]
         if batch is _CURRENT:
-            batch = problem.batch if problem.has_batch else problem.stream.peek()
+            batch = self._current_batch(name)
         context = problem.params.substitute(params) if params is not None else nullcontext()
         with context:
             loss = problem.training_step(batch)
@@ -118,15 +166,32 @@ class Engine:
 
     def _level(self, name: str) -> Level:
         problem = self.problems[name]
-        lr = problem.optimizer.param_groups[0]["lr"]
+        lr = None if problem.optimizer is None else float(problem.optimizer.param_groups[0]["lr"])
         return Level(
             name=name,
             params=list(problem.params.tensors),
             objective=lambda params=None, batch=_CURRENT: self._objective(name, params, batch),
-            learning_rate=float(lr),
+            learning_rate=lr,
             grad_clip=problem.config.grad_clip,
             trajectory=self.trajectories.get(name),
+            response=(lambda: self._response(name)) if problem.explicit else None,
         )
+
+    def _response(self, name: str) -> list[Tensor]:
+        problem = self.problems[name]
+        values = list(problem.best_response(self._current_batch(name)))
+        if len(values) != len(problem.params):
+            raise ValueError(
+                f"{type(problem).__name__}.best_response of problem {name!r} returned "
+                f"{len(values)} tensors for {len(problem.params)} parameters"
+            )
+        for value, param, pname in zip(values, problem.params.tensors, problem.params.names):
+            if value.shape != param.shape:
+                raise ValueError(
+                    f"{type(problem).__name__}.best_response of problem {name!r}: {pname} has "
+                    f"shape {tuple(param.shape)}, the response {tuple(value.shape)}"
+                )
+        return values
 
     # ------------------------------------------------------------------ adjoint propagation
 
@@ -182,8 +247,10 @@ class Engine:
 
     def _update(self, name: str) -> None:
         problem = self.problems[name]
-        batch = problem.stream.next()
-        problem.batch, problem.has_batch = batch, True
+        batch = self._draw_batch(name)
+        if problem.explicit and problem.optimizer is None:
+            self._update_explicit(name)
+            return
         loss = self._objective(name, batch=batch)
         grads = self._total_gradient(name, loss)
         params = problem.params.tensors
@@ -206,6 +273,27 @@ class Engine:
         problem.optimizer.zero_grad(set_to_none=True)
         if problem.scheduler is not None:
             problem.scheduler.step()
+        self.updates[name] += 1
+
+    def _update_explicit(self, name: str) -> None:
+        """Set a level to its explicit best response (no gradient step)."""
+        problem = self.problems[name]
+        with self._buffers.preserved():
+            values = [v.detach() for v in self._response(name)]
+        self._pending_checks.append(
+            (self.tick + 1, name, "best response", torch.stack([v.norm() for v in values]))
+        )
+        if self.check_finite_every == 1:
+            self._check_finite()
+        with torch.no_grad():
+            for param, value in zip(problem.params.tensors, values):
+                param.copy_(value)
+        with self._buffers.preserved():
+            loss = self._objective(name).detach()
+        self._losses[name] = loss
+        self._pending_checks.append((self.tick + 1, name, "loss", loss))
+        if self.check_finite_every == 1:
+            self._check_finite()
         self.updates[name] += 1
 
     def _reset(self, name: str) -> None:

@@ -23,7 +23,8 @@ class Problem:
     Args:
         name: unique name of the level; also the attribute other problems use to reach it.
         module: the ``nn.Module`` holding this level's trainable parameters ``θ_P``.
-        optimizer: a ``torch.optim.Optimizer`` over (a subset of) ``module``'s parameters.
+        optimizer: a ``torch.optim.Optimizer`` over (a subset of) ``module``'s parameters;
+            ``None`` for a level that implements :meth:`best_response` instead.
         data: any iterable of batches, cycled; ``None`` passes ``batch=None``.
         config: per-level options (:class:`mlo.ProblemConfig`).
         scheduler: an optional learning-rate scheduler, stepped after every update.
@@ -33,7 +34,7 @@ class Problem:
         self,
         name: str,
         module: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         data: Iterable[Any] | None = None,
         config: ProblemConfig | None = None,
         scheduler: Any | None = None,
@@ -45,7 +46,12 @@ class Problem:
             )
         if not isinstance(module, nn.Module):
             raise TypeError(f"problem {name!r}: module must be a torch.nn.Module")
-        if not isinstance(optimizer, torch.optim.Optimizer):
+        if optimizer is None and not self.explicit:
+            raise TypeError(
+                f"problem {name!r}: optimizer is None, but {type(self).__name__} does not "
+                "implement best_response(); give it a torch.optim.Optimizer"
+            )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"problem {name!r}: optimizer must be a torch.optim.Optimizer")
         if config is not None and not isinstance(config, ProblemConfig):
             raise TypeError(f"problem {name!r}: config must be a mlo.ProblemConfig")
@@ -61,7 +67,7 @@ class Problem:
                 "parameters has requires_grad=True); give it a module with parameters"
             )
         own = {id(p) for p in self.params.tensors}
-        for group in optimizer.param_groups:
+        for group in optimizer.param_groups if optimizer is not None else []:
             for p in group["params"]:
                 if id(p) not in own:
                     raise ValueError(
@@ -80,6 +86,23 @@ class Problem:
             f"{type(self).__name__} must implement training_step(self, batch) -> scalar tensor"
         )
 
+    def best_response(self, batch: Any) -> list[Tensor]:
+        """Optional: this level's solution as an explicit, differentiable function of the
+        other problems' current parameters (one tensor per parameter, in
+        ``module.named_parameters()`` order).
+
+        A level that implements it is updated by setting its parameters to the result
+        (no optimizer step), and the ``explicit`` solver differentiates through it. Use
+        it for levels solved by an algorithm rather than by gradient steps on
+        ``training_step``: an adversarial attack, a closed-form ridge regression, ...
+        """
+        raise NotImplementedError
+
+    @property
+    def explicit(self) -> bool:
+        """Whether this level implements :meth:`best_response`."""
+        return type(self).best_response is not Problem.best_response
+
     def reset(self) -> None:
         """Re-initialise the module and clear the optimizer state.
 
@@ -90,7 +113,8 @@ class Problem:
             reset = getattr(sub, "reset_parameters", None)
             if callable(reset):
                 reset()
-        self.optimizer.state.clear()
+        if self.optimizer is not None:
+            self.optimizer.state.clear()
 
     def __getattr__(self, item: str) -> Problem:
         peers = self.__dict__.get("_peers")

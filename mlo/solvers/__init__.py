@@ -7,11 +7,13 @@
 | ``neumann``     | ``α Σ_{k≤K} (I − αH)^k v``                  |
 | ``cg``          | CG solve of ``(H + ρI) w = v``              |
 | ``unroll``      | exact reverse mode through D's last K steps |
+| ``explicit``    | reverse mode through ``Problem.best_response`` |
 """
 
 from .base import ImplicitSolver, Level, Solver, SolverResult, available, register, resolve
 from .cg import CG
 from .darts import Darts
+from .explicit import Explicit
 from .first_order import FirstOrder
 from .neumann import Neumann
 from .unroll import Unroll
@@ -19,6 +21,7 @@ from .unroll import Unroll
 __all__ = [
     "CG",
     "Darts",
+    "Explicit",
     "FirstOrder",
     "ImplicitSolver",
     "Level",

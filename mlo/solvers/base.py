@@ -33,15 +33,29 @@ class Level:
 
     ``objective(params=None, batch=None)`` evaluates ``f_D`` at D's current batch (or
     ``batch``) with D's parameters replaced by ``params`` when given; the parameters of
-    every other problem stay as they are.
+    every other problem stay as they are. ``response()``, for a level that implements
+    ``Problem.best_response``, recomputes D's solution as a differentiable function of the
+    other problems' current parameters.
     """
 
     name: str
     params: list[Tensor]
     objective: Objective
-    learning_rate: float
+    learning_rate: float | None
     grad_clip: float | None = None
     trajectory: Trajectory | None = None
+    response: Callable[[], list[Tensor]] | None = None
+
+    def default_step(self, value: float | None, solver: str, knob: str) -> float:
+        """``value`` if given, else D's learning rate (which an explicit level lacks)."""
+        if value is not None:
+            return value
+        if self.learning_rate is None:
+            raise ValueError(
+                f"solver {solver!r} on level {self.name!r}: the level has no optimizer to take "
+                f"a learning rate from; set {solver}({knob}=...) explicitly"
+            )
+        return self.learning_rate
 
 
 @dataclass

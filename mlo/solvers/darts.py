@@ -27,7 +27,7 @@ class Darts(Solver):
     xi: float | None = Field(None, gt=0, description="look-ahead scale; None = D's lr")
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
-        xi = level.learning_rate if self.xi is None else self.xi
+        xi = level.default_step(self.xi, "darts", "xi")
         flat = [t for group in parents for t in group]
         r = self.epsilon / norm(v).clamp_min(1e-30)
         theta = [p.detach() for p in level.params]

@@ -31,7 +31,7 @@ class Neumann(ImplicitSolver):
     def inverse_hvp(
         self, hessian: SecondOrder, v: Vector, level: Level
     ) -> tuple[Vector, dict[str, Tensor]]:
-        alpha = level.learning_rate if self.alpha is None else self.alpha
+        alpha = level.default_step(self.alpha, "neumann", "alpha")
         term = list(v)
         total = list(v)
         term_norm = norm(term)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..linalg import Vector
+from .base import Level, Solver, SolverResult, _split, register
+
+
+@register("explicit")
+class Explicit(Solver):
+    """Reverse mode through a level's explicit solution ``θ_D* = g(θ_U, ...)``.
+
+    For levels that implement ``Problem.best_response``: the response is recomputed with
+    the parents' current parameters and ``J_{D,U}ᵀ v = (∂g/∂θ_U)ᵀ v`` comes from one
+    backward pass. Exact, with no stationarity assumption.
+    """
+
+    def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
+        if level.response is None:
+            raise ValueError(
+                f"solver 'explicit' on level {level.name!r}: the problem does not implement "
+                "best_response(batch)"
+            )
+        flat = [t for group in parents for t in group]
+        outputs = level.response()
+        pairs = [(o, vi) for o, vi in zip(outputs, v) if o.requires_grad]
+        if not pairs or not flat:
+            return SolverResult([[torch.zeros_like(t) for t in group] for group in parents])
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs],
+            flat,
+            grad_outputs=[vi for _, vi in pairs],
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return SolverResult(_split(list(grads), parents))
