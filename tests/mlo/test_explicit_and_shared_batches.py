@@ -122,7 +122,7 @@ def test_batch_from_makes_two_levels_see_the_same_examples():
 
 
 def test_hypergradients_evaluate_a_sharing_level_on_the_current_shared_batch():
-    engine, source, reader = shared("darts")
+    engine, _source, reader = shared("darts")
     for _ in range(3):
         engine.step()
     reader.seen.clear()
