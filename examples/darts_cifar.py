@@ -29,7 +29,7 @@ from rich.logging import RichHandler
 
 from problems.cli import ConfigError, add_common_flags, build_config, fail, print_config
 from problems.nas import NasDataError, build_darts
-from problems.nas.config import EvalRun, SearchRun
+from problems.nas.config import DartsRun, EvalRun
 from problems.nas.runner import (
     SearchSetup,
     genotype_rows,
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         if command == "search":
-            config = build_config(SearchRun, args.config, flags, defaults={"out": "runs/darts"})
+            config = build_config(DartsRun, args.config, flags, defaults={"out": "runs/darts"})
         else:
             config = build_config(EvalRun, args.config, flags)
     except ConfigError as exc:

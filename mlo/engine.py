@@ -278,7 +278,9 @@ class Engine:
     def _update_explicit(self, name: str) -> None:
         """Set a level to its explicit best response (no gradient step)."""
         problem = self.problems[name]
-        with self._buffers.preserved():
+        # No graph is needed for the values: a response that takes gradients inside (an
+        # attack) re-enables them itself, and may skip building second-order graphs.
+        with self._buffers.preserved(), torch.no_grad():
             values = [v.detach() for v in self._response(name)]
         self._pending_checks.append(
             (self.tick + 1, name, "best response", torch.stack([v.norm() for v in values]))
@@ -394,7 +396,7 @@ class Engine:
             "problems": {
                 n: {
                     "module": p.module.state_dict(),
-                    "optimizer": p.optimizer.state_dict(),
+                    "optimizer": None if p.optimizer is None else p.optimizer.state_dict(),
                     "scheduler": None if p.scheduler is None else p.scheduler.state_dict(),
                     "data": p.stream.state_dict(),
                     "batch": p.batch if p.has_batch else None,
@@ -418,7 +420,8 @@ class Engine:
         for name, p in self.problems.items():
             saved = state["problems"][name]
             p.module.load_state_dict(saved["module"])
-            p.optimizer.load_state_dict(saved["optimizer"])
+            if p.optimizer is not None:
+                p.optimizer.load_state_dict(saved["optimizer"])
             if p.scheduler is not None and saved["scheduler"] is not None:
                 p.scheduler.load_state_dict(saved["scheduler"])
             p.stream.load_state_dict(saved["data"])

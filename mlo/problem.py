@@ -92,7 +92,9 @@ class Problem:
         ``module.named_parameters()`` order).
 
         A level that implements it is updated by setting its parameters to the result
-        (no optimizer step), and the ``explicit`` solver differentiates through it. Use
+        (no optimizer step; called under ``torch.no_grad()``, so a response that needs
+        gradients inside must enable them itself), and the ``explicit`` solver
+        differentiates through it (called with gradients enabled). Use
         it for levels solved by an algorithm rather than by gradient steps on
         ``training_step``: an adversarial attack, a closed-form ridge regression, ...
         """

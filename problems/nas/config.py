@@ -40,18 +40,30 @@ class RunBase(BaseModel):
 
 
 class SearchRun(RunBase):
-    """A search in the DARTS space (``examples/darts_cifar.py search``)."""
+    """A search in the DARTS space: what every search method's configuration shares."""
+
+    partial_channels: int = Field(1, ge=1, description="PC-DARTS: 1/k of the channels per edge")
+    hyper: SearchHyper = SearchHyper()
+
+    def weight_updates_per_step(self) -> int:
+        """Supernet-weight updates per architecture update."""
+        return 1
+
+
+class DartsRun(SearchRun):
+    """A DARTS search (``examples/darts_cifar.py search``)."""
 
     solver: str = Field("darts", description="hypergradient solver of the network level")
     unroll_steps: int = Field(1, ge=1, description="network updates per architecture update")
-    partial_channels: int = Field(1, ge=1, description="PC-DARTS: 1/k of the channels per edge")
-    hyper: SearchHyper = SearchHyper()
 
     @field_validator("solver")
     @classmethod
     def _known_solver(cls, value: str) -> str:
         mlo.solvers.resolve(value)
         return value
+
+    def weight_updates_per_step(self) -> int:
+        return self.unroll_steps
 
 
 class EvalRun(RunBase):

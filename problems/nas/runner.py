@@ -141,7 +141,8 @@ def run_search(
         pin_memory=pin,
     )
     per_epoch = min(len(search_train), len(search_val))
-    planned = max(1, config.epochs * per_epoch // config.unroll_steps)
+    inner = config.weight_updates_per_step()
+    planned = max(1, config.epochs * per_epoch // inner)
     # --max-steps stops early; the learning-rate schedule still spans the planned epochs,
     # so that a run stopped and resumed follows the same schedule as one run straight.
     total = planned if config.max_steps is None else min(planned, config.max_steps)
@@ -162,7 +163,7 @@ def run_search(
         search_train,
         search_val,
         data.num_classes,
-        planned * config.unroll_steps,
+        planned * inner,
         device,
     )
     problems, deps = wire(setup)
@@ -205,7 +206,7 @@ def run_search(
                     accuracies = accuracy_of(engine, engine.problems[top].batch)
                 record_alphas()
                 epoch = engine.problems[top].stream.epoch
-                images = (done - start_tick) * images_per_update * config.unroll_steps
+                images = (done - start_tick) * images_per_update * inner
                 bar.update(
                     done,
                     images,
@@ -241,7 +242,7 @@ def run_search(
     val_accuracy = supernet_accuracy(
         engine.problems[top], supernet, arch, search_val, device, batches=max(1, min(20, per_epoch))
     )
-    ips = (engine.tick - start_tick) * images_per_update * config.unroll_steps / max(seconds, 1e-9)
+    ips = (engine.tick - start_tick) * images_per_update * inner / max(seconds, 1e-9)
     return SearchResult(
         genotype,
         engine.tick,

@@ -1,0 +1,59 @@
+"""LeaSE hyperparameters (DARTS search defaults, DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from problems.nas.config import SearchRun
+from problems.nas.search import SearchHyper
+
+from .audience import AudienceArch
+from .explanations import ExplanationConfig
+
+
+class AudienceHyper(BaseModel):
+    """The audience network and its optimiser (SGD with a cosine schedule, as W's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: AudienceArch = "resnet18"
+    lr: float = Field(0.025, gt=0)
+    lr_min: float = Field(0.001, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+
+
+class LeaseHyper(BaseModel):
+    """λ, γ, the explanation method, and the solver and unroll steps of each level."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lam: float = Field(1.0, ge=0, description="λ: weight of the explainer's loss in relearn")
+    gamma: float = Field(1.0, ge=0, description="γ: weight of the explanations in the audience")
+    explanation: ExplanationConfig = ExplanationConfig()
+    explainer_solver: str = Field(
+        "darts", description="solver of the explainer level (W); also DARTS' in the baseline"
+    )
+    audience_solver: str = Field("darts", description="solver of the audience level (V)")
+    explain_solver: str = Field("explicit", description="solver of the explain level (E)")
+    explainer_unroll_steps: int = Field(1, ge=1)
+    audience_unroll_steps: int = Field(1, ge=1)
+    audience: AudienceHyper = AudienceHyper()
+
+
+class LeaseRun(SearchRun):
+    """``examples/lease_cifar.py search``: a LeaSE search (or ``baseline='darts'``)."""
+
+    out: Path = Path("runs/lease")
+    baseline: Literal["none", "darts"] = Field(
+        "none", description="'darts': the same search without the explain and audience levels"
+    )
+    lease: LeaseHyper = LeaseHyper()
+    hyper: SearchHyper = SearchHyper()
+
+    def weight_updates_per_step(self) -> int:
+        return self.lease.explainer_unroll_steps

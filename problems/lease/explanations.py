@@ -1,0 +1,117 @@
+"""How the explainer explains its predictions: pluggable explanation methods.
+
+An explanation of the explainer ``f(·; A, W)`` on an example ``(x, y)`` is a mask ``m``
+of the input's shape; the explained input the audience sees is ``x̃ = x ⊙ m``.
+
+- ``pgd``: ``m = δ*``, the adversarial perturbation ``argmax_{‖δ‖∞≤ε} ℓ(f(x + δ), y)``
+  found by projected gradient ascent (ε = 8/255, step 2/255, 7 steps, random start).
+  - ``differentiable=True`` (the default): each step moves along the gradient divided by
+    its mean absolute value per example (the same average step as a sign step), so ``δ*``
+    is a differentiable function of ``A`` and ``W`` and the audience's loss reaches them.
+  - ``differentiable=False``: the paper's sign steps, ``δ ← clip(δ + α·sign(∇δ ℓ))``.
+    ``sign`` has derivative zero almost everywhere, so ``∂δ*/∂W = ∂δ*/∂A = 0``: the
+    audience then contributes nothing to the architecture's hypergradient.
+- ``saliency``: ``m = |∇_x ℓ(f(x), y)|``, normalised to a maximum of 1 per example
+  (differentiable through the double backward unless ``differentiable=False``).
+
+Inputs are normalised images; ε and the step are given in pixel units and divided by each
+channel's standard deviation, so the ball is the usual 8/255 one in pixel space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+Forward = Callable[[Tensor], Tensor]
+
+
+class ExplanationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["pgd", "saliency"] = "pgd"
+    differentiable: bool = Field(
+        True, description="let gradients flow from the audience back to A and W"
+    )
+    epsilon: float = Field(8 / 255, gt=0, description="PGD ball radius, pixel units")
+    step_size: float = Field(2 / 255, gt=0, description="PGD step, pixel units")
+    steps: int = Field(7, ge=1, description="PGD steps")
+    random_start: bool = True
+
+
+def pgd_mask(
+    forward: Forward,
+    x: Tensor,
+    y: Tensor,
+    start: Tensor,
+    config: ExplanationConfig,
+    pixel_std: Tensor,
+) -> Tensor:
+    """``δ*`` by ``config.steps`` projected ascent steps from ``start`` (inside the ball).
+
+    The result is differentiable in the model's parameters when ``config.differentiable``
+    and gradients are enabled at the call; under ``torch.no_grad()`` only its value is
+    computed (the same value, without second-order graphs).
+    """
+    graph = config.differentiable and torch.is_grad_enabled()
+    scale = (1.0 / pixel_std).to(x).view(1, -1, 1, 1)
+    eps, alpha = config.epsilon * scale, config.step_size * scale
+    with torch.enable_grad():
+        delta = start.detach().requires_grad_(True)
+        for _ in range(config.steps):
+            loss = F.cross_entropy(forward(x + delta).float(), y)
+            (grad,) = torch.autograd.grad(loss, delta, create_graph=graph)
+            if config.differentiable:
+                direction = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
+            else:
+                direction = grad.sign()
+            delta = torch.maximum(torch.minimum(delta + alpha * direction, eps), -eps)
+            if not graph:
+                delta = delta.detach().requires_grad_(True)
+    return delta if graph else delta.detach()
+
+
+def saliency_mask(forward: Forward, x: Tensor, y: Tensor, config: ExplanationConfig) -> Tensor:
+    graph = config.differentiable and torch.is_grad_enabled()
+    with torch.enable_grad():
+        inputs = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(forward(inputs).float(), y)
+        (grad,) = torch.autograd.grad(loss, inputs, create_graph=graph)
+    magnitude = grad.abs()
+    peak = magnitude.amax(dim=(1, 2, 3), keepdim=True) + 1e-12
+    mask = magnitude / peak
+    return mask if graph else mask.detach()
+
+
+def random_start(
+    shape: torch.Size,
+    config: ExplanationConfig,
+    pixel_std: Tensor,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Uniform in the ε-ball (zeros without random start)."""
+    if not config.random_start or config.method != "pgd":
+        return torch.zeros(shape, device=device, dtype=dtype)
+    eps = (config.epsilon / pixel_std).to(device=device, dtype=dtype).view(1, -1, 1, 1)
+    noise = torch.rand(shape, generator=generator, dtype=dtype).to(device)
+    return (2 * noise - 1) * eps
+
+
+def explanation_mask(
+    forward: Forward,
+    x: Tensor,
+    y: Tensor,
+    start: Tensor,
+    config: ExplanationConfig,
+    pixel_std: Tensor,
+) -> Tensor:
+    if config.method == "pgd":
+        return pgd_mask(forward, x, y, start, config, pixel_std)
+    return saliency_mask(forward, x, y, config)
