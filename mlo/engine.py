@@ -23,11 +23,11 @@ from .parameters import BufferGuard
 from .problem import Problem
 from .schedule import Action, Schedule
 from .solvers import Level
-from .trajectory import Trajectory
+from .trajectory import CURRENT_BATCH, Trajectory
 
 logger = logging.getLogger("mlo")
 
-_CURRENT = object()
+_CURRENT = CURRENT_BATCH
 
 
 class NonFiniteError(FloatingPointError):
@@ -268,7 +268,10 @@ class Engine:
             self._check_finite()
         trajectory = self.trajectories.get(name)
         if trajectory is not None:
-            trajectory.record(problem.optimizer, params, batch)
+            # A level sharing another's batch is replayed on the current shared batch, so
+            # that it pairs with the sharing level's current state.
+            shared = problem.config.batch_from is not None
+            trajectory.record(problem.optimizer, params, CURRENT_BATCH if shared else batch)
         problem.optimizer.step()
         problem.optimizer.zero_grad(set_to_none=True)
         if problem.scheduler is not None:

@@ -12,6 +12,17 @@ from torch import Tensor
 from .functional_optim import StepRule, capture_rules, capture_state
 
 
+class _CurrentBatch:
+    """Marks a record whose batch is read live: the level shares another level's batch
+    (``batch_from``), whose state is tied to that level's current batch."""
+
+    def __repr__(self) -> str:
+        return "CURRENT_BATCH"
+
+
+CURRENT_BATCH = _CurrentBatch()
+
+
 @dataclass
 class StepRecord:
     """The state just before one update, and what that update used."""
@@ -46,7 +57,8 @@ class Trajectory:
                 "params": r.params,
                 "optimizer_state": r.optimizer_state,
                 "rules": [[rule.kind, [list(kv) for kv in rule.hyper]] for rule in r.rules],
-                "batch": r.batch,
+                "batch": None if r.batch is CURRENT_BATCH else r.batch,
+                "current_batch": r.batch is CURRENT_BATCH,
             }
             for r in self.records
         ]
@@ -58,7 +70,8 @@ class Trajectory:
                 StepRule(kind, tuple((k, _hyper(v)) for k, v in hyper))
                 for kind, hyper in r["rules"]
             ]
-            self.records.append(StepRecord(r["params"], r["optimizer_state"], rules, r["batch"]))
+            batch = CURRENT_BATCH if r.get("current_batch") else r["batch"]
+            self.records.append(StepRecord(r["params"], r["optimizer_state"], rules, batch))
 
     def clear(self) -> None:
         self.records.clear()

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+
+from problems.nas.search import cross_entropy
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -64,7 +65,7 @@ def pgd_mask(
     with torch.enable_grad():
         delta = start.detach().requires_grad_(True)
         for _ in range(config.steps):
-            loss = F.cross_entropy(forward(x + delta).float(), y)
+            loss = cross_entropy(forward(x + delta), y)
             (grad,) = torch.autograd.grad(loss, delta, create_graph=graph)
             if config.differentiable:
                 direction = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
@@ -80,7 +81,7 @@ def saliency_mask(forward: Forward, x: Tensor, y: Tensor, config: ExplanationCon
     graph = config.differentiable and torch.is_grad_enabled()
     with torch.enable_grad():
         inputs = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(forward(inputs).float(), y)
+        loss = cross_entropy(forward(inputs), y)
         (grad,) = torch.autograd.grad(loss, inputs, create_graph=graph)
     magnitude = grad.abs()
     peak = magnitude.amax(dim=(1, 2, 3), keepdim=True) + 1e-12

@@ -14,10 +14,9 @@ explainer → explain, explain → audience.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from problems.nas.search import ImageLevel
+from problems.nas.search import ImageLevel, cross_entropy
 
 from .explanations import ExplanationConfig, explanation_mask, random_start
 
@@ -37,7 +36,7 @@ class Explainer(ImageLevel):
         x, y = self.images(batch)
         with self.autocast():
             logits = self.module(x, self.relearn.module.normalized())
-        return F.cross_entropy(logits.float(), y)
+        return cross_entropy(logits, y)
 
 
 class Explain(ImageLevel):
@@ -75,7 +74,7 @@ class Explain(ImageLevel):
     def training_step(self, batch):
         """A diagnostic: the explainer's loss on its own explained inputs ``x ⊙ E``."""
         x, y = self.images(batch)
-        return F.cross_entropy(self.forward_fn()(x * self.module.mask).float(), y)
+        return cross_entropy(self.forward_fn()(x * self.module.mask), y)
 
 
 class Audience(ImageLevel):
@@ -89,7 +88,7 @@ class Audience(ImageLevel):
         with self.autocast():
             plain = self.module(x)
             taught = self.module(explained)
-        return F.cross_entropy(plain.float(), y) + self.gamma * F.cross_entropy(taught.float(), y)
+        return cross_entropy(plain, y) + self.gamma * cross_entropy(taught, y)
 
 
 class Relearn(ImageLevel):
@@ -102,6 +101,4 @@ class Relearn(ImageLevel):
         with self.autocast():
             audience = self.audience.module(x)
             explainer = self.explainer.module(x, self.module.normalized())
-        return F.cross_entropy(audience.float(), y) + self.lam * F.cross_entropy(
-            explainer.float(), y
-        )
+        return cross_entropy(audience, y) + self.lam * cross_entropy(explainer, y)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +31,7 @@ from .data import ImageData, load_images, loader, search_split
 from .evaluation import EvalNetwork, count_parameters
 from .genotype import Genotype, derive_genotype, genotype_from
 from .plots import plot_alpha_evolution, plot_genotype
-from .search import to_device
+from .search import cross_entropy, to_device
 from .search_space import ArchitectureWeights, Supernet
 
 logger = logging.getLogger("problems.nas")
@@ -374,9 +373,9 @@ def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResul
                 x, y = to_device(batch, device, config.channels_last)
                 with amp:
                     logits, aux = model(x)
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = cross_entropy(logits, y)
                     if aux is not None:
-                        loss = loss + config.auxiliary_weight * F.cross_entropy(aux.float(), y)
+                        loss = loss + config.auxiliary_weight * cross_entropy(aux, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

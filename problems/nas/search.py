@@ -29,6 +29,14 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return x, y.to(device, non_blocking=True)
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy computed in at least float32: logits from a bfloat16/float16 autocast
+    region are upcast, float64 ones are kept (so that float64 checks stay exact)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, labels)
+
+
 class SearchHyper(BaseModel):
     """Optimisation settings of a DARTS-space search (DARTS' CIFAR defaults)."""
 
@@ -66,7 +74,7 @@ class SupernetWeights(ImageLevel):
         x, y = self.images(batch)
         with self.autocast():
             logits = self.module(x, self.architecture.module.normalized())
-        return F.cross_entropy(logits.float(), y)
+        return cross_entropy(logits, y)
 
 
 class Architecture(ImageLevel):
@@ -76,7 +84,7 @@ class Architecture(ImageLevel):
         x, y = self.images(batch)
         with self.autocast():
             logits = self.network.module(x, self.module.normalized())
-        return F.cross_entropy(logits.float(), y)
+        return cross_entropy(logits, y)
 
 
 def build_darts(
