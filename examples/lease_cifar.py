@@ -11,7 +11,7 @@ explainer → explain, explain → audience):
 f is the DARTS supernet (architecture A, weights W), g a fixed ResNet (weights V); D_tr
 and D_val are the two halves of the training set. See docs/lease.md.
 
-    python examples/lease_cifar.py --max-steps 20                  # a short look (CIFAR-10)
+    python examples/lease_cifar.py --small                         # a first look (CIFAR-10)
     python examples/lease_cifar.py                                 # 50 epochs, DARTS settings
     python examples/lease_cifar.py --baseline darts                # DARTS, same budget/seed
     python examples/lease_cifar.py evaluate --genotype runs/lease/genotype.json --short
@@ -127,6 +127,8 @@ def parse(argv: list[str] | None) -> tuple[str, argparse.Namespace]:
         choices=["resnet18", "resnet_small", "resnet_tiny"],
     )
     search.add_argument("--partial-channels", type=int, dest="partial_channels")
+    search.add_argument("--small", action="store_const", const=True,
+                        help="small budget for a first look on a CPU (see LeaseRun.small)")
     search.add_argument(
         "--baseline",
         choices=["none", "darts"],
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         flags["lease.explainer_solver"] = flags["lease.audience_solver"] = solver
     try:
         if command == "search":
-            config = build_config(LeaseRun, args.config, flags)
+            config = build_config(LeaseRun, args.config, flags).effective()
         else:
             config = build_config(
                 EvalRun, args.config, flags, defaults={"out": "runs/lease_evaluate"}

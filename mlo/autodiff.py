@@ -43,6 +43,15 @@ def gradient(
     return list(grads)
 
 
+def gradient_or_none(output: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | None]:
+    """``d output / d inputs``, with ``None`` for inputs the output does not depend on
+    (a structural zero, known from the graph without looking at any value)."""
+    inputs = list(inputs)
+    if not inputs or not output.requires_grad:
+        return [None] * len(inputs)
+    return list(torch.autograd.grad(output, inputs, allow_unused=True))
+
+
 class SecondOrder:
     """Second-order products of one scalar objective ``f(x, y...)`` around its gradient in ``x``.
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .autodiff import gradient
+from .autodiff import gradient, gradient_or_none
 from .checkpoint import CheckpointError, load_safe, save_atomic
 from .config import EngineConfig
 from .graph import LevelGraph
@@ -196,22 +196,33 @@ class Engine:
     # ------------------------------------------------------------------ adjoint propagation
 
     def _total_gradient(self, name: str, loss: Tensor) -> Vector:
-        """``d f_P / d θ_P`` with every descendant at its best response (DESIGN §2)."""
+        """``d f_P / d θ_P`` with every descendant at its best response (DESIGN §2).
+
+        An adjoint that is zero by the structure of the graph (no objective on the way
+        reads that level) is kept as ``None`` and its solver is not called: a level whose
+        objective reads none of its descendants updates as fast as a plain one.
+        """
         problem = self.problems[name]
         below = self._descendants[name]
         if not below:
             return gradient(loss, problem.params.tensors)
         levels = [name, *below]
-        sizes = [len(self.problems[n].params) for n in levels]
-        flat = gradient(loss, [t for n in levels for t in self.problems[n].params.tensors])
-        adjoint: dict[str, Vector] = {}
+        flat = gradient_or_none(loss, [t for n in levels for t in self.problems[n].params.tensors])
+        adjoint: dict[str, Vector | None] = {}
         start = 0
-        for n, size in zip(levels, sizes):
-            adjoint[n] = flat[start : start + size]
-            start += size
+        for n in levels:
+            params = self.problems[n].params.tensors
+            part = flat[start : start + len(params)]
+            start += len(params)
+            if all(g is None for g in part):
+                adjoint[n] = None
+            else:
+                adjoint[n] = [torch.zeros_like(p) if g is None else g for g, p in zip(part, params)]
         inside = set(levels)
         with self._buffers.preserved():
             for lower in reversed(below):
+                if adjoint[lower] is None:
+                    continue
                 parents = [u for u in self.graph.parents[lower] if u in inside]
                 solver = self.problems[lower].config.solver
                 result = solver.vjp(
@@ -220,10 +231,12 @@ class Engine:
                     [self.problems[u].params.tensors for u in parents],
                 )
                 for upper, vjp in zip(parents, result.vjps):
-                    adjoint[upper] = add(adjoint[upper], vjp)
+                    current = adjoint[upper]
+                    adjoint[upper] = vjp if current is None else add(current, vjp)
                 if result.diagnostics:
                     self._diagnostics[lower] = result.diagnostics
-        return adjoint[name]
+        own = adjoint[name]
+        return own if own is not None else [torch.zeros_like(p) for p in problem.params.tensors]
 
     def hypergradient(self, name: str) -> dict[str, Tensor]:
         """The total derivative of ``name``'s objective w.r.t. its own parameters.

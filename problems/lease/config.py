@@ -55,5 +55,24 @@ class LeaseRun(SearchRun):
     lease: LeaseHyper = LeaseHyper()
     hyper: SearchHyper = SearchHyper()
 
+    small: bool = Field(
+        False,
+        description="small budget for a first look on a CPU: 5 cells, 8 channels, batch 32, "
+        "the small audience, 3 PGD steps, and 20 architecture updates unless max_steps is set",
+    )
+
     def weight_updates_per_step(self) -> int:
         return self.lease.explainer_unroll_steps
+
+    def effective(self) -> LeaseRun:
+        """The configuration with the small-budget preset applied."""
+        if not self.small:
+            return self
+        lease = self.lease.model_copy(update={
+            "audience": self.lease.audience.model_copy(update={"arch": "resnet_small"}),
+            "explanation": self.lease.explanation.model_copy(update={"steps": 3}),
+        })
+        return self.model_copy(update={
+            "layers": 5, "init_channels": 8, "batch_size": 32, "lease": lease,
+            "max_steps": self.max_steps or 20, "small": False,
+        })

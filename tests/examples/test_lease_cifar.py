@@ -15,9 +15,26 @@ from problems.nas import Genotype
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "lease_cifar.py"
-TINY = ["--layers", "3", "--init-channels", "4", "--batch-size", "4", "--workers", "0",
-        "--audience", "resnet_tiny", "--pgd-steps", "1", "--no-progress", "--log-every", "1",
-        "--checkpoint-every", "1", "--no-download"]
+TINY = [
+    "--layers",
+    "3",
+    "--init-channels",
+    "4",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--audience",
+    "resnet_tiny",
+    "--pgd-steps",
+    "1",
+    "--no-progress",
+    "--log-every",
+    "1",
+    "--checkpoint-every",
+    "1",
+    "--no-download",
+]
 
 
 def example():
@@ -28,8 +45,7 @@ def example():
 
 
 def search(data_dir: Path, out: Path, *args: str) -> int:
-    return example().main(["search", "--data-dir", str(data_dir), "--out", str(out), *TINY,
-                           *args])
+    return example().main(["search", "--data-dir", str(data_dir), "--out", str(out), *TINY, *args])
 
 
 def architecture(out: Path, level: str) -> dict[str, torch.Tensor]:
@@ -38,12 +54,16 @@ def architecture(out: Path, level: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("baseline", "levels", "top"), [
-    ("none", {"relearn", "explainer", "explain", "audience"}, "relearn"),
-    ("darts", {"architecture", "network"}, "architecture"),
-])
-def test_search_writes_outputs_and_moves_the_architecture(cifar10_dir, tmp_path, baseline,
-                                                          levels, top):
+@pytest.mark.parametrize(
+    ("baseline", "levels", "top"),
+    [
+        ("none", {"relearn", "explainer", "explain", "audience"}, "relearn"),
+        ("darts", {"architecture", "network"}, "architecture"),
+    ],
+)
+def test_search_writes_outputs_and_moves_the_architecture(
+    cifar10_dir, tmp_path, baseline, levels, top
+):
     out = tmp_path / baseline
     assert search(cifar10_dir, out, "--max-steps", "2", "--baseline", baseline) == 0
     genotype = Genotype.load(out / "genotype.json")
@@ -70,22 +90,50 @@ def test_resumed_search_ends_with_the_same_architecture(cifar10_dir, tmp_path):
 
 def test_offline_without_data_fails_fast_and_names_data_dir(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--data-dir", str(tmp_path / "none"), "--max-steps", "1",
-         "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--max-steps",
+            "1",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert "--data-dir" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_lease_flags_reach_the_config(capsys):
-    assert example().main(["--lam", "0.5", "--gamma", "2", "--explanation", "pgd_sign",
-                           "--solver", "cg", "--print-config"]) == 0
+    assert (
+        example().main(
+            [
+                "--lam",
+                "0.5",
+                "--gamma",
+                "2",
+                "--explanation",
+                "pgd_sign",
+                "--solver",
+                "cg",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     config = json.loads(capsys.readouterr().out)
     lease = config["lease"]
     assert lease["lam"] == 0.5 and lease["gamma"] == 2.0
-    assert lease["explanation"] == {**lease["explanation"], "method": "pgd",
-                                    "differentiable": False}
+    assert lease["explanation"] == {
+        **lease["explanation"],
+        "method": "pgd",
+        "differentiable": False,
+    }
     assert lease["explainer_solver"] == lease["audience_solver"] == "cg"
     assert config["out"] == "runs/lease" and config["epochs"] == 50
     assert config["batch_size"] == 64 and config["layers"] == 8

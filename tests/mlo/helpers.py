@@ -15,16 +15,25 @@ class Scalar(nn.Module):
 
 
 class Pull(mlo.Problem):
-    """f = ½ (x − Σ parents' x)²: a lower level that tracks its uppers."""
+    """f = ½ (x − Σ parents' x)² + ½ Σ watched x²: a level that tracks its uppers and
+    whose objective reads the levels it watches."""
+
+    parent_names: tuple[str, ...] = ()
+    watched: tuple[str, ...] = ()
 
     def training_step(self, batch):
         target = sum((getattr(self, n).module.x for n in self.parent_names), torch.zeros(1))
-        return 0.5 * ((self.module.x - target) ** 2).sum()
+        seen = sum(((getattr(self, n).module.x ** 2).sum() for n in self.watched), 0.0)
+        return 0.5 * ((self.module.x - target) ** 2).sum() + 0.5 * seen
 
-    parent_names: tuple[str, ...] = ()
 
-
-def problem(name: str, parents: tuple[str, ...] = (), value: float = 0.0, **config) -> Pull:
+def problem(
+    name: str,
+    parents: tuple[str, ...] = (),
+    value: float = 0.0,
+    watched: tuple[str, ...] = (),
+    **config,
+) -> Pull:
     module = Scalar(value)
     p = Pull(
         name,
@@ -33,6 +42,7 @@ def problem(name: str, parents: tuple[str, ...] = (), value: float = 0.0, **conf
         config=mlo.ProblemConfig(**config),
     )
     p.parent_names = parents
+    p.watched = watched
     return p
 
 

@@ -13,7 +13,7 @@ from .helpers import engine, problem
 
 
 def two_levels(**engine_config):
-    a = problem("a", value=1.0)
+    a = problem("a", value=1.0, watched=("b",))
     b = problem("b", parents=("a",), unroll_steps=2, solver="cg")
     return mlo.Engine([a, b], {"a": ["b"]}, mlo.EngineConfig(**engine_config))
 

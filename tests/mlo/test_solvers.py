@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import ClassVar
 
 import pytest
 import torch
@@ -163,3 +164,29 @@ def test_darts_leaves_parameters_bit_identical():
     after = list(engine.problems["b"].module.parameters())
     assert all(torch.equal(x, y) for x, y in zip(before, after))
     assert all(isinstance(p, torch.nn.Parameter) for p in after)
+
+
+@mlo.solvers.register("counting")
+class Counting(mlo.solvers.FirstOrder):
+    """first_order that counts its calls."""
+
+    calls: ClassVar[list[str]] = []
+
+    def vjp(self, level, v, parents):
+        Counting.calls.append(level.name)
+        return super().vjp(level, v, parents)
+
+
+def test_solver_is_skipped_when_no_objective_reads_the_level():
+    from .helpers import engine, problem
+
+    Counting.calls.clear()
+    blind = problem("blind")  # its objective does not read its lower level
+    lower = problem("lower", parents=("blind",), solver="counting")
+    engine([blind, lower], {"blind": ["lower"]}).step()
+    assert Counting.calls == []
+
+    watcher = problem("watcher", watched=("lower",))
+    lower = problem("lower", parents=("watcher",), solver="counting")
+    engine([watcher, lower], {"watcher": ["lower"]}).step()
+    assert Counting.calls == ["lower"]
