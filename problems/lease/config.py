@@ -57,8 +57,8 @@ class LeaseRun(SearchRun):
 
     small: bool = Field(
         False,
-        description="small budget for a first look on a CPU: 5 cells, 8 channels, batch 32, "
-        "the small audience, 3 PGD steps, and 20 architecture updates unless max_steps is set",
+        description="small budget for a first look on a CPU: 5 cells, 8 channels, batch 16, "
+        "the small audience, 3 PGD steps, and 10 architecture updates unless max_steps is set",
     )
 
     def weight_updates_per_step(self) -> int:
@@ -73,6 +73,6 @@ class LeaseRun(SearchRun):
             "explanation": self.lease.explanation.model_copy(update={"steps": 3}),
         })
         return self.model_copy(update={
-            "layers": 5, "init_channels": 8, "batch_size": 32, "lease": lease,
-            "max_steps": self.max_steps or 20, "small": False,
+            "layers": 5, "init_channels": 8, "batch_size": 16, "lease": lease,
+            "max_steps": self.max_steps or 10, "small": False,
         })
