@@ -87,7 +87,7 @@ class Engine:
         self._buffers = BufferGuard([p.module for p in problems])
         self.tick = 0
         self.updates: dict[str, int] = dict.fromkeys(self.problems, 0)
-        self._losses: dict[str, Tensor] = {}
+        self._losses: dict[str, Tensor | None] = {}
         self._diagnostics: dict[str, dict[str, Tensor]] = {}
         self._pending_checks: list[tuple[int, str, str, Tensor]] = []
         self._warned: set[str] = set()
@@ -306,12 +306,8 @@ class Engine:
         with torch.no_grad():
             for param, value in zip(problem.params.tensors, values):
                 param.copy_(value)
-        with self._buffers.preserved():
-            loss = self._objective(name).detach()
-        self._losses[name] = loss
-        self._pending_checks.append((self.tick + 1, name, "loss", loss))
-        if self.check_finite_every == 1:
-            self._check_finite()
+        # Its objective is only reported, so it is evaluated when a report asks for it.
+        self._losses[name] = None
         self.updates[name] += 1
 
     def _reset(self, name: str) -> None:
@@ -367,7 +363,7 @@ class Engine:
     def report(self) -> dict[str, Any]:
         """The latest losses, solver diagnostics and update counts as plain numbers (one
         device synchronisation); logs each new solver warning once."""
-        losses = {n: float(v) for n, v in self._losses.items()}
+        losses = self.losses()
         diagnostics = {n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()}
         for name, values in diagnostics.items():
             for message in self.problems[name].config.solver.warnings(values):
@@ -383,8 +379,17 @@ class Engine:
         }
 
     def losses(self) -> dict[str, float]:
-        """The latest loss of every level that has updated, as floats (synchronises)."""
-        return {n: float(v) for n, v in self._losses.items()}
+        """The latest loss of every level that has updated, as floats (synchronises).
+
+        A level updated by its explicit best response reports its objective at the
+        current state."""
+        out = {}
+        for name, value in self._losses.items():
+            if value is None:
+                with self._buffers.preserved():
+                    value = self._objective(name).detach()
+            out[name] = float(value)
+        return out
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -89,12 +89,15 @@ def build(
             grad_clip=search.grad_clip,
         ),
     )
+    # Sign-PGD explanations are constant in A and W: their Jacobian is exactly zero, and
+    # first_order says so without recomputing the attack.
+    explain_solver = hyper.explain_solver if hyper.explanation.differentiable else "first_order"
     explain = Explain(
         "explain",
         explanations,
         None,
         data=audience_data,
-        config=mlo.ProblemConfig(solver=hyper.explain_solver),
+        config=mlo.ProblemConfig(solver=explain_solver),
     )
     explain.explanation = hyper.explanation
     explain.pixel_std = pixel_std if pixel_std is not None else torch.ones(image_shape[0])

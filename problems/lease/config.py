@@ -39,7 +39,11 @@ class LeaseHyper(BaseModel):
         "darts", description="solver of the explainer level (W); also DARTS' in the baseline"
     )
     audience_solver: str = Field("darts", description="solver of the audience level (V)")
-    explain_solver: str = Field("explicit", description="solver of the explain level (E)")
+    explain_solver: str = Field(
+        "explicit",
+        description="solver of the explain level (E); with non-differentiable explanations "
+        "the Jacobian is zero and first_order is used",
+    )
     explainer_unroll_steps: int = Field(1, ge=1)
     audience_unroll_steps: int = Field(1, ge=1)
     audience: AudienceHyper = AudienceHyper()
@@ -68,11 +72,19 @@ class LeaseRun(SearchRun):
         """The configuration with the small-budget preset applied."""
         if not self.small:
             return self
-        lease = self.lease.model_copy(update={
-            "audience": self.lease.audience.model_copy(update={"arch": "resnet_small"}),
-            "explanation": self.lease.explanation.model_copy(update={"steps": 3}),
-        })
-        return self.model_copy(update={
-            "layers": 5, "init_channels": 8, "batch_size": 16, "lease": lease,
-            "max_steps": self.max_steps or 10, "small": False,
-        })
+        lease = self.lease.model_copy(
+            update={
+                "audience": self.lease.audience.model_copy(update={"arch": "resnet_small"}),
+                "explanation": self.lease.explanation.model_copy(update={"steps": 3}),
+            }
+        )
+        return self.model_copy(
+            update={
+                "layers": 5,
+                "init_channels": 8,
+                "batch_size": 16,
+                "lease": lease,
+                "max_steps": self.max_steps or 10,
+                "small": False,
+            }
+        )

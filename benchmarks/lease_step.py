@@ -1,0 +1,499 @@
+"""One LeaSE iteration through mlo, against the same math by hand, and against Betty.
+
+Part 1 — mlo vs hand-written PyTorch (the default LeaSE: differentiable PGD explanations,
+``darts`` on the explainer and the audience, ``explicit`` through the explanations). One
+iteration = one engine tick: audience, explain, explainer, relearn updates. Reports the
+median time, the peak memory of an iteration (each version in its own subprocess: the
+most heap in use at any forward or backward pass of an iteration, above the heap in use
+before it) and the number of forward and backward passes per iteration.
+
+Part 2 — mlo vs the four levels wired as in Betty's saliency-aware NAS example: the
+explanations are computed inside the audience's ``training_step`` and ``darts`` is used
+on both inner levels, so Betty recomputes the PGD explanations at every finite-difference
+evaluation. Both use sign-PGD explanations and the same solvers.
+
+    python benchmarks/lease_step.py [--rounds 5] [--pgd-steps 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+import mlo
+from problems.lease import AudienceHyper, ExplanationConfig, LeaseHyper, ResNet, build
+from problems.lease.explanations import explanation_mask, random_start
+from problems.nas import ArchitectureWeights, SearchHyper, Supernet
+
+BATCH, SIZE, CLASSES = 8, 16, 10
+STD = torch.full((3,), 0.25)
+
+
+def batches(n: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(BATCH, 3, SIZE, SIZE, generator=gen),
+            torch.randint(0, CLASSES, (BATCH,), generator=gen),
+        )
+        for _ in range(n)
+    ]
+
+
+DATA = {"explainer": batches(4, 1), "audience": batches(4, 2), "relearn": batches(4, 3)}
+
+
+def models(args):
+    torch.manual_seed(0)
+    supernet = Supernet(CLASSES, args.layers, args.channels)
+    arch = ArchitectureWeights()
+    audience = ResNet("resnet_tiny", CLASSES)
+    return supernet, arch, audience
+
+
+def lease_hyper(args, differentiable: bool) -> LeaseHyper:
+    return LeaseHyper(
+        explanation=ExplanationConfig(steps=args.pgd_steps, differentiable=differentiable),
+        audience=AudienceHyper(arch="resnet_tiny"),
+    )
+
+
+# --------------------------------------------------------------------------- mlo
+
+
+def mlo_version(args, differentiable: bool = True):
+    supernet, arch, audience = models(args)
+    problems, deps = build(
+        supernet,
+        arch,
+        DATA["explainer"],
+        DATA["audience"],
+        DATA["relearn"],
+        num_classes=CLASSES,
+        batch_size=BATCH,
+        total_updates=10_000,
+        image_shape=(3, SIZE, SIZE),
+        pixel_std=STD,
+        hyper=lease_hyper(args, differentiable),
+        audience=audience,
+        seed=0,
+    )
+    engine = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False))
+    return engine.step, arch
+
+
+# --------------------------------------------------------------------------- by hand
+
+
+class Cycle:
+    def __init__(self, data):
+        self.data, self.position = data, 0
+
+    def next(self):
+        batch = self.data[self.position % len(self.data)]
+        self.position += 1
+        return batch
+
+
+def hand_version(args):
+    """The default LeaSE iteration written out in plain PyTorch."""
+    supernet, arch, audience = models(args)
+    search, hyper = SearchHyper(), lease_hyper(args, True)
+    w_params, v_params, a_params = (list(m.parameters()) for m in (supernet, audience, arch))
+    w_opt = torch.optim.SGD(
+        w_params, lr=search.lr, momentum=search.momentum, weight_decay=search.weight_decay
+    )
+    w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, 10_000, search.lr_min)
+    a = hyper.audience
+    v_opt = torch.optim.SGD(v_params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+    v_sched = torch.optim.lr_scheduler.CosineAnnealingLR(v_opt, 10_000, a.lr_min)
+    a_opt = torch.optim.Adam(
+        a_params, lr=search.arch_lr, betas=search.arch_betas, weight_decay=search.arch_weight_decay
+    )
+    streams = {k: Cycle(v) for k, v in DATA.items()}
+    state = {
+        "mask": torch.zeros(BATCH, 3, SIZE, SIZE),
+        "explain_batch": None,
+        "explainer_batch": None,
+    }
+
+    def explainer_loss(x, y):
+        return F.cross_entropy(supernet(x, arch.normalized()), y)
+
+    def audience_loss(x, y, mask):
+        return F.cross_entropy(audience(x), y) + hyper.gamma * F.cross_entropy(
+            audience(x * mask), y
+        )
+
+    def explanation(x, y):
+        gen = torch.Generator().manual_seed(streams["audience"].position)
+        start = random_start(x.shape, hyper.explanation, STD, gen, x.device, x.dtype)
+        forward = lambda inputs: supernet(inputs, arch.normalized())  # noqa: E731
+        return explanation_mask(forward, x, y, start, hyper.explanation, STD)
+
+    def sgd(params, grads, opt, sched, clip):
+        for p, g in zip(params, grads):
+            p.grad = g
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+
+    def finite_difference(params, v, loss_fn, wrt, xi):
+        """−ξ [∇_wrt loss(θ + r v) − ∇_wrt loss(θ − r v)] / 2r, perturbing in place."""
+        r = 0.01 / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
+        with torch.no_grad():
+            torch._foreach_add_(params, torch._foreach_mul(v, r))
+        plus = torch.autograd.grad(loss_fn(), wrt, allow_unused=True, materialize_grads=True)
+        with torch.no_grad():
+            torch._foreach_add_(params, torch._foreach_mul(v, -2 * r))
+        minus = torch.autograd.grad(loss_fn(), wrt, allow_unused=True, materialize_grads=True)
+        with torch.no_grad():
+            torch._foreach_add_(params, torch._foreach_mul(v, r))
+        return [-xi * (p - m) / (2 * r) for p, m in zip(plus, minus)]
+
+    def step():
+        if state["explain_batch"] is None:  # the audience's first batch is explain's next
+            state["explain_batch"] = DATA["audience"][0]
+        # audience
+        x, y = state["explain_batch"]
+        sgd(
+            v_params,
+            torch.autograd.grad(audience_loss(x, y, state["mask"]), v_params),
+            v_opt,
+            v_sched,
+            a.grad_clip,
+        )
+        # explain
+        x, y = state["explain_batch"] = streams["audience"].next()
+        with torch.no_grad():
+            state["mask"] = explanation(x, y).detach()
+        # explainer (its objective reads neither E nor V: a plain step)
+        x, y = state["explainer_batch"] = streams["explainer"].next()
+        sgd(
+            w_params,
+            torch.autograd.grad(explainer_loss(x, y), w_params),
+            w_opt,
+            w_sched,
+            search.grad_clip,
+        )
+        # relearn: adjoint propagation written out
+        xv, yv = streams["relearn"].next()
+        f = F.cross_entropy(audience(xv), yv) + hyper.lam * explainer_loss(xv, yv)
+        grads = torch.autograd.grad(f, [*a_params, *w_params, *v_params])
+        adj_a = list(grads[: len(a_params)])
+        adj_w = list(grads[len(a_params) : len(a_params) + len(w_params)])
+        adj_v = list(grads[len(a_params) + len(w_params) :])
+        xe, ye = state["explain_batch"]
+        mask = state["mask"].clone().requires_grad_(True)
+        (adj_e,) = finite_difference(
+            v_params,
+            adj_v,
+            lambda: audience_loss(xe, ye, mask),
+            [mask],
+            v_opt.param_groups[0]["lr"],
+        )
+        response = explanation(xe, ye)  # with a graph: differentiable PGD
+        through = torch.autograd.grad(
+            response,
+            [*a_params, *w_params],
+            grad_outputs=adj_e,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        adj_a = [g + t for g, t in zip(adj_a, through[: len(a_params)])]
+        adj_w = [g + t for g, t in zip(adj_w, through[len(a_params) :])]
+        xt, yt = state["explainer_batch"]
+        implicit = finite_difference(
+            w_params, adj_w, lambda: explainer_loss(xt, yt), a_params, w_opt.param_groups[0]["lr"]
+        )
+        for p, g, i in zip(a_params, adj_a, implicit):
+            p.grad = g + i
+        a_opt.step()
+        a_opt.zero_grad(set_to_none=True)
+
+    return step, arch
+
+
+# --------------------------------------------------------------------------- Betty
+
+
+def betty_version(args):
+    """Betty's wiring: explanations inside the audience's training_step, darts below."""
+    try:
+        from betty.configs import Config, EngineConfig
+        from betty.engine import Engine
+        from betty.logging.logger_base import get_logger
+        from betty.problems import ImplicitProblem
+    except ImportError:
+        return None
+    import logging
+
+    get_logger().setLevel(logging.ERROR)
+    supernet, arch, audience = models(args)
+    search, hyper = SearchHyper(), lease_hyper(args, False)
+    explain_position = [0]
+
+    class BExplainer(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            return F.cross_entropy(self.module(x, self.relearn.module.normalized()), y)
+
+    class BAudience(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            weights = self.relearn.module.normalized()
+            gen = torch.Generator().manual_seed(explain_position[0])
+            start = random_start(x.shape, hyper.explanation, STD, gen, x.device, x.dtype)
+            mask = explanation_mask(
+                lambda i: supernet(i, weights), x, y, start, hyper.explanation, STD
+            )
+            loss = F.cross_entropy(self.module(x), y) + hyper.gamma * F.cross_entropy(
+                self.module(x * mask), y
+            )
+            # Betty differentiates the audience's loss w.r.t. A and fails on an unused
+            # input; A enters the sign-PGD explanations only through a zero derivative.
+            return loss + 0.0 * weights.normal.sum() + 0.0 * weights.reduce.sum()
+
+    class BRelearn(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            explainer = self.explainer.module(x, self.module.normalized())
+            return F.cross_entropy(self.audience.module(x), y) + hyper.lam * F.cross_entropy(
+                explainer, y
+            )
+
+    a = hyper.audience
+    w_opt = torch.optim.SGD(
+        supernet.parameters(),
+        lr=search.lr,
+        momentum=search.momentum,
+        weight_decay=search.weight_decay,
+    )
+    v_opt = torch.optim.SGD(
+        audience.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay
+    )
+    a_opt = torch.optim.Adam(
+        arch.parameters(),
+        lr=search.arch_lr,
+        betas=search.arch_betas,
+        weight_decay=search.arch_weight_decay,
+    )
+    explainer = BExplainer(
+        "explainer",
+        Config(type="darts", darts_alpha=0.01, gradient_clipping=search.grad_clip),
+        module=supernet,
+        optimizer=w_opt,
+        train_data_loader=DATA["explainer"],
+        device="cpu",
+    )
+    audience_problem = BAudience(
+        "audience",
+        Config(type="darts", darts_alpha=0.01, gradient_clipping=a.grad_clip),
+        module=audience,
+        optimizer=v_opt,
+        train_data_loader=DATA["audience"],
+        device="cpu",
+    )
+    relearn = BRelearn(
+        "relearn",
+        Config(first_order=True, retain_graph=True),
+        module=arch,
+        optimizer=a_opt,
+        train_data_loader=DATA["relearn"],
+        device="cpu",
+    )
+    engine = Engine(
+        [relearn, explainer, audience_problem],
+        config=EngineConfig(train_iters=1),
+        dependencies={
+            "u2l": {relearn: [explainer, audience_problem]},
+            "l2u": {explainer: [relearn], audience_problem: [relearn]},
+        },
+    )
+
+    def step():
+        explain_position[0] += 1
+        engine.global_step += 1
+        engine.train_step()
+
+    return step, arch
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def heap_bytes() -> int:
+    """Bytes the C heap has handed out (glibc mallinfo2: arenas plus mmapped blocks),
+    which is where PyTorch's CPU tensors live."""
+    info = _mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo2() -> _MallInfo2:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2()
+
+
+@contextmanager
+def counting_passes(supernet_forward: list, audience_forward: list, backward: list, heap: list):
+    """Count forward passes and autograd calls, and sample the heap around each of them
+    (the peak of an iteration lies next to a forward or a backward pass)."""
+
+    def on_forward(module, inputs, output):
+        if isinstance(module, Supernet):
+            supernet_forward.append(1)
+        elif isinstance(module, ResNet):
+            audience_forward.append(1)
+        else:
+            return
+        heap.append(heap_bytes())
+
+    hooks = [torch.nn.modules.module.register_module_forward_hook(on_forward)]
+    original = torch.autograd.grad
+
+    def counted(*a, **k):
+        backward.append(1)
+        heap.append(heap_bytes())
+        out = original(*a, **k)
+        heap.append(heap_bytes())
+        return out
+
+    torch.autograd.grad = counted
+    try:
+        yield
+    finally:
+        torch.autograd.grad = original
+        for h in hooks:
+            h.remove()
+
+
+def measure(factory, args, rounds: int) -> dict:
+    step, _ = factory(args)
+    step()  # warm-up: optimizer states, lazy allocations
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    supernet_f, audience_f, backward, heap = [], [], [], []
+    gc.collect()
+    base = heap_bytes()
+    with counting_passes(supernet_f, audience_f, backward, heap):
+        step()
+    return {
+        "median_s": statistics.median(times),
+        "peak_bytes": max(heap) - base,
+        "supernet_forward": len(supernet_f),
+        "audience_forward": len(audience_f),
+        "backward": len(backward),
+    }
+
+
+VERSIONS = {
+    "mlo": lambda args: mlo_version(args, True),
+    "hand": hand_version,
+    "mlo-sign": lambda args: mlo_version(args, False),
+    "betty": betty_version,
+}
+
+
+def run_child(name: str, args) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--rounds",
+        str(args.rounds),
+        "--pgd-steps",
+        str(args.pgd_steps),
+        "--layers",
+        str(args.layers),
+        "--channels",
+        str(args.channels),
+        "--threads",
+        str(args.threads),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pgd-steps", type=int, default=7)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", choices=list(VERSIONS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        if VERSIONS[args.child](args) is None:
+            print(json.dumps(None))
+            return
+        print(json.dumps(measure(VERSIONS[args.child], args, args.rounds)))
+        return
+
+    print(
+        f"LeaSE iteration: supernet {args.layers} cells x {args.channels} channels, tiny "
+        f"ResNet audience, batch {BATCH}, {SIZE}x{SIZE} images, {args.pgd_steps}-step PGD, "
+        f"{args.rounds} rounds, {args.threads} threads, torch {torch.__version__}"
+    )
+    results = {name: run_child(name, args) for name in VERSIONS}
+    for name, r in results.items():
+        if r is None:
+            print(f"  {name:9s} not available (pip install betty-ml)")
+            continue
+        print(
+            f"  {name:9s} median {1e3 * r['median_s']:9.1f} ms   "
+            f"peak +{r['peak_bytes'] / 2**20:7.1f}"
+            f" MiB   passes: supernet fwd {r['supernet_forward']:3d}, audience fwd "
+            f"{r['audience_forward']:3d}, autograd.grad {r['backward']:3d}"
+        )
+    mlo_r, hand = results["mlo"], results["hand"]
+    print(
+        f"  time ratio   mlo / hand-written = {mlo_r['median_s'] / hand['median_s']:.3f}"
+        "  (target ≤ 1.05)"
+    )
+    print(
+        f"  memory ratio mlo / hand-written = "
+        f"{mlo_r['peak_bytes'] / max(hand['peak_bytes'], 1):.3f}  (target ≤ 1.10)"
+    )
+    if results["betty"] is not None:
+        ratio = results["mlo-sign"]["median_s"] / results["betty"]["median_s"]
+        print(f"  time ratio   mlo / Betty (sign-PGD, darts below) = {ratio:.3f}  (target ≤ 0.4)")
+
+
+if __name__ == "__main__":
+    main()
