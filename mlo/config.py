@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .solvers import Solver, resolve
 
@@ -65,6 +65,30 @@ class EngineConfig(BaseModel):
         "synchronisation per update, and the error still names the first bad step. None: "
         "1 when the parameters are on the CPU (where a check is free), log_every otherwise",
     )
-    on_nonfinite: Literal["raise"] = Field(
-        "raise", description="what to do with a non-finite loss or gradient"
+    on_nonfinite: Literal["raise", "skip"] = Field(
+        "raise",
+        description="a non-finite loss, gradient or solver result: 'raise' stops with an error "
+        "naming the problem, the step and the source; 'skip' drops that update (checked at "
+        "every update) and raises after max_consecutive_skips in a row",
     )
+    max_consecutive_skips: int = Field(
+        10, ge=1, description="with on_nonfinite='skip', raise after this many skips in a row"
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="ticks between checkpoints written by run() (None: off)"
+    )
+    checkpoint_dir: Path | None = Field(
+        None, description="folder for run()'s checkpoints, step_<tick>.pt"
+    )
+    keep_last: int = Field(3, ge=1, description="checkpoints kept in checkpoint_dir")
+    preflight: bool = Field(
+        True,
+        description="before the first tick, evaluate every level once on its first batch so "
+        "that data/model mismatches fail before any training",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_dir_needed(self) -> EngineConfig:
+        if self.checkpoint_every is not None and self.checkpoint_dir is None:
+            raise ValueError("checkpoint_every is set but checkpoint_dir is not; set both")
+        return self

@@ -42,6 +42,7 @@ class Engine:
         dependencies: ``{upper: [lowers]}``, by name or by problem object. ``U → L`` means
             L's objective reads U's parameters, so L's solution is a function of them.
         config: engine options (:class:`mlo.EngineConfig`).
+        resume: a checkpoint written by :meth:`save` (or ``run()``) to continue from.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class Engine:
         problems: Sequence[Problem],
         dependencies: Mapping[Any, Sequence[Any] | Any] | None = None,
         config: EngineConfig | None = None,
+        resume: str | Path | None = None,
     ) -> None:
         problems = list(problems)
         if not problems:
@@ -95,6 +97,13 @@ class Engine:
         self.check_finite_every = self.config.check_finite_every or (
             1 if on_cpu else self.config.log_every
         )
+        if self.config.on_nonfinite == "skip":
+            self.check_finite_every = 1  # an update can only be dropped before it is applied
+        self.skipped: dict[str, int] = dict.fromkeys(self.problems, 0)
+        self._consecutive_skips: dict[str, int] = dict.fromkeys(self.problems, 0)
+        self._preflight_done = False
+        if resume is not None:
+            self.load(resume)
 
     def _validate_levels(self) -> None:
         for name, p in self.problems.items():
@@ -230,6 +239,16 @@ class Engine:
                     adjoint[lower],
                     [self.problems[u].params.tensors for u in parents],
                 )
+                contributions = [t for group in result.vjps for t in group]
+                if contributions:
+                    self._pending_checks.append(
+                        (
+                            self.tick + 1,
+                            name,
+                            f"hypergradient from level {lower!r} (its {solver.name!r} solver)",
+                            torch.stack(torch._foreach_norm(contributions)),
+                        )
+                    )
                 for upper, vjp in zip(parents, result.vjps):
                     current = adjoint[upper]
                     adjoint[upper] = vjp if current is None else add(current, vjp)
@@ -265,6 +284,7 @@ class Engine:
             self._update_explicit(name)
             return
         loss = self._objective(name, batch=batch)
+        self._pending_checks.append((self.tick + 1, name, "loss", loss.detach()))
         grads = self._total_gradient(name, loss)
         params = problem.params.tensors
         for p, g in zip(params, grads):
@@ -273,12 +293,10 @@ class Engine:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, problem.config.grad_clip)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        loss = loss.detach()
-        self._losses[name] = loss
-        self._pending_checks.append((self.tick + 1, name, "loss", loss))
+        self._losses[name] = loss.detach()
         self._pending_checks.append((self.tick + 1, name, "gradient", grad_norm.detach()))
-        if self.check_finite_every == 1:
-            self._check_finite()
+        if self.check_finite_every == 1 and not self._finite_or_skip(name):
+            return
         trajectory = self.trajectories.get(name)
         if trajectory is not None:
             # A level sharing another's batch is replayed on the current shared batch, so
@@ -309,6 +327,29 @@ class Engine:
         # Its objective is only reported, so it is evaluated when a report asks for it.
         self._losses[name] = None
         self.updates[name] += 1
+
+    def _finite_or_skip(self, name: str) -> bool:
+        """Check the pending values; in skip mode drop a non-finite update (False)."""
+        if self.config.on_nonfinite == "raise":
+            self._check_finite()
+            return True
+        try:
+            self._check_finite()
+        except NonFiniteError as error:
+            problem = self.problems[name]
+            problem.optimizer.zero_grad(set_to_none=True)
+            self.skipped[name] += 1
+            self._consecutive_skips[name] += 1
+            logger.warning("skipped an update: %s", error)
+            if self._consecutive_skips[name] >= self.config.max_consecutive_skips:
+                raise NonFiniteError(
+                    f"problem {name!r}: {self._consecutive_skips[name]} consecutive updates "
+                    f"skipped for non-finite values (max_consecutive_skips="
+                    f"{self.config.max_consecutive_skips}); the last: {error}"
+                ) from None
+            return False
+        self._consecutive_skips[name] = 0
+        return True
 
     def _reset(self, name: str) -> None:
         self.problems[name].reset()
@@ -344,21 +385,71 @@ class Engine:
             self._check_finite()
 
     def run(self) -> None:
-        """Run ``config.steps`` ticks, with progress, metrics and solver warnings."""
+        """Train until tick ``config.steps`` (a resumed engine continues where it stopped),
+        with progress, metrics, checkpoints and solver warnings."""
         total = self.config.steps
+        if self.config.preflight:
+            self.preflight()
         monitor = RunMonitor(total, list(self.problems), self.config.progress)
         writer = MetricsWriter(self.config.metrics_path)
+        every = self.config.checkpoint_every
         try:
-            for i in range(total):
+            while self.tick < total:
                 self.step()
-                if (i + 1) % self.config.log_every == 0 or i + 1 == total:
+                done = self.tick
+                if done % self.config.log_every == 0 or done == total:
                     record = self.report()
                     writer.write(record)
-                    monitor.update(i + 1, record["loss"])
+                    monitor.update(done, record["loss"])
+                if every is not None and (done % every == 0 or done == total):
+                    self._checkpoint()
             self._check_finite()
         finally:
             writer.close()
             monitor.close({"updates": ", ".join(f"{n} {c}" for n, c in self.updates.items())})
+
+    def _checkpoint(self) -> Path:
+        folder = Path(self.config.checkpoint_dir)
+        path = self.save(folder / f"step_{self.tick:08d}.pt")
+        kept = sorted(folder.glob("step_*.pt"))
+        for old in kept[: -self.config.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def preflight(self) -> None:
+        """Evaluate every level's objective once on its current (or first) batch, changing
+        nothing, so that a batch that does not fit a model fails before any training."""
+        if self._preflight_done:
+            return
+        devices = sorted(
+            {
+                t.device.index or 0
+                for p in self.problems.values()
+                for t in p.params.tensors
+                if t.device.type == "cuda"
+            }
+        )
+        for name in self.problems:
+            try:
+                with torch.random.fork_rng(devices=devices), self._buffers.preserved():
+                    self._objective(name)
+            except (TypeError, ValueError) as error:
+                if "training_step" in str(error):
+                    raise
+                raise type(error)(self._preflight_message(name, error)) from error
+            except RuntimeError as error:
+                raise RuntimeError(self._preflight_message(name, error)) from error
+        self._preflight_done = True
+
+    def _preflight_message(self, name: str, error: Exception) -> str:
+        problem = self.problems[name]
+        batch = self._current_batch(name)
+        return (
+            f"problem {name!r} fails on its first batch, before any training "
+            f"({type(error).__name__}: {error}). The batch is {_describe_batch(batch)}; check "
+            f"that the data fits {type(problem.module).__name__} and "
+            f"{type(problem).__name__}.training_step"
+        )
 
     def report(self) -> dict[str, Any]:
         """The latest losses, solver diagnostics and update counts as plain numbers (one
@@ -411,6 +502,7 @@ class Engine:
             "fingerprint": self.fingerprint(),
             "tick": self.tick,
             "updates": dict(self.updates),
+            "skipped": dict(self.skipped),
             "schedule": self.schedule.state_dict(),
             "rng": rng.capture(),
             "trajectories": {n: t.state_dict() for n, t in self.trajectories.items()},
@@ -453,6 +545,7 @@ class Engine:
         rng.restore(state["rng"])
         self.tick = state["tick"]
         self.updates = dict(state["updates"])
+        self.skipped = dict(state.get("skipped", self.skipped))
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write :meth:`state_dict` (plus ``extra``) atomically to ``path``."""
@@ -505,6 +598,16 @@ class Engine:
         text = "\n".join(lines)
         print(text)
         return text
+
+
+def _describe_batch(batch: Any) -> str:
+    if isinstance(batch, Tensor):
+        return f"a tensor of shape {tuple(batch.shape)} ({batch.dtype})"
+    if isinstance(batch, (list, tuple)):
+        return "(" + ", ".join(_describe_batch(b) for b in batch) + ")"
+    if isinstance(batch, dict):
+        return "{" + ", ".join(f"{k}: {_describe_batch(v)}" for k, v in batch.items()) + "}"
+    return type(batch).__name__
 
 
 def _fingerprint_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:

@@ -16,8 +16,9 @@ def test_mlo_and_hand_written_lease_iterations_agree(monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     # float64 everywhere, so that the finite differences agree far below an Adam step
-    monkeypatch.setattr(bench, "DATA", {k: [(x.double(), y) for x, y in v]
-                                        for k, v in bench.DATA.items()})
+    monkeypatch.setattr(
+        bench, "DATA", {k: [(x.double(), y) for x, y in v] for k, v in bench.DATA.items()}
+    )
     monkeypatch.setattr(bench, "STD", bench.STD.double())
     args = argparse.Namespace(layers=3, channels=4, pgd_steps=2)
     previous = torch.get_default_dtype()

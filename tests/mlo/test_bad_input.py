@@ -101,29 +101,63 @@ def test_loss_that_is_not_a_tensor_is_refused():
         engine([p], {}).step()
 
 
-@pytest.mark.parametrize("check_every", [1, 4])
-def test_non_finite_loss_names_the_problem_and_the_step(check_every):
-    class BlowsUp(mlo.Problem):
-        calls = 0
+class BlowsUp(mlo.Problem):
+    """Its third batch is NaN."""
 
-        def training_step(self, batch):
-            BlowsUp.calls += 1
-            bad = math.nan if BlowsUp.calls == 3 else 0.0
-            return 0.5 * (self.module.x**2).sum() + bad + self.outer.module.x.sum() * 0
+    def training_step(self, batch):
+        return 0.5 * (self.module.x**2).sum() * batch + self.outer.module.x.sum() * 0
 
+
+def nan_engine(**config):
     inner_module, outer = Scalar(1.0), problem("outer")
     inner = BlowsUp(
         "inner",
         inner_module,
         torch.optim.SGD(inner_module.parameters(), lr=0.1),
+        data=[1.0, 1.0, math.nan, 1.0],
         config=mlo.ProblemConfig(solver="first_order"),
     )
-    e = engine([outer, inner], {"outer": ["inner"]}, check_finite_every=check_every, steps=8)
+    return engine([outer, inner], {"outer": ["inner"]}, steps=8, **config), inner
+
+
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_non_finite_loss_names_the_problem_and_the_step(check_every):
+    e, _ = nan_engine(check_finite_every=check_every)
     with pytest.raises(
         mlo.NonFiniteError,
         match=r"problem 'inner' produced a non-finite loss "
         r"\(nan\) at step 3",
     ):
+        e.run()
+
+
+def test_non_finite_from_a_solver_is_named():
+    class Poisoned(mlo.solvers.FirstOrder):
+        def vjp(self, level, v, parents):
+            result = super().vjp(level, v, parents)
+            return mlo.solvers.SolverResult([[t + math.inf for t in g] for g in result.vjps])
+
+    upper = problem("upper", watched=("lower",))
+    lower = problem("lower", parents=("upper",), solver=Poisoned())
+    with pytest.raises(
+        mlo.NonFiniteError,
+        match=r"problem 'upper' produced a non-finite "
+        r"hypergradient from level 'lower'",
+    ):
+        engine([upper, lower], {"upper": ["lower"]}).step()
+
+
+def test_skip_mode_survives_a_nan_and_finishes():
+    e, inner = nan_engine(on_nonfinite="skip")
+    e.run()
+    assert e.tick == 8 and e.skipped == {"outer": 0, "inner": 2}  # batch 3 comes round twice
+    assert torch.isfinite(inner.module.x).all()
+    assert e.updates["inner"] == 8 - 2
+
+
+def test_skip_mode_raises_after_too_many_consecutive_skips():
+    e, _ = nan_engine(on_nonfinite="skip", max_consecutive_skips=1)
+    with pytest.raises(mlo.NonFiniteError, match="1 consecutive updates skipped"):
         e.run()
 
 
@@ -180,3 +214,23 @@ def test_hypergradient_of_unknown_problem():
     e = engine([a, b], {"a": ["b"]})
     with pytest.raises(KeyError, match="unknown problem 'z'; problems: a, b"):
         e.hypergradient("z")
+
+
+def test_batch_that_does_not_fit_the_model_fails_before_training():
+    class Classifier(mlo.Problem):
+        def training_step(self, batch):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.module(x), y)
+
+    net = nn.Linear(4, 3)
+    bad = [(torch.randn(2, 5), torch.tensor([0, 1]))]  # 5 features for a 4-input model
+    p = Classifier("classifier", net, torch.optim.SGD(net.parameters(), lr=0.1), data=bad)
+    e = engine([p], {}, steps=3)
+    before = net.weight.detach().clone()
+    with pytest.raises(
+        RuntimeError,
+        match=r"problem 'classifier' fails on its first batch, "
+        r"before any training .*\(a tensor of shape \(2, 5\)",
+    ):
+        e.run()
+    assert torch.equal(before, net.weight) and e.tick == 0 and p.stream.position == 0

@@ -95,3 +95,31 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path):
     engine.save(tmp_path / "a.pt")
     engine.save(tmp_path / "a.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+def test_run_writes_checkpoints_every_n_steps_and_keeps_the_last_k(tmp_path):
+    from .helpers import problem
+
+    def two_levels(resume=None, **config):
+        a = problem("a", value=1.0, watched=("b",))
+        b = problem("b", parents=("a",), solver="cg")
+        config = mlo.EngineConfig(progress=False, **config)
+        return mlo.Engine([a, b], {"a": ["b"]}, config, resume=resume)
+
+    e = two_levels(steps=7, checkpoint_every=2, checkpoint_dir=tmp_path, keep_last=2)
+    e.run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006.pt", "step_00000007.pt"]
+    resumed = two_levels(steps=10, resume=tmp_path / "step_00000006.pt")
+    assert resumed.tick == 6
+    resumed.run()
+    straight = two_levels(steps=10)
+    straight.run()
+    for name in ("a", "b"):
+        assert torch.equal(resumed.problems[name].module.x, straight.problems[name].module.x)
+
+
+def test_checkpoint_every_needs_a_folder():
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="checkpoint_dir"):
+        mlo.EngineConfig(checkpoint_every=5)
