@@ -138,3 +138,48 @@ def test_lease_flags_reach_the_config(capsys):
     assert config["out"] == "runs/lease" and config["epochs"] == 50
     assert config["batch_size"] == 64 and config["layers"] == 8
     assert config["init_channels"] == 16
+
+
+@pytest.mark.slow
+def test_search_killed_with_sigkill_resumes_to_the_same_architecture(tmp_path):
+    import random
+    import signal
+    import time
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            str(SCRIPT),
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "64",
+            "--out",
+            str(out),
+            "--max-steps",
+            "3",
+            *TINY,
+            *extra,
+        ]
+
+    subprocess.run(
+        command(tmp_path / "straight"), cwd=ROOT, check=True, capture_output=True, timeout=600
+    )
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    time.sleep(random.Random(1).uniform(0, 2))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    subprocess.run(
+        command(killed, "--resume"), cwd=ROOT, check=True, capture_output=True, timeout=600
+    )
+    straight, resumed = (architecture(tmp_path / d, "relearn") for d in ("straight", "killed"))
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
