@@ -26,11 +26,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 import mlo
+from problems.cli import ConfigError, build_config, fail, print_config
 from problems.hpo import build, load_digits_splits
 
 GRID = (-8.0, -6.0, -5.0, -4.0, -3.0, -2.0)
@@ -61,7 +63,7 @@ def tuned_run(args, seed: int, out: Path) -> dict[str, float]:
         deps,
         mlo.EngineConfig(
             steps=args.steps,
-            progress=not args.no_progress,
+            progress=args.progress,
             log_every=10,
             metrics_path=out / f"metrics_seed{seed}.jsonl",
         ),
@@ -104,19 +106,53 @@ def summary(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def main() -> None:
+class HpoRun(BaseModel):
+    """The example's settings (``--config FILE.toml``; flags override the file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(100, ge=1, description="updates of the penalty")
+    inner_steps: int = Field(20, ge=1, description="classifier updates per penalty update")
+    solver: str = "cg"
+    inner_lr: float = Field(0.5, gt=0)
+    outer_lr: float = Field(0.05, gt=0)
+    seeds: int = Field(3, ge=1)
+    out: Path = Path("runs/hyperparameter_optimization")
+    progress: bool = True
+
+    @field_validator("solver")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        mlo.solvers.resolve(value)
+        return value
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=100, help="updates of the penalty")
+    parser.add_argument("--config", type=Path, help="TOML file; flags override its values")
+    parser.add_argument("--print-config", action="store_true")
+    parser.add_argument("--steps", type=int, help="updates of the penalty (100)")
     parser.add_argument(
-        "--inner-steps", type=int, default=20, help="classifier updates per penalty update"
+        "--inner-steps",
+        type=int,
+        dest="inner_steps",
+        help="classifier updates per penalty update (20)",
     )
-    parser.add_argument("--solver", default="cg", choices=mlo.solvers.available())
-    parser.add_argument("--inner-lr", type=float, default=0.5)
-    parser.add_argument("--outer-lr", type=float, default=0.05)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("runs/hyperparameter_optimization"))
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--solver", choices=mlo.solvers.available())
+    parser.add_argument("--inner-lr", type=float, dest="inner_lr")
+    parser.add_argument("--outer-lr", type=float, dest="outer_lr")
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
+    parsed = parser.parse_args(argv)
+    flags = {k: v for k, v in vars(parsed).items() if k not in ("config", "print_config")}
+    try:
+        args = build_config(HpoRun, parsed.config, flags)
+    except ConfigError as exc:
+        fail(str(exc))
+    if parsed.print_config:
+        print_config(args)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
 
     tuned, grid = [], []

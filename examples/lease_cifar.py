@@ -127,8 +127,12 @@ def parse(argv: list[str] | None) -> tuple[str, argparse.Namespace]:
         choices=["resnet18", "resnet_small", "resnet_tiny"],
     )
     search.add_argument("--partial-channels", type=int, dest="partial_channels")
-    search.add_argument("--small", action="store_const", const=True,
-                        help="small budget for a first look on a CPU (see LeaseRun.small)")
+    search.add_argument(
+        "--small",
+        action="store_const",
+        const=True,
+        help="small budget for a first look on a CPU (see LeaseRun.small)",
+    )
     search.add_argument(
         "--baseline",
         choices=["none", "darts"],

@@ -36,6 +36,7 @@ class LevelGraph:
                 continue
             self.children[upper].append(lower)
             self.parents[lower].append(upper)
+        self.order = self._topological_order()
         if len(self.names) > 1:
             for name in self.names:
                 if not self.children[name] and not self.parents[name]:
@@ -43,7 +44,6 @@ class LevelGraph:
                         f"problem {name!r} is not connected to any other problem; add it to "
                         "dependencies or leave it out of problems"
                     )
-        self.order = self._topological_order()
         self._rank = {n: i for i, n in enumerate(self.order)}
         for name in self.names:
             self.children[name].sort(key=self._rank.__getitem__)

@@ -57,3 +57,18 @@ def test_hpo_levels_move_the_penalty():
     after = engine.problems["penalty"].module.log_l2.detach()
     assert torch.isfinite(after).all()
     assert not torch.equal(before, after)
+
+
+def test_config_file_unknown_key_is_refused_with_the_closest_valid_one(tmp_path):
+    config = tmp_path / "hpo.toml"
+    config.write_text("steps = 5\ninner_step = 3\n")
+    result = subprocess.run(
+        [sys.executable, "examples/hyperparameter_optimization.py", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "unknown key 'inner_step'; did you mean 'inner_steps'?" in result.stderr
