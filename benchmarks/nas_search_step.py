@@ -66,7 +66,9 @@ def hand_version(args, device, train, val):
 
     def forward(x):
         with amp:
-            return net(x, arch.normalized()).float()
+            logits = net(x, arch.normalized())
+        # as the engine's levels do: upcast bfloat16 logits, keep float32/float64 ones
+        return logits.float() if logits.dtype == torch.bfloat16 else logits
 
     def to_device(data):
         out = []
