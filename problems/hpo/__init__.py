@@ -5,7 +5,7 @@ Levels: ``classifier`` (lower) minimises the training loss plus
 loss over ``λ``. Edge: ``penalty → classifier``.
 """
 
-from .digits import DigitsSplits, load_digits_splits
+from ..digits import DigitsSplits, load_digits_splits
 from .levels import Classifier, PenaltyTuner, PerFeatureL2, build
 
 __all__ = [
