@@ -51,6 +51,6 @@ def test_example_prints_both_methods(tmp_path, capsys):
     spec.loader.exec_module(module)
     module.main(["--steps", "5", "--seeds", "2", "--no-progress", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "Meta-Weight-Net on mlo" in out and "plain training" in out
+    assert "Meta-Weight-Net" in out and "plain training" in out
     record = json.loads((tmp_path / "metrics_seed1.jsonl").read_text().splitlines()[-1])
     assert record["updates"] == {"weighting": 5, "classifier": 5}
