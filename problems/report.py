@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -9,6 +10,9 @@ from rich.table import Table
 
 
 def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std``; ``—`` when a method has no such number (NaN)."""
+    if any(math.isnan(v) for v in values):
+        return "—"
     mean = statistics.mean(values) * scale
     std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
