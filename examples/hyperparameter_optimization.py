@@ -20,7 +20,6 @@ multilevel run. Both are scored on the held-out test split, over several seeds.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -28,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 import mlo
 from problems.cli import ConfigError, build_config, fail, print_config
 from problems.hpo import build, load_digits_splits
+from problems.report import comparison_table
 
 GRID = (-8.0, -6.0, -5.0, -4.0, -3.0, -2.0)
 
@@ -100,12 +99,6 @@ def grid_run(args, seed: int) -> dict[str, float]:
     return {"test_loss": test_loss, "test_acc": test_acc, "seconds": seconds, "log_l2": best[1]}
 
 
-def summary(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    mean = statistics.mean(values) * scale
-    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 class HpoRun(BaseModel):
     """The example's settings (``--config FILE.toml``; flags override the file)."""
 
@@ -160,23 +153,21 @@ def main(argv: list[str] | None = None) -> None:
         tuned.append(tuned_run(args, seed, args.out))
         grid.append(grid_run(args, seed))
 
-    table = Table(
-        title=f"digits, per-feature L2 ({args.solver}) vs grid-searched weight decay, "
-        f"{args.seeds} seed(s)"
-    )
-    for column in ("method", "test accuracy %", "test loss", "seconds per seed"):
-        table.add_column(column)
-    for name, rows in (
-        (f"mlo per-feature L2 ({args.solver})", tuned),
-        (f"single weight decay, grid of {len(GRID)}", grid),
-    ):
-        table.add_row(
-            name,
-            summary([r["test_acc"] for r in rows], 100),
-            summary([r["test_loss"] for r in rows], digits=3),
-            summary([r["seconds"] for r in rows], digits=1),
+    Console().print(
+        comparison_table(
+            f"digits, per-feature L2 ({args.solver}) vs grid-searched weight decay, "
+            f"{args.seeds} seed(s)",
+            [
+                ("test accuracy %", "test_acc", 100, 2),
+                ("test loss", "test_loss", 1, 3),
+                ("seconds per seed", "seconds", 1, 1),
+            ],
+            {
+                f"mlo per-feature L2 ({args.solver})": tuned,
+                f"single weight decay, grid of {len(GRID)}": grid,
+            },
         )
-    Console().print(table)
+    )
     print("grid choices of log weight decay:", [r["log_l2"] for r in grid])
 
 
