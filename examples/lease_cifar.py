@@ -22,26 +22,15 @@ synthetic for a smoke run that says nothing about accuracy).
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
 import torch
-from rich.console import Console
-from rich.logging import RichHandler
 
-from problems.cli import ConfigError, add_common_flags, build_config, fail, print_config
 from problems.lease import LeaseRun, build
-from problems.nas import NasDataError, build_darts
-from problems.nas.config import EvalRun
+from problems.nas import build_darts
+from problems.nas.cli import nas_main
 from problems.nas.data import STATS, loader
-from problems.nas.runner import (
-    SearchSetup,
-    genotype_rows,
-    run_evaluation,
-    run_search,
-    summary_table,
-)
+from problems.nas.runner import SearchSetup
 from problems.nas.search import to_device
 
 EXPLANATIONS = {"pgd": ("pgd", True), "pgd_sign": ("pgd", False), "saliency": ("saliency", True)}
@@ -106,11 +95,7 @@ def accuracies(engine, batch) -> dict[str, float]:
     return out
 
 
-def parse(argv: list[str] | None) -> tuple[str, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command")
-    search = commands.add_parser("search", help="search a cell with LeaSE (default)")
-    add_common_flags(search)
+def add_search_flags(search) -> None:
     search.add_argument("--lam", type=float, dest="lease.lam", help="λ (default 1)")
     search.add_argument("--gamma", type=float, dest="lease.gamma", help="γ (default 1)")
     search.add_argument(
@@ -126,7 +111,6 @@ def parse(argv: list[str] | None) -> tuple[str, argparse.Namespace]:
         dest="lease.audience.arch",
         choices=["resnet18", "resnet_small", "resnet_tiny"],
     )
-    search.add_argument("--partial-channels", type=int, dest="partial_channels")
     search.add_argument(
         "--small",
         action="store_const",
@@ -138,35 +122,11 @@ def parse(argv: list[str] | None) -> tuple[str, argparse.Namespace]:
         choices=["none", "darts"],
         help="darts: the same search without explain and audience",
     )
-    evaluate = commands.add_parser("evaluate", help="retrain a genotype from scratch")
-    add_common_flags(evaluate)
-    evaluate.add_argument("--genotype", help="genotype.json or a published name (DARTS_V2)")
-    evaluate.add_argument(
-        "--short",
-        action="store_const",
-        const=True,
-        help="short budget: 10 epochs, 8 cells, 16 channels",
-    )
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("search", "evaluate", "-h", "--help"):
-        argv = ["search", *argv]
-    args = parser.parse_args(argv)
-    return args.command, args
 
 
-def main(argv: list[str] | None = None) -> int:
-    command, args = parse(argv)
-    console = Console(stderr=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-    flags = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("command", "config", "print_config") and v is not None
-    }
+def translate(flags: dict) -> dict:
+    """``--explanation`` and ``--solver`` each set two fields."""
+    flags = dict(flags)
     if "explanation" in flags:
         method, differentiable = EXPLANATIONS[flags.pop("explanation")]
         flags["lease.explanation.method"] = method
@@ -174,54 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     if "solver" in flags:
         solver = flags.pop("solver")
         flags["lease.explainer_solver"] = flags["lease.audience_solver"] = solver
-    try:
-        if command == "search":
-            config = build_config(LeaseRun, args.config, flags).effective()
-        else:
-            config = build_config(
-                EvalRun, args.config, flags, defaults={"out": "runs/lease_evaluate"}
-            )
-    except ConfigError as exc:
-        fail(str(exc))
-    if args.print_config:
-        print_config(config)
-        return 0
-    try:
-        if command == "search":
-            title = "DARTS baseline" if config.baseline == "darts" else "LeaSE search"
-            result = run_search(config, wire, title=title, accuracy_of=accuracies, console=console)
-            rows = {
-                "method": title,
-                "dataset": config.dataset,
-                "steps (architecture updates)": str(result.steps),
-                "search time": f"{result.seconds:.1f} s",
-                "images / s": f"{result.images_per_second:.1f}",
-                "supernet val accuracy": f"{100 * result.val_accuracy:.2f} %",
-                **{
-                    k: f"{100 * v:.2f} % (last batch)"
-                    for k, v in result.extra["accuracies"].items()
-                },
-                **genotype_rows(result.genotype),
-                **{f"outputs: {k}": str(v) for k, v in result.files.items()},
-            }
-            Console().print(summary_table(title, rows))
-        else:
-            result = run_evaluation(config, console=console)
-            Console().print(
-                summary_table(
-                    "evaluation",
-                    {
-                        "genotype": config.genotype,
-                        "test error": f"{100 * result.test_error:.2f} %",
-                        "parameters": f"{result.params_millions:.3f} M",
-                        "epochs / steps": f"{result.epochs} / {result.steps}",
-                        "time": f"{result.seconds:.1f} s",
-                    },
-                )
-            )
-    except (NasDataError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    return 0
+    return flags
+
+
+def main(argv: list[str] | None = None) -> int:
+    return nas_main(
+        argv,
+        description=__doc__.split("\n")[0],
+        search_model=LeaseRun,
+        add_search_flags=add_search_flags,
+        wire=wire,
+        accuracy_of=accuracies,
+        title_of=lambda c: "DARTS baseline" if c.baseline == "darts" else "LeaSE search",
+        translate=translate,
+        eval_defaults={"out": "runs/lease_evaluate"},
+    )
 
 
 if __name__ == "__main__":

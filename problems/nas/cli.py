@@ -1,0 +1,125 @@
+"""The command line every NAS example shares: ``search`` (the default) and ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ..cli import ConfigError, add_common_flags, build_config, fail, print_config
+from .config import EvalRun, SearchRun
+from .data import NasDataError
+from .runner import Wiring, genotype_rows, run_evaluation, run_search, summary_table
+
+
+def nas_main(
+    argv: list[str] | None,
+    *,
+    description: str,
+    search_model: type[SearchRun],
+    add_search_flags: Callable[[argparse.ArgumentParser], None],
+    wire: Wiring,
+    title_of: Callable[[Any], str],
+    accuracy_of: Callable[..., dict[str, float]] | None = None,
+    translate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    search_defaults: dict[str, Any] | None = None,
+    eval_defaults: dict[str, Any] | None = None,
+) -> int:
+    """Parse, validate, run, and print the summary table; failures exit 2 with a message.
+
+    ``translate`` maps the parsed search flags onto config keys (for flags that set
+    several fields); ``title_of(config)`` names the method in the outputs.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    commands = parser.add_subparsers(dest="command")
+    search = commands.add_parser("search", help="search a cell (default)")
+    add_common_flags(search)
+    search.add_argument(
+        "--partial-channels",
+        type=int,
+        dest="partial_channels",
+        help="PC-DARTS: each edge sees 1/k of the channels",
+    )
+    add_search_flags(search)
+    evaluate = commands.add_parser("evaluate", help="retrain a genotype from scratch")
+    add_common_flags(evaluate)
+    evaluate.add_argument("--genotype", help="genotype.json or a published name (DARTS_V2)")
+    evaluate.add_argument(
+        "--short",
+        action="store_const",
+        const=True,
+        help="short budget: 10 epochs, 8 cells, 16 channels",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("search", "evaluate", "-h", "--help"):
+        argv = ["search", *argv]
+    args = parser.parse_args(argv)
+
+    console = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    flags = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "config", "print_config") and v is not None
+    }
+    try:
+        if args.command == "search":
+            flags = translate(flags) if translate else flags
+            config = build_config(search_model, args.config, flags, search_defaults)
+            config = config.effective() if hasattr(config, "effective") else config
+        else:
+            config = build_config(EvalRun, args.config, flags, eval_defaults)
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.print_config:
+        print_config(config)
+        return 0
+    try:
+        if args.command == "search":
+            title = title_of(config)
+            result = run_search(config, wire, title=title, accuracy_of=accuracy_of, console=console)
+            Console().print(
+                summary_table(
+                    title,
+                    {
+                        "method": title,
+                        "dataset": config.dataset,
+                        "steps (architecture updates)": str(result.steps),
+                        "search time": f"{result.seconds:.1f} s",
+                        "images / s": f"{result.images_per_second:.1f}",
+                        "supernet val accuracy": f"{100 * result.val_accuracy:.2f} %",
+                        **{
+                            k: f"{100 * v:.2f} % (last batch)"
+                            for k, v in result.extra["accuracies"].items()
+                        },
+                        **genotype_rows(result.genotype),
+                        **{f"outputs: {k}": str(v) for k, v in result.files.items()},
+                    },
+                )
+            )
+        else:
+            result = run_evaluation(config, console=console)
+            Console().print(
+                summary_table(
+                    "evaluation",
+                    {
+                        "genotype": config.genotype,
+                        "test error": f"{100 * result.test_error:.2f} %",
+                        "parameters": f"{result.params_millions:.3f} M",
+                        "epochs / steps": f"{result.epochs} / {result.steps}",
+                        "time": f"{result.seconds:.1f} s",
+                    },
+                )
+            )
+    except (NasDataError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    return 0
