@@ -16,7 +16,6 @@ labels with every weight 1. Both are scored on the clean test split over 3 seeds
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
-from problems.cli import ConfigError, build_config, fail, print_config
+from problems.cli import SolverName, example_parser, parse_run
 from problems.digits import load_digits_splits
 from problems.report import comparison_table
 from problems.reweighting import build, symmetric_noise
@@ -42,7 +41,7 @@ class ReweightingRun(BaseModel):
     noise: float = Field(0.4, ge=0, lt=1, description="fraction of training labels flipped")
     train_size: int = Field(1000, ge=10)
     meta_size: int = Field(100, ge=10, description="clean meta-set size")
-    solver: str = "unroll"
+    solver: SolverName = "unroll"
     lr: float = Field(0.1, gt=0)
     meta_lr: float = Field(1e-3, gt=0)
     seeds: int = Field(3, ge=1)
@@ -114,24 +113,11 @@ def plain(config: ReweightingRun, seed: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--print-config", action="store_true")
-    parser.add_argument("--steps", type=int)
+    parser = example_parser(__doc__.split("\n")[0])
     parser.add_argument("--noise", type=float)
     parser.add_argument("--solver", choices=mlo.solvers.available())
-    parser.add_argument("--seeds", type=int)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
-    parsed = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(parsed).items() if k not in ("config", "print_config")}
-    try:
-        config = build_config(ReweightingRun, parsed.config, flags)
-        mlo.solvers.resolve(config.solver)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
-    if parsed.print_config:
-        print_config(config)
+    config = parse_run(parser, ReweightingRun, argv)
+    if config is None:
         return
     config.out.mkdir(parents=True, exist_ok=True)
     rows = {f"Meta-Weight-Net on mlo ({config.solver})": [], "plain training on noisy labels": []}

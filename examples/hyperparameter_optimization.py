@@ -19,18 +19,17 @@ multilevel run. Both are scored on the held-out test split, over several seeds.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
 import mlo
-from problems.cli import ConfigError, build_config, fail, print_config
+from problems.cli import SolverName, example_parser, parse_run
 from problems.hpo import build, load_digits_splits
 from problems.report import comparison_table
 
@@ -106,25 +105,16 @@ class HpoRun(BaseModel):
 
     steps: int = Field(100, ge=1, description="updates of the penalty")
     inner_steps: int = Field(20, ge=1, description="classifier updates per penalty update")
-    solver: str = "cg"
+    solver: SolverName = "cg"
     inner_lr: float = Field(0.5, gt=0)
     outer_lr: float = Field(0.05, gt=0)
     seeds: int = Field(3, ge=1)
     out: Path = Path("runs/hyperparameter_optimization")
     progress: bool = True
 
-    @field_validator("solver")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        mlo.solvers.resolve(value)
-        return value
-
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, help="TOML file; flags override its values")
-    parser.add_argument("--print-config", action="store_true")
-    parser.add_argument("--steps", type=int, help="updates of the penalty (100)")
+    parser = example_parser(__doc__.split("\n")[0])
     parser.add_argument(
         "--inner-steps",
         type=int,
@@ -134,17 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--solver", choices=mlo.solvers.available())
     parser.add_argument("--inner-lr", type=float, dest="inner_lr")
     parser.add_argument("--outer-lr", type=float, dest="outer_lr")
-    parser.add_argument("--seeds", type=int)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
-    parsed = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(parsed).items() if k not in ("config", "print_config")}
-    try:
-        args = build_config(HpoRun, parsed.config, flags)
-    except ConfigError as exc:
-        fail(str(exc))
-    if parsed.print_config:
-        print_config(args)
+    args = parse_run(parser, HpoRun, argv)
+    if args is None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
 

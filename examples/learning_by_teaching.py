@@ -17,7 +17,6 @@ Baseline: the same teacher, same labelled data and steps, with the gates fixed.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
-from problems.cli import ConfigError, build_config, fail, print_config
+from problems.cli import SolverName, example_parser, parse_run
 from problems.digits import load_digits_splits
 from problems.report import comparison_table
 from problems.teaching import Gates, build, mlp
@@ -45,7 +44,7 @@ class TeachingRun(BaseModel):
     lam: float = Field(1.0, ge=0)
     lr: float = Field(0.1, gt=0)
     gate_lr: float = Field(0.05, gt=0)
-    solver: str = "unroll"
+    solver: SolverName = "unroll"
     seeds: int = Field(3, ge=1)
     out: Path = Path("runs/learning_by_teaching")
     progress: bool = True
@@ -125,23 +124,11 @@ def teacher_alone(config: TeachingRun, seed: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--print-config", action="store_true")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--seeds", type=int)
+    parser = example_parser(__doc__.split("\n")[0])
     parser.add_argument("--lam", type=float)
     parser.add_argument("--solver", choices=mlo.solvers.available())
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
-    parsed = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(parsed).items() if k not in ("config", "print_config")}
-    try:
-        config = build_config(TeachingRun, parsed.config, flags)
-    except ConfigError as exc:
-        fail(str(exc))
-    if parsed.print_config:
-        print_config(config)
+    config = parse_run(parser, TeachingRun, argv)
+    if config is None:
         return
     config.out.mkdir(parents=True, exist_ok=True)
     rows = {"learning by teaching on mlo": [], "teacher alone": []}

@@ -18,7 +18,6 @@ All three are scored on 100 held-out tasks after fine-tuning on each task's supp
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 import mlo
-from problems.cli import ConfigError, build_config, fail, print_config
+from problems.cli import example_parser, parse_run
 from problems.meta import SineMLP, adapt_and_score, build, functional_mlp, sample_tasks
 from problems.meta.levels import task_mse
 from problems.report import comparison_table
@@ -96,21 +95,9 @@ def pretrain(config: MamlRun, shots: int, seed: int) -> tuple[list, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--print-config", action="store_true")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--seeds", type=int)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
-    parsed = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(parsed).items() if k not in ("config", "print_config")}
-    try:
-        config = build_config(MamlRun, parsed.config, flags)
-    except ConfigError as exc:
-        fail(str(exc))
-    if parsed.print_config:
-        print_config(config)
+    parser = example_parser(__doc__.split("\n")[0])
+    config = parse_run(parser, MamlRun, argv)
+    if config is None:
         return
     config.out.mkdir(parents=True, exist_ok=True)
     console = Console()

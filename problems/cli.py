@@ -8,9 +8,9 @@ import difflib
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 try:
     import tomllib
@@ -146,3 +146,43 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-every", type=int, dest="checkpoint_every", help="updates between checkpoints"
     )
+
+
+def example_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the flags every small example takes (all default to the config's)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, help="TOML file; flags override its values")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
+    return parser
+
+
+def parse_run(parser: argparse.ArgumentParser, model: type[M], argv: list[str] | None) -> M | None:
+    """The validated configuration (file, then flags), or ``None`` after
+    ``--print-config`` printed it; invalid input exits 2 with the message."""
+    parsed = parser.parse_args(argv)
+    flags = {k: v for k, v in vars(parsed).items() if k not in ("config", "print_config")}
+    try:
+        config = build_config(model, parsed.config, flags)
+    except ConfigError as exc:
+        fail(str(exc))
+    if parsed.print_config:
+        print_config(config)
+        return None
+    return config
+
+
+def _registered_solver(name: str) -> str:
+    import mlo
+
+    mlo.solvers.resolve(name)  # raises with the list of valid names
+    return name
+
+
+SolverName = Annotated[str, AfterValidator(_registered_solver)]
+"""A config field holding the name of a registered solver."""
