@@ -209,7 +209,8 @@ class Engine:
 
         An adjoint that is zero by the structure of the graph (no objective on the way
         reads that level) is kept as ``None`` and its solver is not called: a level whose
-        objective reads none of its descendants updates as fast as a plain one.
+        objective reads none of its descendants updates as fast as a plain one. Likewise a
+        level whose every way up to P crosses a zero Jacobian (``first_order``) is skipped.
         """
         problem = self.problems[name]
         below = self._descendants[name]
@@ -228,11 +229,18 @@ class Engine:
             else:
                 adjoint[n] = [torch.zeros_like(p) if g is None else g for g, p in zip(part, params)]
         inside = set(levels)
+        # A level's adjoint matters only if it can still reach P: through a parent whose
+        # adjoint matters, across its own solver, unless that solver's Jacobian is zero.
+        reaches = {name: True}
+        for level in below:
+            reaches[level] = not self.problems[level].config.solver.zero_jacobian and any(
+                reaches[u] for u in self.graph.parents[level] if u in inside
+            )
         with self._buffers.preserved():
             for lower in reversed(below):
-                if adjoint[lower] is None:
+                if adjoint[lower] is None or not reaches[lower]:
                     continue
-                parents = [u for u in self.graph.parents[lower] if u in inside]
+                parents = [u for u in self.graph.parents[lower] if u in inside and reaches[u]]
                 solver = self.problems[lower].config.solver
                 result = solver.vjp(
                     self._level(lower),

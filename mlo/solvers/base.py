@@ -73,6 +73,7 @@ class Solver(BaseModel, ABC):
 
     name: ClassVar[str] = ""
     needs_trajectory: ClassVar[bool] = False
+    zero_jacobian: ClassVar[bool] = False  # True: vjp is always zero (nothing propagates)
 
     @abstractmethod
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:

@@ -16,5 +16,13 @@ class FirstOrder(Solver):
     The upper level then follows only its direct gradient ``∂f_P/∂θ_P``.
     """
 
+    zero_jacobian = True
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "vjp" in cls.__dict__:  # a subclass with its own product is not zero
+            cls.zero_jacobian = False
+
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         return SolverResult([[torch.zeros_like(t) for t in group] for group in parents])

@@ -98,9 +98,9 @@ def recorder(name, data=None, **config):
     return p
 
 
-def shared(reader_solver: str):
+def shared(reader_solver: str, source_solver: str = "first_order"):
     top = recorder("top", data=[10.0, 20.0])
-    source = recorder("source", data=[1.0, 2.0, 3.0], solver="first_order")
+    source = recorder("source", data=[1.0, 2.0, 3.0], solver=source_solver)
     reader = recorder("reader", batch_from="source", solver=reader_solver)
     engine = mlo.Engine(
         [top, source, reader],
@@ -122,7 +122,7 @@ def test_batch_from_makes_two_levels_see_the_same_examples():
 
 
 def test_hypergradients_evaluate_a_sharing_level_on_the_current_shared_batch():
-    engine, _source, reader = shared("darts")
+    engine, _source, reader = shared("darts", source_solver="darts")
     for _ in range(3):
         engine.step()
     reader.seen.clear()

@@ -190,3 +190,21 @@ def test_solver_is_skipped_when_no_objective_reads_the_level():
     lower = problem("lower", parents=("watcher",), solver="counting")
     engine([watcher, lower], {"watcher": ["lower"]}).step()
     assert Counting.calls == ["lower"]
+
+
+def test_solver_is_skipped_when_its_way_up_crosses_a_zero_jacobian():
+    from .helpers import engine, problem
+
+    Counting.calls.clear()
+    top = problem("top", watched=("middle", "bottom"))
+    middle = problem("middle", parents=("top",), solver="first_order")
+    bottom = problem("bottom", parents=("middle",), solver="counting")
+    engine([top, middle, bottom], {"top": ["middle"], "middle": ["bottom"]}).step()
+    assert "bottom" not in Counting.calls  # its adjoint could only reach top via middle
+
+    Counting.calls.clear()
+    middle = problem("middle", parents=("top",), solver="cg")
+    bottom = problem("bottom", parents=("middle",), solver="counting")
+    top = problem("top", watched=("middle", "bottom"))
+    engine([top, middle, bottom], {"top": ["middle"], "middle": ["bottom"]}).step()
+    assert "bottom" in Counting.calls
