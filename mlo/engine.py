@@ -12,22 +12,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import rng
 from .autodiff import gradient, gradient_or_none
-from .checkpoint import CheckpointError, load_safe, save_atomic
+from .checkpoint import load_safe, save_atomic
 from .config import EngineConfig
+from .describe import describe
 from .graph import LevelGraph
 from .linalg import Vector, add
 from .monitor import MetricsWriter, RunMonitor
 from .parameters import BufferGuard
 from .problem import Problem
-from .schedule import Action, Schedule
+from .schedule import Schedule
 from .solvers import Level
+from .state import engine_state, fingerprint, restore_engine_state
 from .trajectory import CURRENT_BATCH, Trajectory
 
 logger = logging.getLogger("mlo")
-
-_CURRENT = CURRENT_BATCH
 
 
 class NonFiniteError(FloatingPointError):
@@ -154,9 +153,11 @@ class Engine:
         problem.batch, problem.has_batch = batch, True
         return batch
 
-    def _objective(self, name: str, params: Sequence[Tensor] | None = None, batch: Any = _CURRENT):
+    def _objective(
+        self, name: str, params: Sequence[Tensor] | None = None, batch: Any = CURRENT_BATCH
+    ):
         problem = self.problems[name]
-        if batch is _CURRENT:
+        if batch is CURRENT_BATCH:
             batch = self._current_batch(name)
         context = problem.params.substitute(params) if params is not None else nullcontext()
         with context:
@@ -179,7 +180,7 @@ class Engine:
         return Level(
             name=name,
             params=list(problem.params.tensors),
-            objective=lambda params=None, batch=_CURRENT: self._objective(name, params, batch),
+            objective=lambda params=None, batch=CURRENT_BATCH: self._objective(name, params, batch),
             learning_rate=lr,
             grad_clip=problem.config.grad_clip,
             trajectory=self.trajectories.get(name),
@@ -494,66 +495,17 @@ class Engine:
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match: the edges and every parameter's name and shape."""
-        return {
-            "edges": [list(e) for e in self.graph.edges()],
-            "params": {
-                n: {k: list(v.shape) for k, v in p.module.state_dict().items()}
-                for n, p in self.problems.items()
-            },
-        }
+        return fingerprint(self)
 
     def state_dict(self) -> dict[str, Any]:
-        """Parameters, buffers, optimizer and scheduler states, data positions, random
-        number generator states, unroll trajectories, the schedule and the tick."""
-        return {
-            "format": "mlo.engine/1",
-            "fingerprint": self.fingerprint(),
-            "tick": self.tick,
-            "updates": dict(self.updates),
-            "skipped": dict(self.skipped),
-            "schedule": self.schedule.state_dict(),
-            "rng": rng.capture(),
-            "trajectories": {n: t.state_dict() for n, t in self.trajectories.items()},
-            "problems": {
-                n: {
-                    "module": p.module.state_dict(),
-                    "optimizer": None if p.optimizer is None else p.optimizer.state_dict(),
-                    "scheduler": None if p.scheduler is None else p.scheduler.state_dict(),
-                    "data": p.stream.state_dict(),
-                    "batch": p.batch if p.has_batch else None,
-                    "has_batch": p.has_batch,
-                }
-                for n, p in self.problems.items()
-            },
-        }
+        """Parameters, buffers, optimizer and scheduler states, data positions and current
+        batches, random number generator states, unroll trajectories, the schedule and the
+        tick."""
+        return engine_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; a mismatch raises before anything is changed."""
-        if not isinstance(state, dict) or state.get("format") != "mlo.engine/1":
-            raise CheckpointError("not an mlo engine checkpoint (format mlo.engine/1 expected)")
-        mine, theirs = self.fingerprint(), state["fingerprint"]
-        if mine != theirs:
-            raise CheckpointError(
-                "the checkpoint was written by a different graph: "
-                + _fingerprint_difference(theirs, mine)
-                + ". Load it into the same problems and dependencies it was saved from."
-            )
-        for name, p in self.problems.items():
-            saved = state["problems"][name]
-            p.module.load_state_dict(saved["module"])
-            if p.optimizer is not None:
-                p.optimizer.load_state_dict(saved["optimizer"])
-            if p.scheduler is not None and saved["scheduler"] is not None:
-                p.scheduler.load_state_dict(saved["scheduler"])
-            p.stream.load_state_dict(saved["data"])
-            p.batch, p.has_batch = saved["batch"], saved["has_batch"]
-        self.schedule.load_state_dict(state["schedule"])
-        for name, trajectory in self.trajectories.items():
-            trajectory.load_state_dict(state["trajectories"].get(name, []))
-        rng.restore(state["rng"])
-        self.tick = state["tick"]
-        self.updates = dict(state["updates"])
-        self.skipped = dict(state.get("skipped", self.skipped))
+        restore_engine_state(self, state)
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write :meth:`state_dict` (plus ``extra``) atomically to ``path``."""
@@ -570,40 +522,10 @@ class Engine:
         """The latest solver diagnostics of every level, as floats (synchronises)."""
         return {n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()}
 
-    # ------------------------------------------------------------------ description
-
     def describe(self, ticks: int = 1) -> str:
         """Print and return the level graph, each level's solver, and the update order of
         the next ``ticks`` ticks (simulated; nothing is trained)."""
-        lines = ["levels (top to bottom):"]
-        for name in self.graph.order:
-            cfg = self.problems[name].config
-            solver = cfg.solver
-            knobs = ", ".join(f"{k}={v}" for k, v in solver.model_dump().items())
-            lines.append(
-                f"  {name}: solver={solver.name}({knobs}) unroll_steps={cfg.unroll_steps}"
-                + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
-                + (
-                    f" lowers=[{', '.join(self.graph.children[name])}]"
-                    if self.graph.children[name]
-                    else ""
-                )
-            )
-        lines.append("edges (upper → lower):")
-        edges = self.graph.edges()
-        lines.extend(f"  {u} → {lo}" for u, lo in edges)
-        if not edges:
-            lines.append("  (none)")
-        simulation = Schedule(
-            self.graph,
-            self.schedule.unroll_steps,
-            self.schedule.warmup_steps,
-            self.schedule.reset,
-        )
-        simulation.load_state_dict(self.schedule.state_dict())
-        for t in range(ticks):
-            lines.append(f"tick {self.tick + t + 1}: " + _compress(simulation.tick()))
-        text = "\n".join(lines)
+        text = describe(self, ticks)
         print(text)
         return text
 
@@ -616,35 +538,6 @@ def _describe_batch(batch: Any) -> str:
     if isinstance(batch, dict):
         return "{" + ", ".join(f"{k}: {_describe_batch(v)}" for k, v in batch.items()) + "}"
     return type(batch).__name__
-
-
-def _fingerprint_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
-    if saved["edges"] != current["edges"]:
-        return f"edges {saved['edges']} in the file, {current['edges']} here"
-    for name in sorted(set(saved["params"]) | set(current["params"])):
-        a, b = saved["params"].get(name), current["params"].get(name)
-        if a is None or b is None:
-            return f"problem {name!r} is {'missing from the file' if a is None else 'not here'}"
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return f"{name}.{key} has shape {a.get(key)} in the file, {b.get(key)} here"
-    return "the fingerprints differ"
-
-
-def _compress(actions: list[Action]) -> str:
-    parts: list[str] = []
-    previous, count = None, 0
-    for action in actions:
-        label = action.problem if action.kind == "update" else f"reset({action.problem})"
-        if label == previous:
-            count += 1
-            continue
-        if previous is not None:
-            parts.append(previous if count == 1 else f"{previous}×{count}")
-        previous, count = label, 1
-    if previous is not None:
-        parts.append(previous if count == 1 else f"{previous}×{count}")
-    return " → ".join(parts)
 
 
 def _by_name(dependencies: Mapping[Any, Any]) -> dict[str, list[str]]:
