@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
 from problems.cli import SolverName, example_parser, parse_run
-from problems.digits import load_digits_splits
+from problems.digits import accuracy, load_digits_splits
 from problems.report import comparison_table
 from problems.reweighting import build, symmetric_noise
 from problems.reweighting.levels import classifier_net
@@ -61,11 +61,6 @@ def loaders(config: ReweightingRun, seed: int):
         generator=torch.Generator().manual_seed(seed),
     )
     return data, noisy, train, [data.val]
-
-
-def accuracy(model, split) -> float:
-    with torch.no_grad():
-        return float((model(split[0]).argmax(1) == split[1]).float().mean())
 
 
 def reweighted(config: ReweightingRun, seed: int) -> dict[str, float]:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
 from problems.cli import SolverName, example_parser, parse_run
-from problems.digits import load_digits_splits
+from problems.digits import accuracy, load_digits_splits
 from problems.report import comparison_table
 from problems.teaching import Gates, build, mlp
 
@@ -69,11 +69,6 @@ def splits(config: TeachingRun, seed: int):
     labelled = loader(x[: config.labelled], y[: config.labelled])
     unlabelled = loader(x[config.labelled :])
     return data, labelled, unlabelled, [data.val]
-
-
-def accuracy(forward, split) -> float:
-    with torch.no_grad():
-        return float((forward(split[0]).argmax(1) == split[1]).float().mean())
 
 
 def teach(config: TeachingRun, seed: int) -> dict[str, float]:

@@ -47,3 +47,9 @@ def load_digits_splits(
     return DigitsSplits(
         (x[:n_train], y[:n_train]), (x[n_train:cut], y[n_train:cut]), (x[cut:], y[cut:])
     )
+
+
+def accuracy(forward, split: tuple[Tensor, Tensor]) -> float:
+    """Top-1 accuracy of ``forward`` (a model or a function) on ``(x, y)``."""
+    with torch.no_grad():
+        return float((forward(split[0]).argmax(1) == split[1]).float().mean())

@@ -12,6 +12,8 @@ from torch.func import functional_call
 import mlo
 from problems.teaching import build
 
+from ..reference import pinned, sgd_step
+
 
 def data(seed: int, n: int = 6, features: int = 5):
     gen = torch.Generator().manual_seed(seed)
@@ -33,21 +35,6 @@ def tiny(solver: str = "unroll", lam: float = 1.0):
     finally:
         torch.set_default_dtype(previous)
     return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False))
-
-
-def sgd_step(params, grads, record):
-    out = []
-    for p, g, state, rule in zip(params, grads, record.optimizer_state, record.rules):
-        h = dict(rule.hyper)
-        d = g + h["weight_decay"] * p
-        buf = state.get("momentum_buffer")
-        buf = d if buf is None else h["momentum"] * buf + d
-        out.append(p - h["lr"] * buf)
-    return out
-
-
-def pinned(current, computed):
-    return [c.detach() + (x - x.detach()) for c, x in zip(current, computed)]
 
 
 def test_gate_hypergradient_through_teacher_and_student_equals_explicit_autograd():

@@ -26,6 +26,8 @@ from problems.lease.explanations import explanation_mask, random_start
 from problems.nas import ArchitectureWeights, SearchHyper, Supernet
 from problems.nas.search_space import CellWeights
 
+from ...reference import pinned, sgd_step
+
 B, SIZE = 4, 8
 
 
@@ -69,22 +71,6 @@ def tiny_lease(explanation: ExplanationConfig, solvers: str = "unroll"):
     problems[2].module.double()  # explanations
     problems[3].module.double()  # audience
     return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False))
-
-
-def sgd_step(params, grads, record):
-    """torch.optim.SGD's step (momentum, dampening 0, weight decay), written out."""
-    out = []
-    for p, g, state, rule in zip(params, grads, record.optimizer_state, record.rules):
-        h = dict(rule.hyper)
-        d = g + h["weight_decay"] * p
-        buf = state.get("momentum_buffer")
-        buf = d if buf is None else h["momentum"] * buf + d
-        out.append(p - h["lr"] * buf)
-    return out
-
-
-def pinned(current, computed):
-    return [c.detach() + (x - x.detach()) for c, x in zip(current, computed)]
 
 
 def reference_hypergradient(engine: mlo.Engine) -> list[torch.Tensor]:
