@@ -110,16 +110,10 @@ def hand_version(args):
     supernet, arch, audience = models(args)
     search, hyper = SearchHyper(), lease_hyper(args, True)
     w_params, v_params, a_params = (list(m.parameters()) for m in (supernet, audience, arch))
-    w_opt = torch.optim.SGD(
-        w_params, lr=search.lr, momentum=search.momentum, weight_decay=search.weight_decay
-    )
-    w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, 10_000, search.lr_min)
+    w_opt, w_sched = search.weight_optimizer(w_params, 10_000)
     a = hyper.audience
-    v_opt = torch.optim.SGD(v_params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
-    v_sched = torch.optim.lr_scheduler.CosineAnnealingLR(v_opt, 10_000, a.lr_min)
-    a_opt = torch.optim.Adam(
-        a_params, lr=search.arch_lr, betas=search.arch_betas, weight_decay=search.arch_weight_decay
-    )
+    v_opt, v_sched = a.optimizer(v_params, 10_000)
+    a_opt = search.arch_optimizer(a_params)
     streams = {k: Cycle(v) for k, v in DATA.items()}
     state = {
         "mask": torch.zeros(BATCH, 3, SIZE, SIZE),
@@ -274,21 +268,9 @@ def betty_version(args):
             )
 
     a = hyper.audience
-    w_opt = torch.optim.SGD(
-        supernet.parameters(),
-        lr=search.lr,
-        momentum=search.momentum,
-        weight_decay=search.weight_decay,
-    )
-    v_opt = torch.optim.SGD(
-        audience.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay
-    )
-    a_opt = torch.optim.Adam(
-        arch.parameters(),
-        lr=search.arch_lr,
-        betas=search.arch_betas,
-        weight_decay=search.arch_weight_decay,
-    )
+    w_opt, _ = search.weight_optimizer(supernet.parameters(), 10_000)
+    v_opt, _ = a.optimizer(audience.parameters(), 10_000)
+    a_opt = search.arch_optimizer(arch.parameters())
     explainer = BExplainer(
         "explainer",
         Config(type="darts", darts_alpha=0.01, gradient_clipping=search.grad_clip),

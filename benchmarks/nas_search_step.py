@@ -50,18 +50,8 @@ def mlo_version(args, device, train, val):
 def hand_version(args, device, train, val):
     net, arch = models(args, device)
     hyper = SearchHyper()
-    w_opt = torch.optim.SGD(
-        net.parameters(), lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        w_opt, T_max=10_000, eta_min=hyper.lr_min
-    )
-    a_opt = torch.optim.Adam(
-        arch.parameters(),
-        lr=hyper.arch_lr,
-        betas=hyper.arch_betas,
-        weight_decay=hyper.arch_weight_decay,
-    )
+    w_opt, scheduler = hyper.weight_optimizer(net.parameters(), 10_000)
+    a_opt = hyper.arch_optimizer(arch.parameters())
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
 
     def forward(x):

@@ -54,28 +54,10 @@ def build(
     )
     explanations = Explanations(batch_size, image_shape).to(device)
 
-    w_opt = torch.optim.SGD(
-        supernet.parameters(),
-        lr=search.lr,
-        momentum=search.momentum,
-        weight_decay=search.weight_decay,
-    )
-    w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        w_opt, T_max=max(1, total_updates), eta_min=search.lr_min
-    )
+    w_opt, w_sched = search.weight_optimizer(supernet.parameters(), total_updates)
     a = hyper.audience
-    v_opt = torch.optim.SGD(
-        audience_net.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay
-    )
-    v_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        v_opt, T_max=max(1, total_updates), eta_min=a.lr_min
-    )
-    arch_opt = torch.optim.Adam(
-        arch.parameters(),
-        lr=search.arch_lr,
-        betas=search.arch_betas,
-        weight_decay=search.arch_weight_decay,
-    )
+    v_opt, v_sched = a.optimizer(audience_net.parameters(), total_updates)
+    arch_opt = search.arch_optimizer(arch.parameters())
 
     explainer = Explainer(
         "explainer",

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from problems.nas.config import SearchRun
-from problems.nas.search import SearchHyper
+from problems.nas.search import SearchHyper, sgd_with_cosine
 
 from .audience import AudienceArch
 from .explanations import ExplanationConfig
@@ -25,6 +25,12 @@ class AudienceHyper(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(3e-4, ge=0)
     grad_clip: float = Field(5.0, gt=0)
+
+    def optimizer(self, params, total_updates: int):
+        """SGD on the audience's weights and its cosine schedule."""
+        return sgd_with_cosine(
+            params, self.lr, self.lr_min, self.momentum, self.weight_decay, total_updates
+        )
 
 
 class LeaseHyper(BaseModel):

@@ -51,6 +51,29 @@ class SearchHyper(BaseModel):
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = Field(1e-3, ge=0)
 
+    def weight_optimizer(self, params, total_updates: int):
+        """SGD on the supernet weights and its cosine schedule over ``total_updates``."""
+        return sgd_with_cosine(
+            params, self.lr, self.lr_min, self.momentum, self.weight_decay, total_updates
+        )
+
+    def arch_optimizer(self, params) -> torch.optim.Adam:
+        return torch.optim.Adam(
+            params, lr=self.arch_lr, betas=self.arch_betas, weight_decay=self.arch_weight_decay
+        )
+
+
+def sgd_with_cosine(
+    params, lr: float, lr_min: float, momentum: float, weight_decay: float, total_updates: int
+):
+    """SGD with momentum and weight decay, and a cosine from ``lr`` to ``lr_min`` over
+    ``total_updates`` steps of the scheduler."""
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, total_updates), eta_min=lr_min
+    )
+    return optimizer, schedule
+
 
 class ImageLevel(mlo.Problem):
     """A problem whose batches are ``(images, labels)``, moved to its module's device."""
@@ -104,18 +127,8 @@ def build_darts(
     ``total_updates`` of the supernet.
     """
     hyper = hyper or SearchHyper()
-    w_opt = torch.optim.SGD(
-        supernet.parameters(), lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        w_opt, T_max=max(1, total_updates), eta_min=hyper.lr_min
-    )
-    a_opt = torch.optim.Adam(
-        arch.parameters(),
-        lr=hyper.arch_lr,
-        betas=hyper.arch_betas,
-        weight_decay=hyper.arch_weight_decay,
-    )
+    w_opt, schedule = hyper.weight_optimizer(supernet.parameters(), total_updates)
+    a_opt = hyper.arch_optimizer(arch.parameters())
     network = SupernetWeights(
         "network",
         supernet,
