@@ -26,7 +26,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
-from problems.cli import SolverName, example_parser, parse_run
+from problems.cli import SolverName, example_engine, example_parser, parse_run
 from problems.digits import accuracy, load_digits_splits
 from problems.report import comparison_table
 from problems.reweighting import build, symmetric_noise
@@ -69,16 +69,7 @@ def reweighted(config: ReweightingRun, seed: int) -> dict[str, float]:
     problems, deps = build(
         data.features, 10, train, meta, solver=config.solver, lr=config.lr, meta_lr=config.meta_lr
     )
-    engine = mlo.Engine(
-        problems,
-        deps,
-        mlo.EngineConfig(
-            steps=config.steps,
-            progress=config.progress,
-            log_every=50,
-            metrics_path=config.out / f"metrics_seed{seed}.jsonl",
-        ),
-    )
+    engine = example_engine(problems, deps, config, f"metrics_seed{seed}.jsonl")
     engine.run()
     model, weigher = engine.problems["classifier"].module, engine.problems["weighting"].module
     x, y = data.train

@@ -27,7 +27,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
-from problems.cli import SolverName, example_parser, parse_run
+from problems.cli import SolverName, example_engine, example_parser, parse_run
 from problems.digits import accuracy, load_digits_splits
 from problems.report import comparison_table
 from problems.teaching import Gates, build, mlp
@@ -85,16 +85,7 @@ def teach(config: TeachingRun, seed: int) -> dict[str, float]:
         gate_lr=config.gate_lr,
         lam=config.lam,
     )
-    engine = mlo.Engine(
-        problems,
-        deps,
-        mlo.EngineConfig(
-            steps=config.steps,
-            progress=config.progress,
-            log_every=50,
-            metrics_path=config.out / f"metrics_seed{seed}.jsonl",
-        ),
-    )
+    engine = example_engine(problems, deps, config, f"metrics_seed{seed}.jsonl")
     engine.run()
     teacher, student = engine.problems["teacher"], engine.problems["student"]
     return {

@@ -26,8 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-import mlo
-from problems.cli import example_parser, parse_run
+from problems.cli import example_engine, example_parser, parse_run
 from problems.meta import SineMLP, adapt_and_score, build, functional_mlp, sample_tasks
 from problems.meta.levels import task_mse
 from problems.report import comparison_table
@@ -62,16 +61,7 @@ def meta_learn(config: MamlRun, method: str, shots: int, seed: int) -> tuple[lis
         seed=seed,
         proximal=config.imaml_proximal,
     )
-    engine = mlo.Engine(
-        problems,
-        deps,
-        mlo.EngineConfig(
-            steps=config.steps,
-            progress=config.progress,
-            log_every=50,
-            metrics_path=config.out / f"{method}_{shots}shot_seed{seed}.jsonl",
-        ),
-    )
+    engine = example_engine(problems, deps, config, f"{method}_{shots}shot_seed{seed}.jsonl")
     start = time.perf_counter()
     engine.run()
     return list(engine.problems["meta"].module.weights), time.perf_counter() - start

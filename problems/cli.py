@@ -186,3 +186,20 @@ def _registered_solver(name: str) -> str:
 
 SolverName = Annotated[str, AfterValidator(_registered_solver)]
 """A config field holding the name of a registered solver."""
+
+
+def example_engine(problems, dependencies, config: Any, metrics_file: str):
+    """The engine an example runs: ``config.steps`` ticks, ``config.progress``, and a
+    metrics file ``metrics_file`` in ``config.out``."""
+    import mlo
+
+    return mlo.Engine(
+        problems,
+        dependencies,
+        mlo.EngineConfig(
+            steps=config.steps,
+            progress=config.progress,
+            log_every=50,
+            metrics_path=Path(config.out) / metrics_file,
+        ),
+    )
