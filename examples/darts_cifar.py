@@ -23,25 +23,14 @@ import sys
 
 import torch
 
-from problems.nas import build_darts
 from problems.nas.cli import nas_main
 from problems.nas.config import DartsRun
-from problems.nas.runner import SearchSetup
+from problems.nas.runner import SearchSetup, darts_levels
 from problems.nas.search import to_device
 
 
 def wire_darts(setup: SearchSetup):
-    c = setup.config
-    return build_darts(
-        setup.supernet,
-        setup.arch,
-        setup.search_train,
-        setup.search_val,
-        total_updates=setup.total_updates,
-        hyper=c.hyper,
-        solver=c.solver,
-        unroll_steps=c.unroll_steps,
-    )
+    return darts_levels(setup, setup.config.solver, setup.config.unroll_steps)
 
 
 @torch.no_grad()

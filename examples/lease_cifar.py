@@ -27,10 +27,9 @@ import sys
 import torch
 
 from problems.lease import LeaseRun, build
-from problems.nas import build_darts
 from problems.nas.cli import nas_main
 from problems.nas.data import STATS, loader
-from problems.nas.runner import SearchSetup
+from problems.nas.runner import SearchSetup, darts_levels
 from problems.nas.search import to_device
 
 EXPLANATIONS = {"pgd": ("pgd", True), "pgd_sign": ("pgd", False), "saliency": ("saliency", True)}
@@ -39,15 +38,7 @@ EXPLANATIONS = {"pgd": ("pgd", True), "pgd_sign": ("pgd", False), "saliency": ("
 def wire(setup: SearchSetup):
     config: LeaseRun = setup.config
     if config.baseline == "darts":
-        return build_darts(
-            setup.supernet,
-            setup.arch,
-            setup.search_train,
-            setup.search_val,
-            total_updates=setup.total_updates,
-            hyper=config.hyper,
-            solver=config.lease.explainer_solver,
-        )
+        return darts_levels(setup, config.lease.explainer_solver)
     # The audience's examples: search-train again, shuffled independently of the explainer's.
     audience_data = loader(
         setup.search_train.dataset,

@@ -31,7 +31,7 @@ from .data import ImageData, load_images, loader, search_split
 from .evaluation import EvalNetwork, count_parameters
 from .genotype import Genotype, derive_genotype, genotype_from
 from .plots import plot_alpha_evolution, plot_genotype
-from .search import cross_entropy, to_device
+from .search import build_darts, cross_entropy, to_device
 from .search_space import ArchitectureWeights, Supernet
 
 logger = logging.getLogger("problems.nas")
@@ -104,6 +104,20 @@ class SearchResult:
 
 
 Wiring = Callable[[SearchSetup], tuple[list[mlo.Problem], dict[str, list[str]]]]
+
+
+def darts_levels(setup: SearchSetup, solver: str, unroll_steps: int = 1):
+    """DARTS' two levels over the setup's supernet and loaders (see ``build_darts``)."""
+    return build_darts(
+        setup.supernet,
+        setup.arch,
+        setup.search_train,
+        setup.search_val,
+        total_updates=setup.total_updates,
+        hyper=setup.config.hyper,
+        solver=solver,
+        unroll_steps=unroll_steps,
+    )
 
 
 def run_search(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from problems.nas import Genotype
+
+from .offline import assert_fails_offline_naming_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "darts_cifar.py"
@@ -99,26 +99,7 @@ def test_evaluate_retrains_a_genotype_and_reports_test_error(cifar10_dir, tmp_pa
 
 
 def test_offline_without_data_fails_fast_with_a_clear_message(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "search",
-            "--data-dir",
-            str(tmp_path / "none"),
-            "--max-steps",
-            "1",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "--data-dir" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_fails_offline_naming_data_dir(SCRIPT, tmp_path / "none", "search")
 
 
 def test_config_file_with_unknown_key_names_the_closest_one(tmp_path, capsys):

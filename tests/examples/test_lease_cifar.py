@@ -14,6 +14,7 @@ import torch
 from problems.nas import Genotype
 
 from ..mlo.test_state_untouched import assert_identical
+from .offline import assert_fails_offline_naming_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "lease_cifar.py"
@@ -91,24 +92,7 @@ def test_resumed_search_ends_with_the_same_architecture(cifar10_dir, tmp_path):
 
 
 def test_offline_without_data_fails_fast_and_names_data_dir(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--data-dir",
-            str(tmp_path / "none"),
-            "--max-steps",
-            "1",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "--data-dir" in result.stderr and "Traceback" not in result.stderr
+    assert_fails_offline_naming_data_dir(SCRIPT, tmp_path / "none")
 
 
 def test_lease_flags_reach_the_config(capsys):

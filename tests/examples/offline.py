@@ -1,0 +1,33 @@
+"""The offline, no-data path of an example, run as a user would: a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def assert_fails_offline_naming_data_dir(script: Path, missing: Path, *args: str) -> None:
+    """No data and no download: exit code 2, a message naming --data-dir, no traceback."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            *args,
+            "--data-dir",
+            str(missing),
+            "--max-steps",
+            "1",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--data-dir" in result.stderr
+    assert "Traceback" not in result.stderr
