@@ -82,5 +82,4 @@ class BufferGuard:
             yield
         finally:
             with torch.no_grad():
-                for buf, value in zip(self._buffers, saved):
-                    buf.copy_(value)
+                torch._foreach_copy_(self._buffers, saved)  # one batched copy, not one per buffer
