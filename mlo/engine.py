@@ -217,7 +217,15 @@ class Engine:
         below = self._descendants[name]
         if not below:
             return gradient(loss, problem.params.tensors)
-        levels = [name, *below]
+        # A level's adjoint matters only if it can still reach P: through a parent whose
+        # adjoint matters, across its own solver, unless that solver's Jacobian is zero.
+        # The loss is not differentiated w.r.t. a level that cannot.
+        reaches = {name: True}
+        for level in below:
+            reaches[level] = not self.problems[level].config.solver.zero_jacobian and any(
+                reaches[u] for u in self.graph.parents[level] if u in reaches
+            )
+        levels = [name, *(n for n in below if reaches[n])]
         flat = gradient_or_none(loss, [t for n in levels for t in self.problems[n].params.tensors])
         adjoint: dict[str, Vector | None] = {}
         start = 0
@@ -230,18 +238,11 @@ class Engine:
             else:
                 adjoint[n] = [torch.zeros_like(p) if g is None else g for g, p in zip(part, params)]
         inside = set(levels)
-        # A level's adjoint matters only if it can still reach P: through a parent whose
-        # adjoint matters, across its own solver, unless that solver's Jacobian is zero.
-        reaches = {name: True}
-        for level in below:
-            reaches[level] = not self.problems[level].config.solver.zero_jacobian and any(
-                reaches[u] for u in self.graph.parents[level] if u in inside
-            )
         with self._buffers.preserved():
             for lower in reversed(below):
-                if adjoint[lower] is None or not reaches[lower]:
+                if not reaches[lower] or adjoint[lower] is None:
                     continue
-                parents = [u for u in self.graph.parents[lower] if u in inside and reaches[u]]
+                parents = [u for u in self.graph.parents[lower] if u in inside]
                 solver = self.problems[lower].config.solver
                 result = solver.vjp(
                     self._level(lower),

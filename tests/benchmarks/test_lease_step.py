@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "lease_step.py"
@@ -20,7 +21,7 @@ def test_mlo_and_hand_written_lease_iterations_agree(monkeypatch):
         bench, "DATA", {k: [(x.double(), y) for x, y in v] for k, v in bench.DATA.items()}
     )
     monkeypatch.setattr(bench, "STD", bench.STD.double())
-    args = argparse.Namespace(layers=3, channels=4, pgd_steps=2)
+    args = argparse.Namespace(layers=3, channels=4, pgd_steps=2, audience="resnet_tiny")
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -35,3 +36,38 @@ def test_mlo_and_hand_written_lease_iterations_agree(monkeypatch):
     for a, b, s in zip(arch_a.parameters(), arch_b.parameters(), start):
         assert not torch.equal(a, s)
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("lease_step", PATH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def passes(bench, factory, args) -> tuple[int, int, object]:
+    step, arch = factory(args)
+    step()
+    supernet, audience, backward, heap = [], [], [], []
+    with bench.counting_passes(supernet, audience, backward, heap):
+        step()
+    return len(supernet), len(audience), arch
+
+
+def test_betty_wiring_recomputes_the_explanations_and_mlo_does_not():
+    """The Betty comparison is structural: with k PGD steps, Betty's SANAS wiring runs the
+    attack five times an iteration (the audience's step, and twice on each of the paths
+    relearn → audience → relearn and relearn → audience → explainer → relearn), mlo once."""
+    pytest.importorskip("betty", reason="the comparison needs betty-ml (the dev extra)")
+    bench = load_bench()
+    k = 2
+    args = argparse.Namespace(layers=3, channels=4, pgd_steps=k, audience="resnet_tiny")
+    supernet, audience, _ = passes(bench, bench.VERSIONS["mlo-sign"], args)
+    # explainer step, explain (k), relearn loss, darts ± through the explainer
+    assert (supernet, audience) == (k + 4, 3)
+    supernet, audience, arch = passes(bench, bench.VERSIONS["betty"], args)
+    # explainer step, 5 attacks, relearn loss, darts ± through the explainer twice
+    assert (supernet, audience) == (5 * k + 6, 11)
+    assert all(torch.isfinite(p).all() for p in arch.parameters())
+    supernet, audience, _ = passes(bench, bench.VERSIONS["betty-light"], args)
+    assert (supernet, audience) == (3 * k + 4, 7)

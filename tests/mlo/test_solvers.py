@@ -208,3 +208,28 @@ def test_solver_is_skipped_when_its_way_up_crosses_a_zero_jacobian():
     top = problem("top", watched=("middle", "bottom"))
     engine([top, middle, bottom], {"top": ["middle"], "middle": ["bottom"]}).step()
     assert "bottom" in Counting.calls
+
+
+def test_loss_is_not_differentiated_for_a_level_that_cannot_reach_the_top():
+    """Behind a zero Jacobian the adjoint is not even computed: no backward pass reaches
+    the bottom level's parameters while the top level updates."""
+    from .helpers import engine, problem
+
+    def build(middle_solver):
+        top = problem("top", watched=("middle", "bottom"))
+        middle = problem("middle", parents=("top",), solver=middle_solver)
+        bottom = problem("bottom", parents=("middle",), solver="cg")
+        run = engine([top, middle, bottom], {"top": ["middle"], "middle": ["bottom"]})
+        reached = []
+        run.problems["bottom"].module.x.register_hook(lambda g: reached.append(g))
+        return run, reached
+
+    run, reached = build("first_order")
+    hypergradient = run.hypergradient("top")["x"]
+    assert reached == []
+    # first_order below top: the hypergradient is top's direct gradient x − 0 = x
+    assert torch.equal(hypergradient, run.problems["top"].module.x.detach())
+
+    run, reached = build("cg")
+    run.hypergradient("top")
+    assert reached  # with a non-zero Jacobian the adjoint is needed (and cg iterates)
