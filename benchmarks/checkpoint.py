@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ import mlo
 from problems.lease import ExplanationConfig, LeaseHyper, build
 from problems.nas import ArchitectureWeights, Supernet
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_batches
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -27,15 +31,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
-
-    def data(n):
-        return [
-            (
-                torch.randn(args.batch, 3, 32, 32, generator=gen),
-                torch.randint(0, 10, (args.batch,), generator=gen),
-            )
-            for _ in range(n)
-        ]
 
     supernet, arch = Supernet(10, 8, 16), ArchitectureWeights()
     # one PGD step and first_order solvers: the tick only has to create optimizer states
@@ -48,9 +43,7 @@ def main() -> None:
     problems, deps = build(
         supernet,
         arch,
-        data(1),
-        data(1),
-        data(1),
+        *(random_batches(1, args.batch, 32, gen) for _ in range(3)),
         num_classes=10,
         batch_size=args.batch,
         total_updates=1000,

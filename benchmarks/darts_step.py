@@ -29,6 +29,7 @@ from torch import nn
 import mlo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import betty_problem, quiet_betty, random_batches
 from hand_darts import darts_step_by_hand
 
 OPS = ("none", "skip", "conv3", "conv5", "maxpool", "avgpool")
@@ -163,11 +164,7 @@ def betty_step(train, val):
         from betty.problems import ImplicitProblem
     except ImportError:
         return None
-    import logging
-
-    from betty.logging.logger_base import get_logger
-
-    get_logger().setLevel(logging.ERROR)  # Betty logs at INFO to stdout by default
+    quiet_betty()
     net, arch = make_models(0)
     w_opt, a_opt = make_optimizers(net, arch)
 
@@ -181,22 +178,10 @@ def betty_step(train, val):
             x, y = batch
             return F.cross_entropy(self.weights.module(x, self.module.alpha), y)
 
-    bw = BWeights(
-        "weights",
-        Config(type="darts", darts_alpha=0.01),
-        module=net,
-        optimizer=w_opt,
-        train_data_loader=train,
-        device="cpu",
+    bw = betty_problem(
+        BWeights, "weights", Config(type="darts", darts_alpha=0.01), net, w_opt, train
     )
-    ba = BArch(
-        "arch",
-        Config(first_order=True, retain_graph=True),
-        module=arch,
-        optimizer=a_opt,
-        train_data_loader=val,
-        device="cpu",
-    )
+    ba = betty_problem(BArch, "arch", Config(first_order=True, retain_graph=True), arch, a_opt, val)
     engine = Engine(
         [ba, bw],
         config=EngineConfig(train_iters=1, logger_type="none"),
@@ -224,17 +209,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     gen = torch.Generator().manual_seed(0)
-
-    def batches(n):
-        return [
-            (
-                torch.randn(args.batch, 3, args.size, args.size, generator=gen),
-                torch.randint(0, 10, (args.batch,), generator=gen),
-            )
-            for _ in range(n)
-        ]
-
-    train, val = batches(8), batches(8)
+    train = random_batches(8, args.batch, args.size, gen)
+    val = random_batches(8, args.batch, args.size, gen)
     versions = {"mlo": mlo_step(train, val), "hand-written": hand_step(train, val)}
     betty = betty_step(train, val)
     if betty is not None:

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,19 +40,15 @@ from problems.lease import AudienceHyper, ExplanationConfig, LeaseHyper, ResNet,
 from problems.lease.explanations import explanation_mask, random_start
 from problems.nas import ArchitectureWeights, SearchHyper, Supernet
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import betty_problem, quiet_betty, random_batches
+
 BATCH, SIZE, CLASSES = 8, 16, 10
 STD = torch.full((3,), 0.25)
 
 
 def batches(n: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        (
-            torch.randn(BATCH, 3, SIZE, SIZE, generator=gen),
-            torch.randint(0, CLASSES, (BATCH,), generator=gen),
-        )
-        for _ in range(n)
-    ]
+    return random_batches(n, BATCH, SIZE, torch.Generator().manual_seed(seed), CLASSES)
 
 
 DATA = {"explainer": batches(4, 1), "audience": batches(4, 2), "relearn": batches(4, 3)}
@@ -262,13 +259,10 @@ def betty_version(args, explainer_to_audience: bool = True):
         import betty.hypergradient as betty_hypergradient
         from betty.configs import Config, EngineConfig
         from betty.engine import Engine
-        from betty.logging.logger_base import get_logger
         from betty.problems import ImplicitProblem
     except ImportError:
         return None
-    import logging
-
-    get_logger().setLevel(logging.ERROR)
+    quiet_betty()
     original_darts = betty_hypergradient.darts
 
     def darts_guarded(vector, curr, prev):
@@ -277,7 +271,7 @@ def betty_version(args, explainer_to_audience: bool = True):
         # through a zero derivative) and the division writes NaN into W. A vector of
         # 1e-12s (whose squares stay above float32's smallest normal) keeps both
         # finite-difference evaluations, so the cost, and returns ~1e-12 instead of 0.
-        if all(bool((v == 0).all()) for v in vector):
+        if not torch.stack(torch._foreach_norm(vector)).any():
             vector = [torch.full_like(v, 1e-12) for v in vector]
         return original_darts(vector, curr, prev)
 
@@ -323,29 +317,29 @@ def betty_version(args, explainer_to_audience: bool = True):
     w_opt, _ = search.weight_optimizer(supernet.parameters(), 10_000)
     v_opt, _ = a.optimizer(audience.parameters(), 10_000)
     a_opt = search.arch_optimizer(arch.parameters())
-    explainer = BExplainer(
+    explainer = betty_problem(
+        BExplainer,
         "explainer",
         Config(type="darts", darts_alpha=0.01, gradient_clipping=search.grad_clip),
-        module=supernet,
-        optimizer=w_opt,
-        train_data_loader=DATA["explainer"],
-        device="cpu",
+        supernet,
+        w_opt,
+        DATA["explainer"],
     )
-    audience_problem = BAudience(
+    audience_problem = betty_problem(
+        BAudience,
         "audience",
         Config(type="darts", darts_alpha=0.01, gradient_clipping=a.grad_clip),
-        module=audience,
-        optimizer=v_opt,
-        train_data_loader=DATA["audience"],
-        device="cpu",
+        audience,
+        v_opt,
+        DATA["audience"],
     )
-    relearn = BRelearn(
+    relearn = betty_problem(
+        BRelearn,
         "relearn",
         Config(first_order=True, retain_graph=True),
-        module=arch,
-        optimizer=a_opt,
-        train_data_loader=DATA["relearn"],
-        device="cpu",
+        arch,
+        a_opt,
+        DATA["relearn"],
     )
     engine = Engine(
         [relearn, explainer, audience_problem],

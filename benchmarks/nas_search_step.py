@@ -25,6 +25,7 @@ import mlo
 from problems.nas import ArchitectureWeights, SearchHyper, Supernet, build_darts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_batches
 from hand_darts import darts_step_by_hand
 
 
@@ -104,17 +105,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     gen = torch.Generator().manual_seed(0)
-
-    def batches(n):
-        return [
-            (
-                torch.randn(args.batch, 3, 32, 32, generator=gen),
-                torch.randint(0, 10, (args.batch,), generator=gen),
-            )
-            for _ in range(n)
-        ]
-
-    train, val = batches(4), batches(4)
+    train, val = random_batches(4, args.batch, 32, gen), random_batches(4, args.batch, 32, gen)
     versions = {
         "mlo": mlo_version(args, device, train, val)[0],
         "hand-written": hand_version(args, device, train, val)[0],

@@ -30,7 +30,7 @@ from rich.console import Console
 from torch import nn
 
 import mlo
-from problems.cli import SolverName, example_parser, parse_run
+from problems.cli import SolverName, example_engine, example_parser, parse_run
 from problems.hpo import build, load_digits_splits
 from problems.report import comparison_table
 
@@ -44,7 +44,7 @@ def evaluate(model: nn.Module, split) -> tuple[float, float]:
         return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
-def tuned_run(args, seed: int, out: Path) -> dict[str, float]:
+def tuned_run(args, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     data = load_digits_splits(seed=seed)
     problems, deps = build(
@@ -57,16 +57,7 @@ def tuned_run(args, seed: int, out: Path) -> dict[str, float]:
         inner_lr=args.inner_lr,
         outer_lr=args.outer_lr,
     )
-    engine = mlo.Engine(
-        problems,
-        deps,
-        mlo.EngineConfig(
-            steps=args.steps,
-            progress=args.progress,
-            log_every=10,
-            metrics_path=out / f"metrics_seed{seed}.jsonl",
-        ),
-    )
+    engine = example_engine(problems, deps, args, f"metrics_seed{seed}.jsonl", log_every=10)
     start = time.perf_counter()
     engine.run()
     seconds = time.perf_counter() - start
@@ -149,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tuned, grid = [], []
     for seed in range(args.seeds):
-        tuned.append(tuned_run(args, seed, args.out))
+        tuned.append(tuned_run(args, seed))
         grid.append(grid_run(args, seed, budget_seconds=tuned[-1]["seconds"]))
 
     Console().print(

@@ -38,14 +38,12 @@ def axpy(alpha: Tensor | float, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> V
     """``alpha * x + y``, returning new tensors."""
     if isinstance(alpha, (int, float)):
         return list(torch._foreach_add(list(ys), list(xs), alpha=alpha))
-    return [y + alpha * x for x, y in zip(xs, ys)]
+    return list(torch._foreach_add(list(ys), torch._foreach_mul(list(xs), alpha)))
 
 
 def scale(alpha: Tensor | float, xs: Sequence[Tensor]) -> Vector:
     """``alpha * x``, returning new tensors."""
-    if isinstance(alpha, (int, float)):
-        return list(torch._foreach_mul(list(xs), alpha))
-    return [alpha * x for x in xs]
+    return list(torch._foreach_mul(list(xs), alpha))
 
 
 def add(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:

@@ -188,9 +188,9 @@ SolverName = Annotated[str, AfterValidator(_registered_solver)]
 """A config field holding the name of a registered solver."""
 
 
-def example_engine(problems, dependencies, config: Any, metrics_file: str):
+def example_engine(problems, dependencies, config: Any, metrics_file: str, log_every: int = 50):
     """The engine an example runs: ``config.steps`` ticks, ``config.progress``, and a
-    metrics file ``metrics_file`` in ``config.out``."""
+    metrics file ``metrics_file`` in ``config.out`` written every ``log_every`` ticks."""
     import mlo
 
     return mlo.Engine(
@@ -199,7 +199,7 @@ def example_engine(problems, dependencies, config: Any, metrics_file: str):
         mlo.EngineConfig(
             steps=config.steps,
             progress=config.progress,
-            log_every=50,
+            log_every=log_every,
             metrics_path=Path(config.out) / metrics_file,
         ),
     )

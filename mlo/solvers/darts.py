@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
 from ..autodiff import gradient
-from ..linalg import Vector, axpy, norm
+from ..linalg import Vector, add, norm, scale
 from .base import Level, Solver, SolverResult, _split, register
 
 
@@ -31,7 +32,12 @@ class Darts(Solver):
         flat = [t for group in parents for t in group]
         r = self.epsilon / norm(v).clamp_min(1e-30)
         theta = [p.detach() for p in level.params]
-        plus = gradient(level.objective(axpy(r, v, theta)), flat)
-        minus = gradient(level.objective(axpy(-r, v, theta)), flat)
+        step = scale(r, v)
+        perturbed = add(theta, step)  # θ + r v
+        plus = gradient(level.objective(perturbed), flat)
+        # The plus graph is freed: the same storage becomes θ − r v (no new allocation).
+        torch._foreach_copy_(perturbed, theta)
+        torch._foreach_sub_(perturbed, step)
+        minus = gradient(level.objective(perturbed), flat)
         coef = -xi / (2 * r)
         return SolverResult(_split([coef * (a - b) for a, b in zip(plus, minus)], parents))

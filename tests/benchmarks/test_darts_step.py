@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 
+from ..scripts import load_script
+
 PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "darts_step.py"
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("darts_step", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_mlo_and_hand_written_darts_steps_agree():
-    bench = load()
+    bench = load_script(PATH)
     gen = torch.Generator().manual_seed(0)
     batches = [
         (torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 10, (4,), generator=gen))
@@ -38,11 +32,7 @@ def test_mlo_and_hand_written_darts_steps_agree():
 def test_supernet_benchmark_versions_agree():
     import argparse
 
-    spec = importlib.util.spec_from_file_location(
-        "nas_search_step", PATH.parent / "nas_search_step.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(PATH.parent / "nas_search_step.py")
     args = argparse.Namespace(layers=3, channels=4, amp=False, channels_last=False)
     gen = torch.Generator().manual_seed(0)
     batches = [

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
+from ..scripts import load_script
+
 PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "lease_step.py"
 
 
 def test_mlo_and_hand_written_lease_iterations_agree(monkeypatch):
-    spec = importlib.util.spec_from_file_location("lease_step", PATH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(PATH)
     # float64 everywhere, so that the finite differences agree far below an Adam step
     monkeypatch.setattr(
         bench, "DATA", {k: [(x.double(), y) for x, y in v] for k, v in bench.DATA.items()}
@@ -38,13 +37,6 @@ def test_mlo_and_hand_written_lease_iterations_agree(monkeypatch):
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("lease_step", PATH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def passes(bench, factory, args) -> tuple[int, int, object]:
     step, arch = factory(args)
     step()
@@ -59,7 +51,7 @@ def test_betty_wiring_recomputes_the_explanations_and_mlo_does_not():
     attack five times an iteration (the audience's step, and twice on each of the paths
     relearn → audience → relearn and relearn → audience → explainer → relearn), mlo once."""
     pytest.importorskip("betty", reason="the comparison needs betty-ml (the dev extra)")
-    bench = load_bench()
+    bench = load_script(PATH)
     k = 2
     args = argparse.Namespace(layers=3, channels=4, pgd_steps=k, audience="resnet_tiny")
     supernet, audience, _ = passes(bench, bench.VERSIONS["mlo-sign"], args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 
 from problems.nas import Genotype
 
+from ..scripts import load_script
 from .offline import assert_fails_offline_naming_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,10 +38,7 @@ def search(data_dir: Path, out: Path, *args: str) -> int:
 
 
 def example():
-    spec = importlib.util.spec_from_file_location("darts_cifar", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.mark.slow

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import mlo
+
+from ..scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,10 +45,7 @@ def test_weighting_network_moves_and_everything_stays_finite():
 @pytest.mark.slow
 def test_example_prints_both_methods(tmp_path, capsys):
     pytest.importorskip("sklearn", reason="the digits ship with scikit-learn")
-    spec = importlib.util.spec_from_file_location("dr", ROOT / "examples" / "data_reweighting.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dr"] = module  # pydantic resolves the config's annotations there
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "examples" / "data_reweighting.py")
     module.main(["--steps", "5", "--seeds", "2", "--no-progress", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "Meta-Weight-Net" in out and "plain training" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import torch
 from problems.nas import Genotype
 
 from ..mlo.test_state_untouched import assert_identical
+from ..scripts import load_script
 from .offline import assert_fails_offline_naming_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,10 +41,7 @@ TINY = [
 
 
 def example():
-    spec = importlib.util.spec_from_file_location("lease_cifar", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def search(data_dir: Path, out: Path, *args: str) -> int:

@@ -1,0 +1,35 @@
+"""Pieces the benchmark scripts share: random image batches and Betty's problems."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+
+def random_batches(
+    n: int, batch: int, size: int, generator: torch.Generator, classes: int = 10
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` batches of standard-normal ``3 × size × size`` images and uniform labels."""
+    return [
+        (
+            torch.randn(batch, 3, size, size, generator=generator),
+            torch.randint(0, classes, (batch,), generator=generator),
+        )
+        for _ in range(n)
+    ]
+
+
+def quiet_betty() -> None:
+    """Betty logs at INFO to stdout by default, which would mix with the results."""
+    from betty.logging.logger_base import get_logger
+
+    get_logger().setLevel(logging.ERROR)
+
+
+def betty_problem(cls: type, name: str, config: Any, module, optimizer, data) -> Any:
+    """A Betty problem of class ``cls`` on the CPU, reading the batches ``data``."""
+    return cls(
+        name, config, module=module, optimizer=optimizer, train_data_loader=data, device="cpu"
+    )
