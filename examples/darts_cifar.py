@@ -21,25 +21,14 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 from problems.nas.cli import nas_main
 from problems.nas.config import DartsRun
+from problems.nas.observe import search_accuracies
 from problems.nas.runner import SearchSetup, darts_levels
-from problems.nas.search import to_device
 
 
 def wire_darts(setup: SearchSetup):
     return darts_levels(setup, setup.config.solver, setup.config.unroll_steps)
-
-
-@torch.no_grad()
-def batch_accuracy(engine, batch) -> dict[str, float]:
-    arch = engine.problems["architecture"]
-    x, y = to_device(batch, arch.params.tensors[0].device)
-    with arch.autocast():
-        logits = engine.problems["network"].module(x, arch.module.normalized())
-    return {"val acc": float((logits.argmax(1) == y).float().mean())}
 
 
 def add_search_flags(search) -> None:
@@ -55,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         add_search_flags=add_search_flags,
         wire=wire_darts,
         title_of=lambda config: "DARTS search",
-        accuracy_of=batch_accuracy,
+        accuracy_of=search_accuracies,
         search_defaults={"out": "runs/darts"},
     )
 

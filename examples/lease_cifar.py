@@ -29,8 +29,8 @@ import torch
 from problems.lease import LeaseRun, build
 from problems.nas.cli import nas_main
 from problems.nas.data import STATS, loader
+from problems.nas.observe import search_accuracies
 from problems.nas.runner import SearchSetup, darts_levels
-from problems.nas.search import to_device
 
 EXPLANATIONS = {"pgd": ("pgd", True), "pgd_sign": ("pgd", False), "saliency": ("saliency", True)}
 
@@ -66,24 +66,6 @@ def wire(setup: SearchSetup):
         search=config.hyper,
         seed=config.seed,
     )
-
-
-@torch.no_grad()
-def accuracies(engine, batch) -> dict[str, float]:
-    """The explainer's and the audience's accuracy on the current validation batch."""
-    top = engine.graph.roots[0]
-    level = engine.problems[top]
-    x, y = to_device(batch, level.params.tensors[0].device)
-    with level.autocast():
-        weights = level.module.normalized()
-        explainer = engine.problems[
-            "explainer" if "explainer" in engine.problems else "network"
-        ].module(x, weights)
-        out = {"explainer acc": float((explainer.argmax(1) == y).float().mean())}
-        if "audience" in engine.problems:
-            audience = engine.problems["audience"].module(x)
-            out["audience acc"] = float((audience.argmax(1) == y).float().mean())
-    return out
 
 
 def add_search_flags(search) -> None:
@@ -135,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         search_model=LeaseRun,
         add_search_flags=add_search_flags,
         wire=wire,
-        accuracy_of=accuracies,
+        accuracy_of=search_accuracies,
         title_of=lambda c: "DARTS baseline" if c.baseline == "darts" else "LeaSE search",
         translate=translate,
         eval_defaults={"out": "runs/lease_evaluate"},

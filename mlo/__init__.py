@@ -6,12 +6,13 @@ let the :class:`Engine` train every level through the levels below it.
 
 import logging
 
-from . import data, solvers
+from . import data, observe, solvers
 from .checkpoint import CheckpointError
 from .config import EngineConfig, ProblemConfig
 from .data import DataError
 from .engine import Engine, NonFiniteError
 from .graph import GraphError, LevelGraph
+from .observe import observing
 from .problem import Problem
 
 logging.getLogger("mlo").addHandler(logging.NullHandler())
@@ -30,5 +31,7 @@ __all__ = [
     "ProblemConfig",
     "__version__",
     "data",
+    "observe",
+    "observing",
     "solvers",
 ]

@@ -19,6 +19,7 @@ from .describe import describe
 from .graph import LevelGraph
 from .linalg import Vector, add
 from .monitor import MetricsWriter, RunMonitor
+from .observe import observing
 from .parameters import BufferGuard
 from .problem import Problem
 from .schedule import Schedule
@@ -487,10 +488,17 @@ class Engine:
         out = {}
         for name, value in self._losses.items():
             if value is None:
-                with self._buffers.preserved():
-                    value = self._objective(name).detach()
+                with self.observing():
+                    value = self._objective(name)
             out[name] = float(value)
         return out
+
+    def observing(self):
+        """A ``with`` block in which evaluating any level's module changes no state:
+        buffers, random generators and training flags are restored on exit, and gradients
+        are off (:func:`mlo.observe.observing`). Use it for every accuracy or metric
+        computed between updates."""
+        return observing([p.module for p in self.problems.values()], self._buffers)
 
     # ------------------------------------------------------------------ checkpoints
 

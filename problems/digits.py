@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+import mlo
+
 
 @dataclass
 class DigitsSplits:
@@ -50,6 +52,8 @@ def load_digits_splits(
 
 
 def accuracy(forward, split: tuple[Tensor, Tensor]) -> float:
-    """Top-1 accuracy of ``forward`` (a model or a function) on ``(x, y)``."""
-    with torch.no_grad():
-        return float((forward(split[0]).argmax(1) == split[1]).float().mean())
+    """Top-1 accuracy of ``forward`` (a model or a function) on ``(x, y)``, observed
+    without side effects (:func:`mlo.observing`)."""
+    modules = [forward] if isinstance(forward, torch.nn.Module) else []
+    with mlo.observing(modules):
+        return int(mlo.observe.correct(forward(split[0]), split[1])) / len(split[1])

@@ -95,12 +95,14 @@ def nas_main(
                         "dataset": config.dataset,
                         "steps (architecture updates)": str(result.steps),
                         "search time": f"{result.seconds:.1f} s",
-                        "images / s": f"{result.images_per_second:.1f}",
-                        "supernet val accuracy": f"{100 * result.val_accuracy:.2f} %",
+                        "images / s": f"{result.images_per_second:.3g}",
+                        "supernet val accuracy": f"{100 * result.val_accuracy:.2f} % "
+                        f"({result.extra['val_images']} search-val images)",
                         **{
-                            k: f"{100 * v:.2f} % (last batch)"
+                            k: f"{100 * v:.2f} % (last search-val batch)"
                             for k, v in result.extra["accuracies"].items()
                         },
+                        "accuracies": "BatchNorm with batch statistics, as the search trains",
                         **genotype_rows(result.genotype),
                         **{f"outputs: {k}": str(v) for k, v in result.files.items()},
                     },

@@ -30,6 +30,7 @@ from .config import EvalRun, SearchRun
 from .data import ImageData, load_images, loader, search_split
 from .evaluation import EvalNetwork, count_parameters
 from .genotype import Genotype, derive_genotype, genotype_from
+from .observe import supernet_accuracy
 from .plots import plot_alpha_evolution, plot_genotype
 from .search import build_darts, cross_entropy, to_device
 from .search_space import ArchitectureWeights, Supernet
@@ -252,8 +253,15 @@ def run_search(
     genotype.save(files["genotype"])
     plot_genotype(genotype, files["cells"], title=f"{title}: derived cells")
     plot_alpha_evolution(history["steps"], history["normal"], history["reduce"], files["alphas"])
+    val_batches = max(1, min(20, per_epoch))
     val_accuracy = supernet_accuracy(
-        engine.problems[top], supernet, arch, search_val, device, batches=max(1, min(20, per_epoch))
+        engine.problems[top],
+        supernet,
+        arch,
+        val_half,
+        device,
+        batches=val_batches,
+        batch_size=config.batch_size,
     )
     ips = (engine.tick - start_tick) * images_per_update * inner / max(seconds, 1e-9)
     return SearchResult(
@@ -264,34 +272,11 @@ def run_search(
         val_accuracy,
         engine.losses(),
         files,
-        {"accuracies": accuracies},
+        {
+            "accuracies": accuracies,
+            "val_images": min(len(val_half), val_batches * config.batch_size),
+        },
     )
-
-
-@torch.no_grad()
-def supernet_accuracy(
-    level: mlo.Problem,
-    supernet: Supernet,
-    arch: ArchitectureWeights,
-    data,
-    device: torch.device,
-    batches: int,
-) -> float:
-    """Top-1 accuracy of the supernet (current α) on the first ``batches`` batches."""
-    was_training = supernet.training
-    supernet.eval()
-    correct = total = 0
-    weights = arch.normalized()
-    for i, batch in enumerate(data):
-        if i >= batches:
-            break
-        x, y = to_device(batch, device)
-        with level.autocast():
-            logits = supernet(x, weights)
-        correct += int((logits.argmax(1) == y).sum())
-        total += len(y)
-    supernet.train(was_training)
-    return correct / max(total, 1)
 
 
 def summary_table(title: str, rows: dict[str, Any]) -> Table:
@@ -432,14 +417,17 @@ def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResul
     return EvalResult(error, params, seconds, epoch, step)
 
 
-@torch.no_grad()
 def test_error(model: EvalNetwork, data, device: torch.device, amp) -> float:
-    model.eval()
-    correct = total = 0
-    for batch in data:
-        x, y = to_device(batch, device)
-        with amp:
-            logits, _ = model(x)
-        correct += int((logits.argmax(1) == y).sum())
-        total += len(y)
-    return 1.0 - correct / max(total, 1)
+    """Top-1 error in eval mode (running BatchNorm statistics, no drop-path), observed
+    without side effects (:func:`mlo.observing`)."""
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    with mlo.observing([model]):
+        model.eval()
+        for batch in data:
+            x, y = to_device(batch, device)
+            with amp:
+                logits, _ = model(x)
+            correct += mlo.observe.correct(logits, y)
+            total += len(y)
+    return 1.0 - int(correct) / max(total, 1)
