@@ -28,7 +28,7 @@ import torch
 
 from problems.lease import LeaseRun, build
 from problems.nas.cli import nas_main
-from problems.nas.data import STATS, loader
+from problems.nas.data import loader
 from problems.nas.observe import search_accuracies
 from problems.nas.runner import SearchSetup, darts_levels
 
@@ -48,9 +48,6 @@ def wire(setup: SearchSetup):
         workers=config.workers,
         pin_memory=setup.device.type == "cuda",
     )
-    std = torch.tensor(STATS.get(config.dataset, ((0,) * 3, (1.0,) * 3))[1])
-    if config.dataset == "synthetic":
-        std = torch.ones(3)
     return build(
         setup.supernet,
         setup.arch,
@@ -60,8 +57,8 @@ def wire(setup: SearchSetup):
         num_classes=setup.num_classes,
         batch_size=config.batch_size,
         total_updates=setup.total_updates,
-        image_shape=(3, config.image_size, config.image_size),
-        pixel_std=std,
+        image_shape=setup.image_shape,
+        pixel_std=torch.tensor(setup.pixel_std),
         hyper=config.lease,
         search=config.hyper,
         seed=config.seed,
@@ -83,6 +80,14 @@ def add_search_flags(search) -> None:
         "--audience",
         dest="lease.audience.arch",
         choices=["resnet18", "resnet_small", "resnet_tiny"],
+    )
+    search.add_argument(
+        "--author-setting",
+        action="store_const",
+        const=True,
+        dest="lease.author_setting",
+        help="the lease-author preset: the setting of the authors' public code (one sign-PGD "
+        "step, audience never trained, A gets only the DARTS gradient)",
     )
     search.add_argument(
         "--small",

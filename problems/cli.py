@@ -102,7 +102,11 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--print-config", action="store_true", help="print the effective configuration and exit"
     )
-    parser.add_argument("--dataset", choices=["cifar10", "cifar100", "imagefolder", "synthetic"])
+    parser.add_argument(
+        "--dataset",
+        choices=["cifar10", "cifar100", "imagefolder", "digits", "synthetic"],
+        help="digits: real 8×8 handwritten digits shipped with scikit-learn (works offline)",
+    )
     parser.add_argument("--data-dir", type=Path, dest="data_dir")
     parser.add_argument(
         "--no-download",
@@ -132,7 +136,10 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
     parser.add_argument(
-        "--image-size", type=int, dest="image_size", help="imagefolder/synthetic image side"
+        "--image-size",
+        type=int,
+        dest="image_size",
+        help="image side for imagefolder, digits (default 16) and synthetic data",
     )
     parser.add_argument(
         "--synthetic-size",

@@ -39,13 +39,17 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """The CIFAR variant of ResNet (3×3 stem, no max-pool), widths doubling per stage."""
 
-    def __init__(self, arch: AudienceArch = "resnet18", num_classes: int = 10) -> None:
+    def __init__(
+        self, arch: AudienceArch = "resnet18", num_classes: int = 10, in_channels: int = 3
+    ) -> None:
         super().__init__()
         if arch not in _SHAPES:
             raise ValueError(f"unknown audience {arch!r}; use one of {', '.join(_SHAPES)}")
         blocks, width = _SHAPES[arch]
         self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
         )
         layers, c_in = [], width
         for stage, count in enumerate(blocks):

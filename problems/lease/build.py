@@ -45,12 +45,18 @@ def build(
     and the explain level share the latter's batches), ``relearn_data`` one over
     search-validation. ``audience`` defaults to ``hyper.audience.arch`` on the supernet's
     device. Replace any level, solver or loss by editing the returned problems.
+
+    With ``hyper.author_setting`` (the ``lease-author`` preset, :meth:`LeaseHyper.author`)
+    only two levels train: ``relearn`` above ``explainer``, which trains on adversarial
+    inputs; the audience network is attached to ``relearn`` untrained, in eval mode.
     """
     hyper = hyper or LeaseHyper()
     search = search or SearchHyper()
     device = next(supernet.parameters()).device
     audience_net = (
-        audience if audience is not None else ResNet(hyper.audience.arch, num_classes).to(device)
+        audience
+        if audience is not None
+        else ResNet(hyper.audience.arch, num_classes, image_shape[0]).to(device)
     )
     explanations = Explanations(batch_size, image_shape).to(device)
 
@@ -99,6 +105,11 @@ def build(
     audience_level.gamma = hyper.gamma
     relearn = Relearn("relearn", arch, arch_opt, data=relearn_data)
     relearn.lam = hyper.lam
+    if hyper.author_setting:
+        explainer.adversarial = hyper.explanation
+        explainer.pixel_std = explain.pixel_std
+        relearn.fixed_audience = audience_net.eval().requires_grad_(False)
+        return [relearn, explainer], {"relearn": ["explainer"]}
     return [relearn, explainer, explain, audience_level], {
         k: list(v) for k, v in DEPENDENCIES.items()
     }

@@ -53,6 +53,32 @@ class LeaseHyper(BaseModel):
     explainer_unroll_steps: int = Field(1, ge=1)
     audience_unroll_steps: int = Field(1, ge=1)
     audience: AudienceHyper = AudienceHyper()
+    author_setting: bool = Field(
+        False,
+        description="the setting of the authors' public code: W trains on one-step sign-PGD "
+        "inputs (ε in normalised units), the audience is never trained, A gets only the "
+        "explainer's (DARTS) hypergradient; see LeaseHyper.author()",
+    )
+
+    def author(self) -> LeaseHyper:
+        """The ``lease-author`` preset: this configuration in the authors' setting.
+
+        Explanations are one sign-PGD step of size ε = 8/255 in normalised units, clamped
+        to the ε-ball, without a random start; the explainer trains on ``x + δ``; the
+        audience is built but never trained, so its loss in relearn is constant in ``A``
+        (no explain or audience level is trained).
+        """
+        explanation = self.explanation.model_copy(
+            update={
+                "method": "pgd",
+                "differentiable": False,
+                "steps": 1,
+                "step_size": self.explanation.epsilon,
+                "random_start": False,
+                "units": "normalized",
+            }
+        )
+        return self.model_copy(update={"explanation": explanation, "author_setting": True})
 
 
 class LeaseRun(SearchRun):
@@ -75,7 +101,9 @@ class LeaseRun(SearchRun):
         return self.lease.explainer_unroll_steps
 
     def effective(self) -> LeaseRun:
-        """The configuration with the small-budget preset applied."""
+        """The configuration with the presets (``lease.author_setting``, ``small``) applied."""
+        if self.lease.author_setting:
+            self = self.model_copy(update={"lease": self.lease.author()})
         if not self.small:
             return self
         lease = self.lease.model_copy(

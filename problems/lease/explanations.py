@@ -15,7 +15,9 @@ of the input's shape; the explained input the audience sees is ``x̃ = x ⊙ m``
   (differentiable through the double backward unless ``differentiable=False``).
 
 Inputs are normalised images; ε and the step are given in pixel units and divided by each
-channel's standard deviation, so the ball is the usual 8/255 one in pixel space.
+channel's standard deviation, so the ball is the usual 8/255 one in pixel space. With
+``units="normalized"`` (the authors' public code) they are used on the normalised inputs
+as they are.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ class ExplanationConfig(BaseModel):
     step_size: float = Field(2 / 255, gt=0, description="PGD step, pixel units")
     steps: int = Field(7, ge=1, description="PGD steps")
     random_start: bool = True
+    units: Literal["pixel", "normalized"] = Field(
+        "pixel",
+        description="pixel: ε and the step are in pixel units (divided by the channels' std); "
+        "normalized: used on the normalised inputs as they are (the authors' code)",
+    )
+
+    def input_scale(self, pixel_std: Tensor) -> Tensor:
+        """Per-channel factor from ε's units to the inputs' units."""
+        if self.units == "normalized":
+            return torch.ones_like(pixel_std)
+        return 1.0 / pixel_std
 
 
 def pgd_mask(
@@ -60,7 +73,7 @@ def pgd_mask(
     computed (the same value, without second-order graphs).
     """
     graph = config.differentiable and torch.is_grad_enabled()
-    scale = (1.0 / pixel_std).to(x).view(1, -1, 1, 1)
+    scale = config.input_scale(pixel_std).to(x).view(1, -1, 1, 1)
     eps, alpha = config.epsilon * scale, config.step_size * scale
     with torch.enable_grad():
         delta = start.detach().requires_grad_(True)
@@ -100,7 +113,8 @@ def random_start(
     """Uniform in the ε-ball (zeros without random start)."""
     if not config.random_start or config.method != "pgd":
         return torch.zeros(shape, device=device, dtype=dtype)
-    eps = (config.epsilon / pixel_std).to(device=device, dtype=dtype).view(1, -1, 1, 1)
+    scale = config.input_scale(pixel_std)
+    eps = (config.epsilon * scale).to(device=device, dtype=dtype).view(1, -1, 1, 1)
     noise = torch.rand(shape, generator=generator, dtype=dtype).to(device)
     return (2 * noise - 1) * eps
 

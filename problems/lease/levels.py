@@ -30,13 +30,33 @@ class Explanations(nn.Module):
 
 
 class Explainer(ImageLevel):
-    """``W``: the supernet's weights, trained on search-train."""
+    """``W``: the supernet's weights, trained on search-train.
+
+    With ``adversarial`` set (the ``lease-author`` preset) it trains on ``x + δ``, ``δ``
+    the explanation method's perturbation of its own batch at the current weights, held
+    constant (sign steps have derivative zero), as in the authors' public code.
+    """
+
+    adversarial: ExplanationConfig | None = None
+    pixel_std: Tensor = torch.ones(3)
 
     def training_step(self, batch):
         x, y = self.images(batch)
+        weights = self.relearn.module.normalized()
+        if self.adversarial is not None:
+            x = x + self._perturbation(x, y, weights)
         with self.autocast():
-            logits = self.module(x, self.relearn.module.normalized())
+            logits = self.module(x, weights)
         return cross_entropy(logits, y)
+
+    def _perturbation(self, x: Tensor, y: Tensor, weights) -> Tensor:
+        def forward(inputs: Tensor) -> Tensor:
+            with self.autocast():
+                return self.module(inputs, weights)
+
+        start = torch.zeros_like(x)
+        with torch.no_grad():
+            return explanation_mask(forward, x, y, start, self.adversarial, self.pixel_std)
 
 
 class Explain(ImageLevel):
@@ -92,13 +112,21 @@ class Audience(ImageLevel):
 
 
 class Relearn(ImageLevel):
-    """``A``: the architecture, on search-validation, by the audience's and explainer's loss."""
+    """``A``: the architecture, on search-validation, by the audience's and explainer's loss.
+
+    ``fixed_audience``, when set, is an audience network that is never trained (the
+    ``lease-author`` preset), read in place of the ``audience`` level.
+    """
 
     lam: float = 1.0
+    fixed_audience: nn.Module | None = None
 
     def training_step(self, batch):
         x, y = self.images(batch)
+        audience_net = (
+            self.fixed_audience if self.fixed_audience is not None else self.audience.module
+        )
         with self.autocast():
-            audience = self.audience.module(x)
+            audience = audience_net(x)
             explainer = self.explainer.module(x, self.module.normalized())
         return cross_entropy(audience, y) + self.lam * cross_entropy(explainer, y)

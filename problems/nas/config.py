@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import mlo
 
 from .search import SearchHyper
 
-Dataset = Literal["cifar10", "cifar100", "imagefolder", "synthetic"]
+Dataset = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
 
 
 class RunBase(BaseModel):
@@ -33,10 +33,24 @@ class RunBase(BaseModel):
     channels_last: bool = False
     resume: bool = Field(False, description="continue from OUT/checkpoint.pt")
     progress: bool = True
-    image_size: int = Field(32, ge=8, description="imagefolder images are resized to this")
+    image_size: int | None = Field(
+        None,
+        ge=8,
+        description="image side for imagefolder, digits and synthetic data (default 32, digits "
+        "16); CIFAR images are 32",
+    )
     synthetic_size: int = Field(2048, ge=16, description="examples in the synthetic set")
     log_every: int = Field(10, ge=1, description="updates between metric records")
     checkpoint_every: int = Field(200, ge=1, description="updates between checkpoints")
+
+    @model_validator(mode="after")
+    def _image_size_fits_the_dataset(self):
+        if self.dataset in ("cifar10", "cifar100") and self.image_size not in (None, 32):
+            raise ValueError(
+                f"image_size={self.image_size}: {self.dataset} images are 32×32; image_size "
+                "applies to imagefolder, digits and synthetic data (leave it out for CIFAR)"
+            )
+        return self
 
 
 class SearchRun(RunBase):

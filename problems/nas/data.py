@@ -4,6 +4,10 @@
   transforms, downloaded into ``data_dir`` when allowed and possible;
 - ``imagefolder``: a user's own images, ``data_dir/train/<class>/*`` and optionally
   ``data_dir/test/<class>/*`` (or ``val/``), through ``torchvision.datasets.ImageFolder``;
+- ``digits``: scikit-learn's 1,797 real handwritten digits (8×8, one channel, 10
+  classes), shipped inside the package: real images that need no download. A fixed
+  split (seed 0) keeps 1,438 for training and 359 for testing; images are resized to
+  ``image_size`` (16 by default);
 - ``synthetic``: class-structured random images for offline smoke runs — not a benchmark.
 
 Search uses the training set only, split 50/50 into search-train and search-validation
@@ -22,13 +26,21 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 logger = logging.getLogger("problems.nas")
 
-DatasetName = Literal["cifar10", "cifar100", "imagefolder", "synthetic"]
+DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
+DEFAULT_IMAGE_SIZE = {"digits": 16}
+"""Image side per dataset when ``image_size`` is not given (32 for the others)."""
 
 STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+
+
+OFFLINE_HINT = (
+    " Without a download: --dataset digits runs on real handwritten digits shipped with "
+    "scikit-learn; --dataset synthetic is a smoke run whose accuracies mean nothing."
+)
 
 
 class NasDataError(RuntimeError):
@@ -94,12 +106,70 @@ class SyntheticImages(Dataset):
         return img + 0.8 * torch.randn(img.shape, generator=gen), label
 
 
+class DigitsImages(Dataset):
+    """scikit-learn's handwritten digits as ``(1, size, size)`` normalised tensors.
+
+    ``augment`` adds DARTS' crop augmentation (a random crop after padding by
+    ``size // 8``; digits are not flipped) and, with ``cutout`` > 0, cutout.
+    """
+
+    TEST_FRACTION = 0.2
+    SPLIT_SEED = 0
+
+    def __init__(self, train: bool, image_size: int = 16, augment: bool = False, cutout: int = 0):
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise NasDataError(
+                "--dataset digits needs scikit-learn: pip install scikit-learn (or "
+                "pip install -e '.[examples]')"
+            ) from None
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        labels = torch.tensor(digits.target, dtype=torch.long)
+        order = torch.randperm(
+            len(labels), generator=torch.Generator().manual_seed(self.SPLIT_SEED)
+        )
+        n_test = round(self.TEST_FRACTION * len(labels))
+        train_idx, test_idx = order[n_test:], order[:n_test]
+        mean, std = images[train_idx].mean(), images[train_idx].std()
+        picked = images[train_idx if train else test_idx]
+        resized = torch.nn.functional.interpolate(
+            picked, size=(image_size, image_size), mode="bilinear", align_corners=False
+        )
+        self.images = (resized - mean) / std
+        self.labels = labels[train_idx if train else test_idx]
+        self.mean, self.std = float(mean), float(std)
+        self.classes = [str(i) for i in range(10)]
+        self.pad = max(1, image_size // 8) if augment else 0
+        self.cutout = Cutout(cutout) if augment and cutout > 0 else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        img = self.images[index]
+        if self.pad:
+            # Padded with the normalised value of a blank pixel, then cropped back.
+            blank = -self.mean / self.std
+            side = img.shape[-1]
+            padded = torch.nn.functional.pad(img, (self.pad,) * 4, value=blank)
+            y, x = (int(v) for v in torch.randint(2 * self.pad + 1, (2,)))
+            img = padded[:, y : y + side, x : x + side]
+        if self.cutout is not None:
+            img = self.cutout(img)
+        return img, int(self.labels[index])
+
+
 @dataclass
 class ImageData:
     train: Dataset  # with training augmentation
     test: Dataset
     num_classes: int
     name: str
+    channels: int = 3
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    """Per-channel standard deviation the inputs were divided by (pixel units → input)."""
 
 
 def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
@@ -128,6 +198,7 @@ def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
             raise NasDataError(
                 f"{name} was not found in {root} and downloading is off. Pass --data-dir "
                 f"pointing to a folder that contains {cls.base_folder}/, or allow the download."
+                + OFFLINE_HINT
             ) from None
         try:
             train, test = build(True)
@@ -136,7 +207,7 @@ def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
                 f"{name} was not found in {root} and could not be downloaded "
                 f"({type(exc).__name__}: {exc}). Pass --data-dir pointing to a folder that "
                 f"contains {cls.base_folder}/ (the python version of the dataset from "
-                f"{cls.url}), or run where the download is allowed."
+                f"{cls.url}), or run where the download is allowed." + OFFLINE_HINT
             ) from None
     except Exception as exc:
         # pickle errors, truncated arrays: a file is there but unreadable
@@ -144,7 +215,7 @@ def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
             f"{name}: the files in {folder} cannot be read ({type(exc).__name__}: {exc}). "
             f"Delete {folder} and download again, or pass --data-dir to an intact copy."
         ) from None
-    return ImageData(train, test, len(train.classes), name)
+    return ImageData(train, test, len(train.classes), name, std=STATS[name][1])
 
 
 def _imagefolder(root: Path, cutout: int, image_size: int) -> ImageData:
@@ -173,7 +244,7 @@ def _imagefolder(root: Path, cutout: int, image_size: int) -> ImageData:
         raise NasDataError(f"imagefolder: no images found under {root} ({exc})") from None
     if len(train) == 0:
         raise NasDataError(f"imagefolder: {train_dir} holds no images")
-    return ImageData(train, test, len(train.classes), "imagefolder")
+    return ImageData(train, test, len(train.classes), "imagefolder", std=STATS["imagefolder"][1])
 
 
 def load_images(
@@ -182,13 +253,18 @@ def load_images(
     *,
     download: bool = True,
     cutout: int = 0,
-    image_size: int = 32,
+    image_size: int | None = None,
     synthetic_size: int = 2048,
     num_classes: int = 10,
     seed: int = 0,
 ) -> ImageData:
     """Training (with augmentation) and test sets for ``name``."""
     root = Path(data_dir).expanduser()
+    image_size = image_size or DEFAULT_IMAGE_SIZE.get(name, 32)
+    if name == "digits":
+        train = DigitsImages(True, image_size, augment=True, cutout=cutout)
+        test = DigitsImages(False, image_size)
+        return ImageData(train, test, 10, "digits", channels=1, std=(train.std,))
     if name in ("cifar10", "cifar100"):
         return _cifar(name, root, download, cutout)
     if name == "imagefolder":
@@ -204,7 +280,9 @@ def load_images(
             num_classes,
             "synthetic",
         )
-    raise NasDataError(f"unknown dataset {name!r}; use cifar10, cifar100, imagefolder or synthetic")
+    raise NasDataError(
+        f"unknown dataset {name!r}; use cifar10, cifar100, imagefolder, digits or synthetic"
+    )
 
 
 def search_split(dataset: Dataset, portion: float = 0.5, seed: int = 0) -> tuple[Subset, Subset]:

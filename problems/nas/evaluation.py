@@ -56,13 +56,14 @@ class EvalCell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """Classifier on the 8×8 feature map after the second reduction (for 32×32 inputs)."""
+    """Classifier on the feature map after the second reduction: 8×8 for 32×32 inputs,
+    pooled 5×5 with stride 3 to 2×2 as in DARTS; a map smaller than 5×5 (small images
+    such as 16×16 digits) is average-pooled to 2×2 instead."""
 
     def __init__(self, channels: int, num_classes: int) -> None:
         super().__init__()
+        self.pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)
         self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
             nn.Conv2d(channels, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
@@ -73,6 +74,8 @@ class AuxiliaryHead(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu(x)
+        x = self.pool(x) if min(x.shape[-2:]) >= 5 else nn.functional.adaptive_avg_pool2d(x, 2)
         x = self.features(x)
         x = nn.functional.adaptive_avg_pool2d(x, 1)
         return self.classifier(x.flatten(1))
@@ -90,11 +93,12 @@ class EvalNetwork(nn.Module):
         init_channels: int = 36,
         auxiliary: bool = True,
         stem_multiplier: int = 3,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         c_stem, plan, c_out = cell_channels(layers, init_channels, stem_multiplier)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
+            nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
         )
         self.cells = nn.ModuleList()
         self.aux_index = 2 * layers // 3

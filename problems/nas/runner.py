@@ -90,6 +90,9 @@ class SearchSetup:
     num_classes: int
     total_updates: int
     device: torch.device
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+    pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    """Per-channel std the inputs were divided by (to express ε in pixel units)."""
 
 
 @dataclass
@@ -166,6 +169,7 @@ def run_search(
         config.layers,
         config.init_channels,
         partial_channels=config.partial_channels,
+        in_channels=data.channels,
     ).to(device)
     arch = ArchitectureWeights(edge_normalization=config.partial_channels > 1).to(device)
     if config.channels_last:
@@ -179,6 +183,8 @@ def run_search(
         data.num_classes,
         planned * inner,
         device,
+        tuple(data.train[0][0].shape),
+        data.std,
     )
     problems, deps = wire(setup)
     for p in problems:
@@ -341,6 +347,7 @@ def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResul
         config.layers,
         config.init_channels,
         auxiliary=config.auxiliary_weight > 0,
+        in_channels=data.channels,
     ).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

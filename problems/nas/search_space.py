@@ -172,11 +172,12 @@ class Supernet(nn.Module):
         steps: int = STEPS,
         stem_multiplier: int = 3,
         partial_channels: int = 1,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         c_stem, plan, c_out = cell_channels(layers, init_channels, stem_multiplier)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
+            nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
         )
         self.cells = nn.ModuleList(
             SearchCell(c_pp, c_p, c, red, red_prev, steps, partial_channels)

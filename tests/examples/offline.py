@@ -30,4 +30,5 @@ def assert_fails_offline_naming_data_dir(script: Path, missing: Path, *args: str
     )
     assert result.returncode == 2
     assert "--data-dir" in result.stderr
+    assert "--dataset digits" in result.stderr  # the offline way to real images
     assert "Traceback" not in result.stderr

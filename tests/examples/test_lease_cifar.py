@@ -170,3 +170,39 @@ def test_search_killed_with_sigkill_resumes_to_the_same_architecture(tmp_path):
     )
     # every level's parameters, buffers and optimizer state, bit for bit
     assert_identical(straight, resumed)
+
+
+@pytest.mark.slow
+def test_digits_search_then_evaluate_offline(tmp_path):
+    """Real images without a download: search, then retrain the derived cell."""
+    out = tmp_path / "search"
+    args = ["--dataset", "digits", "--out", str(out), *TINY, "--batch-size", "8"]
+    assert example().main(["search", *args, "--max-steps", "2"]) == 0
+    genotype = out / "genotype.json"
+    assert Genotype.load(genotype)
+    evaluation = tmp_path / "evaluate"
+    code = example().main(
+        [
+            "evaluate",
+            "--dataset",
+            "digits",
+            "--genotype",
+            str(genotype),
+            "--out",
+            str(evaluation),
+            "--layers",
+            "2",
+            "--init-channels",
+            "4",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    records = [json.loads(x) for x in (evaluation / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 <= records[-1]["test_error"] <= 1.0

@@ -97,3 +97,28 @@ def test_batch_smaller_than_dataset_is_required(cifar10_dir):
     data = load_images("cifar10", cifar10_dir, download=False)
     with pytest.raises(NasDataError, match="lower --batch-size"):
         loader(data.test, 64, shuffle=False, seed=0)
+
+
+def test_digits_are_real_one_channel_images_with_a_fixed_split():
+    from problems.nas.data import load_images
+
+    first = load_images("digits", "unused")
+    again = load_images("digits", "unused", image_size=16)
+    assert first.channels == 1 and first.num_classes == 10
+    assert (len(first.train), len(first.test)) == (1438, 359)
+    assert first.test[0][0].shape == (1, 16, 16)
+    assert torch.equal(first.test.images, again.test.images)  # the split is fixed
+    assert torch.equal(first.test.labels, again.test.labels)
+    assert len(set(first.test.labels.tolist())) == 10
+    assert load_images("digits", "unused", image_size=24).train[0][0].shape == (1, 24, 24)
+
+
+def test_cifar_refuses_another_image_size():
+    import pytest
+    from pydantic import ValidationError
+
+    from problems.nas.config import EvalRun, SearchRun
+
+    with pytest.raises(ValidationError, match="cifar10 images are 32"):
+        SearchRun(dataset="cifar10", image_size=9)
+    assert EvalRun(dataset="digits", image_size=12).image_size == 12
