@@ -24,45 +24,11 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
-from problems.lease import LeaseRun, build
+from problems.lease import LeaseRun, wire_search
 from problems.nas.cli import nas_main
-from problems.nas.data import loader
 from problems.nas.observe import search_accuracies
-from problems.nas.runner import SearchSetup, darts_levels
 
 EXPLANATIONS = {"pgd": ("pgd", True), "pgd_sign": ("pgd", False), "saliency": ("saliency", True)}
-
-
-def wire(setup: SearchSetup):
-    config: LeaseRun = setup.config
-    if config.baseline == "darts":
-        return darts_levels(setup, config.lease.explainer_solver)
-    # The audience's examples: search-train again, shuffled independently of the explainer's.
-    audience_data = loader(
-        setup.search_train.dataset,
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed + 2,
-        workers=config.workers,
-        pin_memory=setup.device.type == "cuda",
-    )
-    return build(
-        setup.supernet,
-        setup.arch,
-        setup.search_train,
-        audience_data,
-        setup.search_val,
-        num_classes=setup.num_classes,
-        batch_size=config.batch_size,
-        total_updates=setup.total_updates,
-        image_shape=setup.image_shape,
-        pixel_std=torch.tensor(setup.pixel_std),
-        hyper=config.lease,
-        search=config.hyper,
-        seed=config.seed,
-    )
 
 
 def add_search_flags(search) -> None:
@@ -121,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n")[0],
         search_model=LeaseRun,
         add_search_flags=add_search_flags,
-        wire=wire,
+        wire=wire_search,
         accuracy_of=search_accuracies,
         title_of=lambda c: "DARTS baseline" if c.baseline == "darts" else "LeaSE search",
         translate=translate,

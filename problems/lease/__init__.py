@@ -10,6 +10,7 @@ from .build import DEPENDENCIES, build
 from .config import AudienceHyper, LeaseHyper, LeaseRun
 from .explanations import ExplanationConfig, explanation_mask
 from .levels import Audience, Explain, Explainer, Explanations, Relearn
+from .search import wire_search
 
 __all__ = [
     "DEPENDENCIES",
@@ -25,4 +26,5 @@ __all__ = [
     "ResNet",
     "build",
     "explanation_mask",
+    "wire_search",
 ]

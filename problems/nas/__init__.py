@@ -11,7 +11,7 @@
 
 from .data import NasDataError, load_images, loader, search_split
 from .evaluation import EvalNetwork, count_parameters
-from .genotype import DARTS_V2, Genotype, derive_genotype, genotype_from
+from .genotype import DARTS_V2, Genotype, derive_genotype, genotype_from, random_genotype
 from .operations import PRIMITIVES
 from .search import Architecture, SearchHyper, SupernetWeights, build_darts
 from .search_space import ArchitectureWeights, MixedOp, SearchCell, Supernet
@@ -35,5 +35,6 @@ __all__ = [
     "genotype_from",
     "load_images",
     "loader",
+    "random_genotype",
     "search_split",
 ]

@@ -49,6 +49,12 @@ def nas_main(
     evaluate = commands.add_parser("evaluate", help="retrain a genotype from scratch")
     add_common_flags(evaluate)
     evaluate.add_argument("--genotype", help="genotype.json or a published name (DARTS_V2)")
+    evaluate.add_argument("--lr", type=float, help="SGD learning rate (cosine-annealed)")
+    evaluate.add_argument("--cutout", type=int, help="cutout square side (0: off)")
+    evaluate.add_argument("--drop-path", type=float, dest="drop_path", help="final drop-path")
+    evaluate.add_argument(
+        "--auxiliary-weight", type=float, dest="auxiliary_weight", help="0: no auxiliary head"
+    )
     evaluate.add_argument(
         "--short",
         action="store_const",

@@ -90,6 +90,25 @@ def derive_genotype(normal: torch.Tensor, reduce: torch.Tensor, steps: int = 4) 
     )
 
 
+def random_genotype(seed: int, steps: int = 4) -> Genotype:
+    """A genotype drawn uniformly from the space the DARTS rule derives from: for each
+    node two distinct inputs among its predecessors, each with a non-``none``
+    operation. The control every NAS comparison needs (same space, no search)."""
+    generator = torch.Generator().manual_seed(seed)
+    ops = [op for op in PRIMITIVES if op != "none"]
+
+    def cell() -> list[tuple[str, int]]:
+        chosen: list[tuple[str, int]] = []
+        for i in range(steps):
+            inputs = sorted(torch.randperm(2 + i, generator=generator)[:2].tolist())
+            for j in inputs:
+                chosen.append((ops[int(torch.randint(len(ops), (1,), generator=generator))], j))
+        return chosen
+
+    concat = list(range(2, 2 + steps))
+    return Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=concat)
+
+
 # The cells published with DARTS (second-order search on CIFAR-10), Liu et al. 2019.
 DARTS_V2 = Genotype(
     normal=[

@@ -1,0 +1,172 @@
+"""Does LeaSE find better cells than DARTS? A study over methods and seeds, with a report.
+
+For each method (lease, lease-sign, lease-saliency, lease-author, darts, random) and each
+seed: search a cell (random: draw one), retrain it from scratch with the evaluation
+network, and record test error, parameters and search time. ``study.md`` gets the table
+(mean ± std per method) and a paired comparison of each method with darts on the same
+seeds; ``study.png`` the test error per method and seed. Every run's genotype, metrics and
+checkpoints stay under ``--out``; a killed study, started again with the same command,
+continues with the runs it has not finished.
+
+    python examples/lease_study.py                                   # CIFAR-10, paper budgets
+    python examples/lease_study.py --config examples/configs/study_digits_cpu.toml
+    python examples/lease_study.py --methods lease,darts --seeds 1 --dataset digits ...
+
+The defaults are DARTS' CIFAR budgets (a GPU job); the TOML file above is the budget that
+fits a 2-core CPU in about two hours on scikit-learn's digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from problems.cli import ConfigError, build_config, fail, print_config
+from problems.lease import wire_search
+from problems.lease.study import METHODS, StudyRun, plot_study, study_table
+from problems.nas.data import NasDataError
+from problems.nas.genotype import random_genotype
+from problems.nas.observe import search_accuracies
+from problems.nas.runner import run_evaluation, run_search
+
+
+def parse(argv: list[str] | None) -> StudyRun | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--config", type=Path, help="TOML file; flags override its values")
+    add("--print-config", action="store_true", help="print the effective configuration and exit")
+    add("--methods", help=f"comma-separated, of: {', '.join(METHODS)} (default: all)")
+    add("--seeds", type=int, help="number of seeds (0 .. N-1; default 3)")
+    add("--dataset", choices=["cifar10", "cifar100", "imagefolder", "digits", "synthetic"])
+    add("--data-dir", type=Path, dest="data_dir")
+    add("--no-download", action="store_const", const=False, dest="download")
+    add("--image-size", type=int, dest="image_size")
+    add("--out", type=Path)
+    add("--device")
+    add("--workers", type=int)
+    add("--amp", action="store_const", const=True)
+    add("--channels-last", action="store_const", const=True, dest="channels_last")
+    add("--no-progress", action="store_const", const=False, dest="progress")
+    for flag, key, kind in [
+        ("--search-layers", "search.layers", int),
+        ("--search-channels", "search.init_channels", int),
+        ("--search-batch-size", "search.batch_size", int),
+        ("--search-epochs", "search.epochs", int),
+        ("--search-steps", "search.max_steps", int),
+        ("--pgd-steps", "search.pgd_steps", int),
+        ("--arch-lr", "search.arch_lr", float),
+        ("--eval-layers", "evaluate.layers", int),
+        ("--eval-channels", "evaluate.init_channels", int),
+        ("--eval-batch-size", "evaluate.batch_size", int),
+        ("--eval-epochs", "evaluate.epochs", int),
+        ("--eval-lr", "evaluate.lr", float),
+        ("--cutout", "evaluate.cutout", int),
+    ]:
+        add(flag, type=kind, dest=key)
+    add("--audience", dest="search.audience", choices=["resnet18", "resnet_small", "resnet_tiny"])
+    args = parser.parse_args(argv)
+    flags = {
+        k: v for k, v in vars(args).items() if k not in ("config", "print_config") and v is not None
+    }
+    if "methods" in flags:
+        flags["methods"] = [m.strip() for m in flags["methods"].split(",") if m.strip()]
+    try:
+        config = build_config(StudyRun, args.config, flags)
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.print_config:
+        print_config(config)
+        return None
+    return config
+
+
+def run_one(study: StudyRun, method: str, seed: int, console: Console) -> dict:
+    """Search (or draw), then evaluate; each half resumes from its own checkpoint."""
+    folder = study.run_folder(method, seed)
+    search_dir = folder / "search"
+    genotype, seconds = search_dir / "genotype.json", 0.0
+    if method == "random":
+        search_dir.mkdir(parents=True, exist_ok=True)
+        random_genotype(seed).save(genotype)
+    elif not genotype.exists():
+        resume = (search_dir / "checkpoint.pt").exists()
+        config = study.search_config(method, seed, resume)
+        title = f"{method} seed {seed}"
+        started = time.perf_counter()
+        run_search(config, wire_search, title=title, accuracy_of=search_accuracies, console=console)
+        seconds = time.perf_counter() - started
+        (search_dir / "search_time.json").write_text(json.dumps({"seconds": seconds}))
+    if (search_dir / "search_time.json").exists():
+        seconds = json.loads((search_dir / "search_time.json").read_text())["seconds"]
+    resume = (folder / "evaluate" / "checkpoint.pt").exists()
+    evaluation = run_evaluation(study.evaluate_config(method, seed, genotype, resume), console)
+    return {
+        "method": method,
+        "seed": seed,
+        "test_error": evaluation.test_error,
+        "params_millions": evaluation.params_millions,
+        "search_seconds": seconds,
+        "evaluation_seconds": evaluation.seconds,
+        "genotype": json.loads(genotype.read_text()),
+    }
+
+
+def write_report(study: StudyRun, results: list[dict], command: str) -> Path:
+    report = study.out / "study.md"
+    plot_study(results, study.out / "study.png")
+    report.write_text(
+        f"# LeaSE study on {study.dataset}\n\n"
+        f"Command: `{command}`\n\n"
+        + study_table(results)
+        + "\n![test error per method and seed](study.png)\n\n"
+        + "Configuration:\n\n```json\n"
+        + study.model_dump_json(indent=2)
+        + "\n```\n"
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    study = parse(argv)
+    if study is None:
+        return 0
+    console = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    command = "python examples/lease_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results: list[dict] = []
+    try:
+        for seed in range(study.seeds):
+            for method in study.methods:
+                done = study.run_folder(method, seed) / "result.json"
+                if done.exists():
+                    results.append(json.loads(done.read_text()))
+                    console.print(f"{method} seed {seed}: done before, kept")
+                    continue
+                result = run_one(study, method, seed, console)
+                done.write_text(json.dumps(result, indent=2))
+                results.append(result)
+                console.print(
+                    f"{method} seed {seed}: test error {100 * result['test_error']:.2f} %"
+                )
+                write_report(study, results, command)
+    except (NasDataError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    report = write_report(study, results, command)
+    print(study_table(results))
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""A NAS study: LeaSE's variants against DARTS and a random cell, over seeds.
+
+For each method and seed: search (except ``random``), derive the genotype, retrain it
+from scratch with the evaluation network, record test error, parameters and search time.
+The report is a table of mean ± std per method and a paired comparison of each method
+with ``darts`` on the same seeds. ``examples/lease_study.py`` runs it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from problems.nas.config import Dataset, EvalRun
+
+from .audience import AudienceArch
+from .config import LeaseRun
+
+Method = Literal["lease", "lease-sign", "lease-saliency", "lease-author", "darts", "random"]
+METHODS: dict[str, str] = {
+    "lease": "LeaSE, differentiable PGD explanations (the default)",
+    "lease-sign": "LeaSE, sign-PGD explanations (no audience gradient reaches A)",
+    "lease-saliency": "LeaSE, saliency explanations",
+    "lease-author": "the setting of the authors' public code (LeaseHyper.author)",
+    "darts": "DARTS (second order) with the same budget",
+    "random": "a random cell from the same space (no search)",
+}
+
+
+class StudySearch(BaseModel):
+    """The search budget every searching method gets (DARTS' CIFAR settings by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: int = Field(8, ge=1)
+    init_channels: int = Field(16, ge=2)
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(50, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="architecture updates per search")
+    pgd_steps: int = Field(7, ge=1)
+    audience: AudienceArch = "resnet18"
+    arch_lr: float = Field(3e-4, gt=0, description="architecture Adam learning rate")
+    log_every: int = Field(10, ge=1)
+
+
+class StudyEvaluate(BaseModel):
+    """Retraining each derived cell from scratch (DARTS' CIFAR settings by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: int = Field(20, ge=1)
+    init_channels: int = Field(36, ge=2)
+    batch_size: int = Field(96, ge=1)
+    epochs: int = Field(600, ge=1)
+    lr: float = Field(0.025, gt=0)
+    cutout: int = Field(16, ge=0)
+    auxiliary_weight: float = Field(0.4, ge=0)
+    drop_path: float = Field(0.2, ge=0, lt=1)
+
+
+class StudyRun(BaseModel):
+    """``examples/lease_study.py``: methods × seeds on one dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    seeds: int = Field(3, ge=1, description="seeds 0 .. seeds-1")
+    dataset: Dataset = "cifar10"
+    data_dir: Path = Path("data")
+    download: bool = True
+    image_size: int | None = Field(None, ge=8)
+    out: Path = Path("runs/study")
+    device: str = "auto"
+    workers: int = Field(2, ge=0)
+    amp: bool = False
+    channels_last: bool = False
+    progress: bool = True
+    search: StudySearch = StudySearch()
+    evaluate: StudyEvaluate = StudyEvaluate()
+
+    def run_folder(self, method: str, seed: int) -> Path:
+        return self.out / method / f"seed{seed}"
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "data_dir": self.data_dir,
+            "download": self.download,
+            "image_size": self.image_size,
+            "device": self.device,
+            "workers": self.workers,
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "progress": self.progress,
+        }
+
+    def search_config(self, method: str, seed: int, resume: bool) -> LeaseRun:
+        """The search of one run; ``method`` is any of :data:`METHODS` but ``random``."""
+        s = self.search
+        explanation: dict[str, Any] = {"steps": s.pgd_steps}
+        if method == "lease-sign":
+            explanation["differentiable"] = False
+        if method == "lease-saliency":
+            explanation["method"] = "saliency"
+        config = LeaseRun.model_validate(
+            {
+                **self._common(),
+                "out": self.run_folder(method, seed) / "search",
+                "seed": seed,
+                "resume": resume,
+                "layers": s.layers,
+                "init_channels": s.init_channels,
+                "batch_size": s.batch_size,
+                "epochs": s.epochs,
+                "max_steps": s.max_steps,
+                "log_every": s.log_every,
+                "baseline": "darts" if method == "darts" else "none",
+                "hyper": {"arch_lr": s.arch_lr},
+                "lease": {
+                    "explanation": explanation,
+                    "audience": {"arch": s.audience},
+                    "author_setting": method == "lease-author",
+                },
+            }
+        )
+        return config.effective()
+
+    def evaluate_config(self, method: str, seed: int, genotype: Path, resume: bool) -> EvalRun:
+        e = self.evaluate
+        return EvalRun.model_validate(
+            {
+                **self._common(),
+                **e.model_dump(),
+                "genotype": str(genotype),
+                "out": self.run_folder(method, seed) / "evaluate",
+                "seed": seed,
+                "resume": resume,
+            }
+        )
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.mean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_difference(
+    results: list[dict[str, Any]], method: str, baseline: str = "darts"
+) -> dict[str, Any] | None:
+    """Test error of ``method`` minus ``baseline``'s on the seeds both have (in points).
+
+    ``verdict`` is "within noise" unless the mean difference exceeds twice its standard
+    error (std / √n); with one pair there is no spread, and it says so.
+    """
+    errors: dict[str, dict[int, float]] = {}
+    for r in results:
+        errors.setdefault(r["method"], {})[r["seed"]] = r["test_error"]
+    if method not in errors or baseline not in errors:
+        return None
+    seeds = sorted(set(errors[method]) & set(errors[baseline]))
+    if not seeds:
+        return None
+    diffs = [100 * (errors[method][s] - errors[baseline][s]) for s in seeds]
+    mean, std = _mean_std(diffs)
+    if len(diffs) < 2:
+        verdict = "one seed: no spread to judge by"
+    else:
+        stderr = std / math.sqrt(len(diffs))
+        if abs(mean) <= 2 * stderr:
+            verdict = "within noise"
+        else:
+            verdict = f"{'lower' if mean < 0 else 'higher'} error than {baseline}"
+    return {"seeds": seeds, "mean": mean, "std": std, "verdict": verdict}
+
+
+def study_table(results: list[dict[str, Any]], baseline: str = "darts") -> str:
+    """The Markdown report's tables: mean ± std per method, then the paired comparison."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r)
+    order = [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS))
+    lines = [
+        "| method | seeds | test error (%) | parameters (M) | search (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for method in order:
+        runs = by_method[method]
+        err, err_sd = _mean_std([100 * r["test_error"] for r in runs])
+        params, params_sd = _mean_std([r["params_millions"] for r in runs])
+        search, search_sd = _mean_std([r["search_seconds"] for r in runs])
+        lines.append(
+            f"| {method} | {len(runs)} | {err:.2f} ± {err_sd:.2f} | "
+            f"{params:.3f} ± {params_sd:.3f} | {search:.0f} ± {search_sd:.0f} |"
+        )
+    lines += [
+        "",
+        f"Paired with `{baseline}` on the same seeds (test error difference in points; "
+        "negative is better):",
+        "",
+        "| method | seeds | difference | verdict |",
+        "|---|---|---|---|",
+    ]
+    for method in order:
+        if method == baseline:
+            continue
+        pair = paired_difference(results, method, baseline)
+        if pair is None:
+            lines.append(f"| {method} | 0 | — | no `{baseline}` run on these seeds |")
+            continue
+        lines.append(
+            f"| {method} | {len(pair['seeds'])} | {pair['mean']:+.2f} ± {pair['std']:.2f} | "
+            f"{pair['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(results: list[dict[str, Any]], path: Path) -> None:
+    """Test error per method, one marker per seed, with the mean as a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    fig, ax = plt.subplots(figsize=(1.4 * len(methods) + 2, 3.6))
+    for i, method in enumerate(methods):
+        errors = [100 * r["test_error"] for r in results if r["method"] == method]
+        seeds = [r["seed"] for r in results if r["method"] == method]
+        ax.bar(i, statistics.mean(errors), color="#dde6f0", width=0.6)
+        for seed, err in zip(seeds, errors):
+            ax.scatter(i + 0.12 * (seed - 1), err, color=f"C{seed % 10}", zorder=3, s=18)
+    ax.set_xticks(range(len(methods)), methods, rotation=20)
+    ax.set_ylabel("test error (%)")
+    ax.set_title("test error per method (bars: mean; points: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
