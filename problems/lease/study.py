@@ -215,7 +215,8 @@ def study_table(results: list[dict[str, Any]], baseline: str = "darts") -> str:
             lines.append(f"| {method} | 0 | — | no `{baseline}` run on these seeds |")
             continue
         lines.append(
-            f"| {method} | {len(pair['seeds'])} | {pair['mean']:+.2f} ± {pair['std']:.2f} | "
+            f"| {method} | {len(pair['seeds'])} | {round(pair['mean'], 2) + 0.0:+.2f} ± "
+            f"{pair['std']:.2f} | "
             f"{pair['verdict']} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,0 +1,75 @@
+"""The study's report: known per-seed results in, the table and paired comparison out."""
+
+from __future__ import annotations
+
+import pytest
+
+from problems.lease.study import StudyRun, paired_difference, study_table
+from problems.nas.genotype import Genotype, random_genotype
+
+
+def result(method: str, seed: int, error: float, params: float = 0.5, seconds: float = 10.0):
+    return {
+        "method": method,
+        "seed": seed,
+        "test_error": error,
+        "params_millions": params,
+        "search_seconds": seconds,
+    }
+
+
+RESULTS = [
+    result("darts", 0, 0.030),
+    result("darts", 1, 0.034),
+    result("darts", 2, 0.032),
+    result("lease", 0, 0.020, seconds=20.0),
+    result("lease", 1, 0.022, seconds=30.0),
+    result("lease", 2, 0.021, seconds=40.0),
+    result("random", 0, 0.040, params=0.4, seconds=0.0),
+    result("random", 1, 0.020, params=0.6, seconds=0.0),
+    result("random", 2, 0.036, params=0.5, seconds=0.0),
+]
+
+
+def test_table_has_means_and_sample_stds_per_method():
+    table = study_table(RESULTS)
+    assert "| darts | 3 | 3.20 ± 0.20 | 0.500 ± 0.000 | 10 ± 0 |" in table
+    assert "| lease | 3 | 2.10 ± 0.10 | 0.500 ± 0.000 | 30 ± 10 |" in table
+    assert "| random | 3 | 3.20 ± 1.06 | 0.500 ± 0.100 | 0 ± 0 |" in table
+
+
+def test_paired_difference_and_verdicts():
+    lease = paired_difference(RESULTS, "lease")
+    assert lease["seeds"] == [0, 1, 2]
+    assert lease["mean"] == pytest.approx(-1.1) and lease["std"] == pytest.approx(0.1)
+    assert lease["verdict"] == "lower error than darts"
+    random = paired_difference(RESULTS, "random")
+    assert random["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert random["verdict"] == "within noise"
+    table = study_table(RESULTS)
+    assert "| lease | 3 | -1.10 ± 0.10 | lower error than darts |" in table
+    assert "| random | 3 | +0.00 ± 1.25 | within noise |" in table
+    one = paired_difference(RESULTS[:1] + RESULTS[3:4], "lease")
+    assert one["verdict"] == "one seed: no spread to judge by"
+    assert paired_difference(RESULTS[3:], "lease") is None
+
+
+def test_random_genotype_is_seeded_and_valid():
+    first, again, other = random_genotype(0), random_genotype(0), random_genotype(1)
+    assert first == again and first != other
+    assert Genotype.model_validate(first.model_dump()) == first
+    for cell in (first.normal, first.reduce):
+        for node in range(4):
+            a, b = cell[2 * node][1], cell[2 * node + 1][1]
+            assert a != b and max(a, b) < 2 + node
+
+
+def test_methods_map_to_their_search_settings(tmp_path):
+    study = StudyRun(out=tmp_path)
+    sign = study.search_config("lease-sign", 1, resume=False)
+    assert not sign.lease.explanation.differentiable and sign.seed == 1
+    assert study.search_config("lease-saliency", 0, False).lease.explanation.method == "saliency"
+    author = study.search_config("lease-author", 0, False).lease
+    assert author.author_setting and author.explanation.steps == 1
+    assert study.search_config("darts", 0, False).baseline == "darts"
+    assert study.search_config("lease", 2, True).out == tmp_path / "lease" / "seed2" / "search"
