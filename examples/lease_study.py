@@ -34,7 +34,8 @@ from problems.lease.study import METHODS, StudyRun, plot_study, study_table
 from problems.nas.data import NasDataError
 from problems.nas.genotype import random_genotype
 from problems.nas.observe import search_accuracies
-from problems.nas.runner import run_evaluation, run_search
+from problems.nas.retrain import run_evaluation
+from problems.nas.runner import run_search
 
 
 def parse(argv: list[str] | None) -> StudyRun | None:

@@ -1,60 +1,94 @@
-"""A rich progress bar for the example training loops: named fields and throughput."""
+"""A rich progress display for the example training loops.
+
+The first line is the bar: label, bar, steps done of the total, elapsed time, time
+remaining, and the rate; it advances with every update. The second line holds the latest
+named fields (losses, accuracies, epoch), which change only when the loop records them, so
+a narrow terminal never squeezes the bar out.
+"""
 
 from __future__ import annotations
 
 import time
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 
 class TrainingProgress:
-    """``with TrainingProgress(total, "search") as bar: bar.update(done, images, **fields)``.
+    """``with TrainingProgress(total, "search") as bar: bar.advance(done, images)`` every
+    update, and ``bar.record(**fields)`` when the fields change.
 
-    Shows steps done of ``total``, elapsed time, images per second and the given fields
-    (losses, accuracies, epoch). Disabled, it prints nothing.
+    A resumed run passes ``completed``, the updates done before, so that the rate and the
+    time remaining count only this process's updates. Disabled, it prints nothing.
     """
 
     def __init__(
-        self, total: int, label: str, enabled: bool = True, console: Console | None = None
+        self,
+        total: int,
+        label: str,
+        enabled: bool = True,
+        console: Console | None = None,
+        unit: str = "img/s",
+        completed: int = 0,
     ) -> None:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
         self.start = time.perf_counter()
         self.images = 0
-        self._progress = None
+        self.unit = unit
+        self._live: Live | None = None
+        self._fields = Text("", overflow="fold")
         if enabled:
             self._progress = Progress(
                 TextColumn(f"[bold]{label}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
                 TextColumn("{task.fields[rate]}"),
-                TextColumn("{task.fields[info]}"),
                 console=self.console,
             )
-            self._task = self._progress.add_task(label, total=total, rate="", info="")
+            self._task = self._progress.add_task(label, total=total, completed=completed, rate="")
+            self._live = Live(
+                Group(self._progress, self._fields), console=self.console, refresh_per_second=4
+            )
 
     def __enter__(self) -> TrainingProgress:
-        if self._progress is not None:
-            self._progress.start()
+        if self._live is not None:
+            self._live.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        if self._live is not None:
+            self._live.stop()
 
     def images_per_second(self) -> float:
         elapsed = time.perf_counter() - self.start
         return self.images / elapsed if elapsed > 0 else 0.0
 
-    def update(self, done: int, images: int, **fields: float | int | str) -> None:
+    def advance(self, done: int, images: int) -> None:
+        """``done`` updates of the total so far; ``images`` seen by this process."""
         self.images = images
-        if self._progress is None:
+        if self._live is None:
             return
-        info = "  ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()
-        )
         self._progress.update(
-            self._task, completed=done, rate=f"{self.images_per_second():.0f} img/s", info=info
+            self._task, completed=done, rate=f"{self.images_per_second():.3g} {self.unit}"
+        )
+
+    def record(self, **fields: float | int | str) -> None:
+        """Show these fields on the second line until the next record."""
+        if self._live is None:
+            return
+        self._fields.plain = "  ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()
         )

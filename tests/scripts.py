@@ -18,3 +18,24 @@ def load_script(path: Path) -> ModuleType:
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
+
+
+def kill_after_first_checkpoint(command: list[str], out: Path, seed: int, **popen) -> None:
+    """Start ``command``, wait for ``out/checkpoint.pt``, wait a seeded random moment up
+    to a second longer, and SIGKILL it; asserts it was killed while running."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen
+    )
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    time.sleep(random.Random(seed).uniform(0, 1.0))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL

@@ -14,7 +14,8 @@ from rich.logging import RichHandler
 from ..cli import ConfigError, add_common_flags, build_config, fail, print_config
 from .config import EvalRun, SearchRun
 from .data import NasDataError
-from .runner import Wiring, genotype_rows, run_evaluation, run_search, summary_table
+from .retrain import run_evaluation
+from .runner import Wiring, genotype_rows, run_search, summary_table
 
 
 def nas_main(
@@ -123,7 +124,7 @@ def nas_main(
                         "genotype": config.genotype,
                         "test error": f"{100 * result.test_error:.2f} %",
                         "parameters": f"{result.params_millions:.3f} M",
-                        "epochs / steps": f"{result.epochs} / {result.steps}",
+                        "epochs / steps": f"{result.epochs:.3g} / {result.steps}",
                         "time": f"{result.seconds:.1f} s",
                     },
                 )

@@ -1,17 +1,16 @@
-"""Search and evaluation loops shared by the NAS examples.
+"""The search the NAS examples share, and what it shares with the evaluation.
 
 ``run_search`` trains any multilevel search over a DARTS supernet (DARTS itself, LeaSE)
-given a function that wires the levels; ``run_evaluation`` retrains a genotype from
-scratch. Both write into ``config.out``: ``metrics.jsonl``, a checkpoint, and for a
-search ``genotype.json`` and the pictures.
+given a function that wires the levels, through the loop of ``loop.py``; ``prepare``
+(output folder, seeds, device, data) is shared with ``retrain.run_evaluation``. A search
+writes into ``config.out``: ``metrics.jsonl``, a checkpoint, ``genotype.json`` and the
+pictures.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +21,14 @@ from rich.console import Console
 from rich.table import Table
 
 import mlo
-from mlo.checkpoint import load_safe, save_atomic
-from mlo.monitor import MetricsWriter
 
-from ..progress import TrainingProgress
 from .config import EvalRun, SearchRun
 from .data import ImageData, load_images, loader, search_split
-from .evaluation import EvalNetwork, count_parameters
-from .genotype import Genotype, derive_genotype, genotype_from
+from .genotype import Genotype, derive_genotype
+from .loop import train
 from .observe import supernet_accuracy
 from .plots import plot_alpha_evolution, plot_genotype
-from .search import build_darts, cross_entropy, to_device
+from .search import build_darts
 from .search_space import ArchitectureWeights, Supernet
 
 logger = logging.getLogger("problems.nas")
@@ -211,42 +207,33 @@ def run_search(
 
     if not history["steps"]:
         record_alphas()
-    writer = MetricsWriter(out / "metrics.jsonl")
-    images_per_update = config.batch_size
-    start = time.perf_counter()
-    start_tick = engine.tick
     accuracies: dict[str, float] = {}
-    with TrainingProgress(total, title, config.progress, console) as bar:
-        while engine.tick < total:
-            engine.step()
-            done = engine.tick
-            if done % config.log_every == 0 or done == total:
-                report = engine.report()
-                if accuracy_of is not None:
-                    accuracies = accuracy_of(engine, engine.problems[top].batch)
-                record_alphas()
-                epoch = engine.problems[top].stream.epoch
-                images = (done - start_tick) * images_per_update * inner
-                bar.update(
-                    done,
-                    images,
-                    epoch=epoch,
-                    **{f"{n} loss": v for n, v in report["loss"].items()},
-                    **accuracies,
-                )
-                writer.write(
-                    {
-                        **report,
-                        "epoch": epoch,
-                        **accuracies,
-                        "images_per_second": bar.images_per_second(),
-                        "lr": engine.problems[top].optimizer.param_groups[0]["lr"],
-                    }
-                )
-            if done % config.checkpoint_every == 0 or done == total:
-                engine.save(checkpoint, extra={"history": history})
-    writer.close()
-    seconds = time.perf_counter() - start
+
+    def record() -> dict[str, Any]:
+        nonlocal accuracies
+        if accuracy_of is not None:
+            accuracies = accuracy_of(engine, engine.problems[top].batch)
+        record_alphas()
+        return {
+            "epoch": engine.problems[top].stream.epoch,
+            **accuracies,
+            "lr": engine.problems[top].optimizer.param_groups[0]["lr"],
+        }
+
+    start_tick = engine.tick
+    seconds = train(
+        engine,
+        total,
+        title=title,
+        out=out,
+        images_per_tick=config.batch_size * inner,
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        progress=config.progress,
+        console=console,
+        record=record,
+        checkpoint_extra=lambda: {"history": history},
+    )
     normal, reduce = arch.edge_strengths()
     genotype = derive_genotype(normal, reduce)
     files = {
@@ -269,7 +256,7 @@ def run_search(
         batches=val_batches,
         batch_size=config.batch_size,
     )
-    ips = (engine.tick - start_tick) * images_per_update * inner / max(seconds, 1e-9)
+    ips = (engine.tick - start_tick) * config.batch_size * inner / max(seconds, 1e-9)
     return SearchResult(
         genotype,
         engine.tick,
@@ -299,142 +286,3 @@ def genotype_rows(genotype: Genotype) -> dict[str, str]:
         return ", ".join(f"{op}←{i}" for op, i in pairs)
 
     return {"normal cell": cell(genotype.normal), "reduction cell": cell(genotype.reduce)}
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class EvalResult:
-    test_error: float
-    params_millions: float
-    seconds: float
-    epochs: int
-    steps: int
-
-
-def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResult:
-    """Train the genotype's evaluation network from scratch; report test error."""
-    console = console or Console(stderr=True)
-    config = config.effective()
-    genotype = genotype_from(config.genotype)
-    out, device, data = prepare(config, cutout=config.cutout)
-    pin = device.type == "cuda"
-    train = loader(
-        data.train,
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        workers=config.workers,
-        pin_memory=pin,
-    )
-    test = (
-        loader(
-            data.test,
-            config.batch_size,
-            shuffle=False,
-            seed=0,
-            workers=config.workers,
-            drop_last=False,
-            pin_memory=pin,
-        )
-        if len(data.test)
-        else None
-    )
-    model = EvalNetwork(
-        genotype,
-        data.num_classes,
-        config.layers,
-        config.init_channels,
-        auxiliary=config.auxiliary_weight > 0,
-        in_channels=data.channels,
-    ).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = count_parameters(model) / 1e6
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
-    total_steps = config.epochs * len(train)
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    checkpoint = out / "checkpoint.pt"
-    step, epoch = 0, 0
-    if config.resume:
-        saved = load_safe(checkpoint, map_location=device)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        step, epoch = saved["step"], saved["epoch"]
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
-    writer = MetricsWriter(out / "metrics.jsonl")
-    start = time.perf_counter()
-    images = 0
-    with TrainingProgress(total_steps, "evaluate", config.progress, console) as bar:
-        while step < total_steps and epoch < config.epochs:
-            model.train()
-            model.drop_path_prob = config.drop_path * epoch / config.epochs
-            for batch in train:
-                x, y = to_device(batch, device, config.channels_last)
-                with amp:
-                    logits, aux = model(x)
-                    loss = cross_entropy(logits, y)
-                    if aux is not None:
-                        loss = loss + config.auxiliary_weight * cross_entropy(aux, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                step += 1
-                images += len(y)
-                if step % config.log_every == 0:
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise FloatingPointError(f"evaluation loss became {value} at step {step}")
-                    bar.update(step, images, epoch=epoch, loss=value)
-                    writer.write(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": value,
-                            "lr": optimizer.param_groups[0]["lr"],
-                            "images_per_second": bar.images_per_second(),
-                        }
-                    )
-                if step >= total_steps:
-                    break
-            else:
-                epoch += 1
-                scheduler.step()
-            save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "epoch": epoch,
-                },
-                checkpoint,
-            )
-    seconds = time.perf_counter() - start
-    error = test_error(model, test, device, amp) if test is not None else float("nan")
-    writer.write({"step": step, "test_error": error, "params_millions": params, "seconds": seconds})
-    writer.close()
-    return EvalResult(error, params, seconds, epoch, step)
-
-
-def test_error(model: EvalNetwork, data, device: torch.device, amp) -> float:
-    """Top-1 error in eval mode (running BatchNorm statistics, no drop-path), observed
-    without side effects (:func:`mlo.observing`)."""
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    total = 0
-    with mlo.observing([model]):
-        model.eval()
-        for batch in data:
-            x, y = to_device(batch, device)
-            with amp:
-                logits, _ = model(x)
-            correct += mlo.observe.correct(logits, y)
-            total += len(y)
-    return 1.0 - int(correct) / max(total, 1)

@@ -13,7 +13,7 @@ import torch
 from problems.nas import Genotype
 
 from ..mlo.test_state_untouched import assert_identical
-from ..scripts import load_script
+from ..scripts import kill_after_first_checkpoint, load_script
 from .offline import assert_fails_offline_naming_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,10 +126,6 @@ def test_lease_flags_reach_the_config(capsys):
 
 @pytest.mark.slow
 def test_search_killed_with_sigkill_resumes_to_the_same_architecture(tmp_path):
-    import random
-    import signal
-    import time
-
     def command(out: Path, *extra: str) -> list[str]:
         return [
             sys.executable,
@@ -150,17 +146,7 @@ def test_search_killed_with_sigkill_resumes_to_the_same_architecture(tmp_path):
         command(tmp_path / "straight"), cwd=ROOT, check=True, capture_output=True, timeout=600
     )
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoint.pt").exists():
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.01)
-    time.sleep(random.Random(1).uniform(0, 2))
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_after_first_checkpoint(command(killed), killed, seed=1, cwd=ROOT)
     subprocess.run(
         command(killed, "--resume"), cwd=ROOT, check=True, capture_output=True, timeout=600
     )

@@ -1,0 +1,59 @@
+"""The training loop the search and the evaluation share: engine ticks with a progress bar
+that moves every update, metric records every ``log_every`` updates, and checkpoints every
+``checkpoint_every`` updates and at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import mlo
+from mlo.monitor import MetricsWriter
+
+from ..progress import TrainingProgress
+
+
+def train(
+    engine: mlo.Engine,
+    total: int,
+    *,
+    title: str,
+    out: Path,
+    images_per_tick: int,
+    log_every: int,
+    checkpoint_every: int,
+    progress: bool,
+    console: Console,
+    record: Callable[[], dict[str, Any]],
+    checkpoint_extra: Callable[[], dict[str, Any]] = dict,
+) -> float:
+    """Tick ``engine`` until ``total``; returns the seconds this process trained.
+
+    ``record()`` is called at every metric record (after ``engine.report()``, inside no
+    observer of its own: it must observe through ``engine.observing()``); its values join
+    the record and the progress display. ``checkpoint_extra()`` is saved with each
+    checkpoint (``OUT/checkpoint.pt``).
+    """
+    writer = MetricsWriter(out / "metrics.jsonl")
+    start, start_tick = time.perf_counter(), engine.tick
+    checkpoint = out / "checkpoint.pt"
+    try:
+        with TrainingProgress(total, title, progress, console, completed=engine.tick) as bar:
+            while engine.tick < total:
+                engine.step()
+                done = engine.tick
+                bar.advance(done, (done - start_tick) * images_per_tick)
+                if done % log_every == 0 or done == total:
+                    report = engine.report()
+                    fields = record()
+                    bar.record(**{f"{n} loss": v for n, v in report["loss"].items()}, **fields)
+                    writer.write({**report, **fields, "images_per_second": bar.images_per_second()})
+                if done % checkpoint_every == 0 or done == total:
+                    engine.save(checkpoint, extra=checkpoint_extra())
+    finally:
+        writer.close()
+    return time.perf_counter() - start

@@ -1,0 +1,173 @@
+"""Retraining a genotype from scratch: one level on the mlo engine.
+
+The evaluation network trains on the whole training set with SGD, momentum, weight decay,
+a cosine learning rate per epoch, gradient clipping, the auxiliary head and a drop-path
+probability that grows linearly over the epochs (DARTS' CIFAR recipe). Running it on the
+engine gives it what the search has: checkpoints that resume exactly at any update
+(mid-epoch included: data position, random generators, optimizer and schedule), finite
+checks, and the same loop, progress display and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+
+import mlo
+from mlo.monitor import MetricsWriter
+
+from .config import EvalRun
+from .data import loader
+from .evaluation import EvalNetwork, count_parameters
+from .genotype import genotype_from
+from .loop import train
+from .runner import prepare
+from .search import ImageLevel, cross_entropy, to_device
+
+
+class Retrain(ImageLevel):
+    """Cross-entropy of the evaluation network, plus the auxiliary head's, weighted.
+
+    The drop-path probability of an update is ``drop_path · epoch / epochs``, with
+    ``epoch`` the 0-based pass over the data that the update's batch belongs to.
+    """
+
+    auxiliary_weight: float = 0.4
+    drop_path: float = 0.2
+    epochs: int = 600
+
+    def training_step(self, batch):
+        x, y = self.images(batch)
+        self.module.drop_path_prob = self.drop_path * self.stream.epoch / self.epochs
+        with self.autocast():
+            logits, aux = self.module(x)
+        loss = cross_entropy(logits, y)
+        if aux is not None:
+            loss = loss + self.auxiliary_weight * cross_entropy(aux, y)
+        return loss
+
+
+def epoch_cosine(optimizer: torch.optim.Optimizer, epochs: int, per_epoch: int):
+    """Cosine annealing to zero over ``epochs``, constant within an epoch (stepped per
+    update): the learning rate of update ``k`` is ``lr · ½(1 + cos(π · ⌊k / per_epoch⌋ /
+    epochs))``, as ``CosineAnnealingLR(T_max=epochs)`` stepped at each epoch's end."""
+
+    def factor(update: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(update // per_epoch, epochs) / epochs))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EvalResult:
+    test_error: float
+    params_millions: float
+    seconds: float
+    epochs: float
+    steps: int
+
+
+def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResult:
+    """Train the genotype's evaluation network from scratch; report test error."""
+    console = console or Console(stderr=True)
+    config = config.effective()
+    genotype = genotype_from(config.genotype)
+    out, device, data = prepare(config, cutout=config.cutout)
+    pin = device.type == "cuda"
+    train_data = loader(
+        data.train,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        workers=config.workers,
+        pin_memory=pin,
+    )
+    model = EvalNetwork(
+        genotype,
+        data.num_classes,
+        config.layers,
+        config.init_channels,
+        auxiliary=config.auxiliary_weight > 0,
+        in_channels=data.channels,
+    ).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = count_parameters(model) / 1e6
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    per_epoch = len(train_data)
+    level = Retrain(
+        "network",
+        model,
+        optimizer,
+        data=train_data,
+        scheduler=epoch_cosine(optimizer, config.epochs, per_epoch),
+        config=mlo.ProblemConfig(grad_clip=config.grad_clip),
+    )
+    level.auxiliary_weight, level.drop_path, level.epochs = (
+        config.auxiliary_weight,
+        config.drop_path,
+        config.epochs,
+    )
+    level.amp_dtype = torch.bfloat16 if config.amp else None
+    level.channels_last = config.channels_last
+    total = config.epochs * per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    engine = mlo.Engine([level], config=mlo.EngineConfig(steps=total, progress=False))
+    checkpoint = out / "checkpoint.pt"
+    if config.resume:
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"--resume: {checkpoint} does not exist")
+        engine.load(checkpoint)
+        console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
+    seconds = train(
+        engine,
+        total,
+        title="evaluate",
+        out=out,
+        images_per_tick=config.batch_size,
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        progress=config.progress,
+        console=console,
+        record=lambda: {
+            "epoch": level.stream.epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+        },
+    )
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
+    error = test_error(model, data.test, config, device, amp) if len(data.test) else float("nan")
+    writer = MetricsWriter(out / "metrics.jsonl")
+    writer.write({"step": engine.tick, "test_error": error, "params_millions": params})
+    writer.close()
+    return EvalResult(error, params, seconds, engine.tick / per_epoch, engine.tick)
+
+
+def test_error(model: EvalNetwork, dataset, config: EvalRun, device: torch.device, amp) -> float:
+    """Top-1 error in eval mode (running BatchNorm statistics, no drop-path), observed
+    without side effects (:func:`mlo.observing`)."""
+    data = loader(
+        dataset,
+        config.batch_size,
+        shuffle=False,
+        seed=0,
+        workers=config.workers,
+        drop_last=False,
+        pin_memory=device.type == "cuda",
+    )
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    with mlo.observing([model]):
+        model.eval()
+        for batch in data:
+            x, y = to_device(batch, device)
+            with amp:
+                logits, _ = model(x)
+            correct += mlo.observe.correct(logits, y)
+            total += len(y)
+    return 1.0 - int(correct) / max(total, 1)
