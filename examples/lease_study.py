@@ -28,7 +28,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from problems.cli import ConfigError, build_config, fail, print_config
+from problems.cli import (
+    ConfigError,
+    add_threads_flag,
+    apply_threads,
+    build_config,
+    fail,
+    print_config,
+)
 from problems.lease import wire_search
 from problems.lease.study import METHODS, StudyRun, plot_study, study_table
 from problems.nas.data import NasDataError
@@ -55,6 +62,7 @@ def parse(argv: list[str] | None) -> StudyRun | None:
     add("--amp", action="store_const", const=True)
     add("--channels-last", action="store_const", const=True, dest="channels_last")
     add("--no-progress", action="store_const", const=False, dest="progress")
+    add_threads_flag(parser)
     for flag, key, kind in [
         ("--search-layers", "search.layers", int),
         ("--search-channels", "search.init_channels", int),
@@ -74,7 +82,9 @@ def parse(argv: list[str] | None) -> StudyRun | None:
     add("--audience", dest="search.audience", choices=["resnet18", "resnet_small", "resnet_tiny"])
     args = parser.parse_args(argv)
     flags = {
-        k: v for k, v in vars(args).items() if k not in ("config", "print_config") and v is not None
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("config", "print_config", "threads") and v is not None
     }
     if "methods" in flags:
         flags["methods"] = [m.strip() for m in flags["methods"].split(",") if m.strip()]
@@ -85,6 +95,7 @@ def parse(argv: list[str] | None) -> StudyRun | None:
     if args.print_config:
         print_config(config)
         return None
+    print(apply_threads(args.threads), file=sys.stderr)
     return config
 
 

@@ -153,6 +153,25 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-every", type=int, dest="checkpoint_every", help="updates between checkpoints"
     )
+    add_threads_flag(parser)
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: OMP_NUM_THREADS, else the cores this process may use)",
+    )
+
+
+def apply_threads(requested: int | None) -> str:
+    """Set torch's threads (``problems.threads``); a bad value exits 2 with a message."""
+    from .threads import configure_threads
+
+    try:
+        return configure_threads(requested)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def example_parser(description: str) -> argparse.ArgumentParser:
@@ -166,6 +185,7 @@ def example_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
+    add_threads_flag(parser)
     return parser
 
 
@@ -173,7 +193,9 @@ def parse_run(parser: argparse.ArgumentParser, model: type[M], argv: list[str] |
     """The validated configuration (file, then flags), or ``None`` after
     ``--print-config`` printed it; invalid input exits 2 with the message."""
     parsed = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(parsed).items() if k not in ("config", "print_config")}
+    flags = {
+        k: v for k, v in vars(parsed).items() if k not in ("config", "print_config", "threads")
+    }
     try:
         config = build_config(model, parsed.config, flags)
     except ConfigError as exc:
@@ -181,6 +203,7 @@ def parse_run(parser: argparse.ArgumentParser, model: type[M], argv: list[str] |
     if parsed.print_config:
         print_config(config)
         return None
+    print(apply_threads(parsed.threads), file=sys.stderr)
     return config
 
 

@@ -10,6 +10,14 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment for a test's child process: one torch thread, so that parallel
+    children never oversubscribe the machine."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def load_script(path: Path) -> ModuleType:
     """A fresh module executed from ``path``, registered under its stem (pydantic resolves
     a script's annotations through ``sys.modules``)."""
@@ -28,6 +36,7 @@ def kill_after_first_checkpoint(command: list[str], out: Path, seed: int, **pope
     import subprocess
     import time
 
+    popen.setdefault("env", subprocess_env())
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen
     )

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from ..cli import ConfigError, add_common_flags, build_config, fail, print_config
+from ..cli import ConfigError, add_common_flags, apply_threads, build_config, fail, print_config
 from .config import EvalRun, SearchRun
 from .data import NasDataError
 from .retrain import run_evaluation
@@ -76,7 +76,7 @@ def nas_main(
     flags = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("command", "config", "print_config") and v is not None
+        if k not in ("command", "config", "print_config", "threads") and v is not None
     }
     try:
         if args.command == "search":
@@ -90,6 +90,7 @@ def nas_main(
     if args.print_config:
         print_config(config)
         return 0
+    logging.getLogger("problems.nas").info(apply_threads(args.threads))
     try:
         if args.command == "search":
             title = title_of(config)

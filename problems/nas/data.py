@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..threads import one_thread_per_worker
+
 logger = logging.getLogger("problems.nas")
 
 DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
@@ -322,4 +324,5 @@ def loader(
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=workers > 0,
+        worker_init_fn=one_thread_per_worker if workers > 0 else None,
     )

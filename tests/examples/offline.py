@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..scripts import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,6 +25,7 @@ def assert_fails_offline_naming_data_dir(script: Path, missing: Path, *args: str
             "--no-progress",
         ],
         cwd=ROOT,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ..mlo.test_state_untouched import assert_identical
-from ..scripts import kill_after_first_checkpoint, load_script
+from ..scripts import kill_after_first_checkpoint, load_script, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "darts_cifar.py"
@@ -70,7 +70,7 @@ def test_evaluation_killed_with_sigkill_resumes_bit_identically(tmp_path):
     def command(out: Path, *extra: str) -> list[str]:
         return [sys.executable, str(SCRIPT), *ARGS, "--out", str(out), *extra]
 
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = subprocess_env()
     subprocess.run(command(tmp_path / "straight"), cwd=ROOT, check=True, timeout=600, env=env)
     killed = tmp_path / "killed"
     kill_after_first_checkpoint(command(killed), killed, seed=2, cwd=ROOT, env=env)

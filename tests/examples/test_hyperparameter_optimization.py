@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ..scripts import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,6 +32,7 @@ def test_example_runs_and_reports_both_methods(tmp_path):
             "--no-progress",
         ],
         cwd=ROOT,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -65,6 +68,7 @@ def test_config_file_unknown_key_is_refused_with_the_closest_valid_one(tmp_path)
     result = subprocess.run(
         [sys.executable, "examples/hyperparameter_optimization.py", "--config", str(config)],
         cwd=ROOT,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=120,

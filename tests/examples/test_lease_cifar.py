@@ -13,7 +13,7 @@ import torch
 from problems.nas import Genotype
 
 from ..mlo.test_state_untouched import assert_identical
-from ..scripts import kill_after_first_checkpoint, load_script
+from ..scripts import kill_after_first_checkpoint, load_script, subprocess_env
 from .offline import assert_fails_offline_naming_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,12 +143,22 @@ def test_search_killed_with_sigkill_resumes_to_the_same_architecture(tmp_path):
         ]
 
     subprocess.run(
-        command(tmp_path / "straight"), cwd=ROOT, check=True, capture_output=True, timeout=600
+        command(tmp_path / "straight"),
+        cwd=ROOT,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     killed = tmp_path / "killed"
     kill_after_first_checkpoint(command(killed), killed, seed=1, cwd=ROOT)
     subprocess.run(
-        command(killed, "--resume"), cwd=ROOT, check=True, capture_output=True, timeout=600
+        command(killed, "--resume"),
+        cwd=ROOT,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     straight, resumed = (
         torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["engine"]["problems"]

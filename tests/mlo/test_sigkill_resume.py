@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ..scripts import subprocess_env
 from .test_state_untouched import assert_identical
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,7 @@ def worker(checkpoints: Path, result: Path, *extra: str) -> subprocess.Popen:
             *extra,
         ],
         cwd=ROOT,
+        env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
