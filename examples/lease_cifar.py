@@ -56,12 +56,6 @@ def add_search_flags(search) -> None:
         "step, audience never trained, A gets only the DARTS gradient)",
     )
     search.add_argument(
-        "--small",
-        action="store_const",
-        const=True,
-        help="small budget for a first look on a CPU (see LeaseRun.small)",
-    )
-    search.add_argument(
         "--baseline",
         choices=["none", "darts"],
         help="darts: the same search without explain and audience",

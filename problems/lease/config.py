@@ -94,31 +94,25 @@ class LeaseRun(SearchRun):
     small: bool = Field(
         False,
         description="small budget for a first look on a CPU: 5 cells, 8 channels, batch 16, "
-        "the small audience, 3 PGD steps, and 10 architecture updates unless max_steps is set",
+        "the small audience, 3 PGD steps, 10 architecture updates (explicitly given values win)",
     )
 
     def weight_updates_per_step(self) -> int:
         return self.lease.explainer_unroll_steps
 
     def effective(self) -> LeaseRun:
-        """The configuration with the presets (``lease.author_setting``, ``small``) applied."""
-        if self.lease.author_setting:
-            self = self.model_copy(update={"lease": self.lease.author()})
-        if not self.small:
-            return self
-        lease = self.lease.model_copy(
-            update={
-                "audience": self.lease.audience.model_copy(update={"arch": "resnet_small"}),
-                "explanation": self.lease.explanation.model_copy(update={"steps": 3}),
-            }
-        )
-        return self.model_copy(
-            update={
-                "layers": 5,
-                "init_channels": 8,
-                "batch_size": 16,
-                "lease": lease,
-                "max_steps": self.max_steps or 10,
-                "small": False,
-            }
-        )
+        """The configuration with the presets (``lease.author_setting``, ``small``) applied;
+        explicitly given values win over the ``small`` preset."""
+        config = self
+        if config.lease.author_setting:
+            config = config.model_copy(update={"lease": config.lease.author()})
+        if not config.small:
+            return config
+        lease = config.lease
+        if "arch" not in lease.audience.model_fields_set:
+            audience = lease.audience.model_copy(update={"arch": "resnet_small"})
+            lease = lease.model_copy(update={"audience": audience})
+        if "steps" not in lease.explanation.model_fields_set and not lease.author_setting:
+            explanation = lease.explanation.model_copy(update={"steps": 3})
+            lease = lease.model_copy(update={"explanation": explanation})
+        return super(LeaseRun, config.model_copy(update={"lease": lease})).effective()

@@ -33,11 +33,15 @@ def train(
 ) -> float:
     """Tick ``engine`` until ``total``; returns the seconds this process trained.
 
+    Records are written every ``log_every`` updates, or more often in a short run, so
+    that any run gives about 20 records (α curves, metrics) or one per update.
+
     ``record()`` is called at every metric record (after ``engine.report()``, inside no
     observer of its own: it must observe through ``engine.observing()``); its values join
     the record and the progress display. ``checkpoint_extra()`` is saved with each
     checkpoint (``OUT/checkpoint.pt``).
     """
+    log_every = min(log_every, max(1, total // 20))
     writer = MetricsWriter(out / "metrics.jsonl")
     start, start_tick = time.perf_counter(), engine.tick
     checkpoint = out / "checkpoint.pt"

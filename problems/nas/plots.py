@@ -23,6 +23,16 @@ COLORS = {
     "dil_conv_5x5": "#9467bd",
     "none": "#bbbbbb",
 }
+STYLES = {
+    "max_pool_3x3": ":",
+    "avg_pool_3x3": ":",
+    "skip_connect": "-.",
+    "sep_conv_3x3": "-",
+    "sep_conv_5x5": "-",
+    "dil_conv_3x3": "--",
+    "dil_conv_5x5": "--",
+    "none": ":",
+}
 
 
 def _pyplot():
@@ -39,8 +49,8 @@ def _pyplot():
 def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title: str) -> None:
     """Inputs on the left, intermediate nodes left to right, the output on the right.
 
-    Call after the figure layout is fixed: label positions are computed in display
-    coordinates, where matplotlib bends the ``arc3`` edges.
+    Each edge's operation is told by its colour and line style, named in the cell's
+    legend, so that no label can cover a node or another label.
     """
     nodes = len(cell) // 2
     pos = {0: (0.0, 0.8), 1: (0.0, 0.2)}
@@ -52,7 +62,6 @@ def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title
     ax.set_title(title)
     ax.axis("off")
     names = {0: "c_{k-2}", 1: "c_{k-1}", **{2 + i: str(i) for i in range(nodes)}}
-    to_display, to_data = ax.transData.transform, ax.transData.inverted().transform
     for k, (op, src) in enumerate(cell):
         dst = 2 + k // 2
         rad = 0.2 if k % 2 else -0.2
@@ -63,23 +72,12 @@ def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title
             arrowprops=dict(
                 arrowstyle="-|>",
                 color=COLORS[op],
+                linestyle=STYLES[op],
                 lw=2,
                 shrinkA=14,
                 shrinkB=14,
                 connectionstyle=f"arc3,rad={rad}",
             ),
-        )
-        # the curve's midpoint: the chord's midpoint moved by rad/2 times the rotated chord
-        (x0, y0), (x1, y1) = to_display(pos[src]), to_display(pos[dst])
-        mid = ((x0 + x1) / 2 + rad / 2 * (y1 - y0), (y0 + y1) / 2 - rad / 2 * (x1 - x0))
-        ax.text(
-            *to_data(mid),
-            op,
-            fontsize=8,
-            ha="center",
-            va="center",
-            color=COLORS[op],
-            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9),
         )
     for node in concat:
         ax.annotate(
@@ -104,6 +102,16 @@ def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title
                 ec="black",
             ),
         )
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=COLORS[op], linestyle=STYLES[op], lw=2, label=op)
+        for op in PRIMITIVES
+        if any(op == used for used, _ in cell)
+    ]
+    ax.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=4, frameon=False
+    )
     ax.text(
         *out,
         "c_{k}",
@@ -115,10 +123,11 @@ def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title
 
 
 def plot_genotype(genotype: Genotype, path: str | Path, title: str = "") -> Path:
-    """Draw the normal and reduction cells (nodes and operation-labelled edges)."""
+    """Draw the normal and reduction cells: nodes, and edges whose colour and line style
+    give the operation (named in each cell's legend)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5))
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.02, wspace=0.08)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.16, wspace=0.08)
     _draw_cell(axes[0], genotype.normal, genotype.normal_concat, "normal cell")
     _draw_cell(axes[1], genotype.reduce, genotype.reduce_concat, "reduction cell")
     if title:
