@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -30,15 +31,19 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def _unknown_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[str]:
-    problems = []
+def _unknown_keys(
+    model: type[BaseModel], data: dict[str, Any], prefix: str = ""
+) -> tuple[list[str], dict[str, Any]]:
+    """The messages for keys ``model`` does not have (nested tables included), and
+    ``data`` without them."""
+    problems, known = [], {}
     fields = model.model_fields
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
             valid = ", ".join(fields)
-            problems.append(f"unknown key {prefix}{key!r}{hint} (valid keys: {valid})")
+            problems.append(f"unknown key {prefix}{key}{hint} (valid keys: {valid})")
             continue
         annotation = fields[key].annotation
         if (
@@ -46,8 +51,10 @@ def _unknown_keys(model: type[BaseModel], data: dict[str, Any], prefix: str = ""
             and isinstance(annotation, type)
             and issubclass(annotation, BaseModel)
         ):
-            problems.extend(_unknown_keys(annotation, value, f"{prefix}{key}."))
-    return problems
+            nested, value = _unknown_keys(annotation, value, f"{prefix}{key}.")
+            problems.extend(nested)
+        known[key] = value
+    return problems, known
 
 
 def build_config(
@@ -77,23 +84,63 @@ def build_config(
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = value
-    unknown = _unknown_keys(model, data)
-    if unknown:
-        raise ConfigError("; ".join(unknown))
+    # Every mistake at once: unknown keys, then the values of the known ones.
+    problems, known = _unknown_keys(model, data)
     try:
-        return model.model_validate(data)
+        config = model.model_validate(known)
     except ValidationError as exc:
-        lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+    if problems:
         source = f" in {file}" if file else ""
-        raise ConfigError(f"invalid configuration{source}: " + "; ".join(lines)) from None
+        raise ConfigError(f"invalid configuration{source}: " + "; ".join(problems))
+    return config
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """``data`` (a JSON-like dict) as TOML: plain keys first, then one table per nested
+    dict. TOML has no null: a ``None`` value is written as a comment (not set)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float):
+            if v != v:
+                return "nan"
+            return repr(v) if abs(v) != float("inf") else ("inf" if v > 0 else "-inf")
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v), ensure_ascii=False)
+
+    def table(d: dict[str, Any], name: str) -> list[str]:
+        lines = [f"[{name}]"] if name else []
+        for k, v in d.items():
+            if v is None:
+                lines.append(f"# {k} = (not set)")
+            elif not isinstance(v, dict):
+                lines.append(f"{k} = {value(v)}")
+        for k, v in d.items():
+            if isinstance(v, dict):
+                lines += ["", *table(v, f"{name}.{k}" if name else k)]
+        return lines
+
+    return "\n".join(table(data, "")) + "\n"
 
 
 def print_config(config: BaseModel) -> None:
-    """The effective configuration, as TOML-like JSON values (reproduces the run)."""
-    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    """The effective configuration as TOML that ``--config`` reads back unchanged.
+
+    Piped into a program that stops reading (``| head``), it ends quietly."""
+    try:
+        sys.stdout.write(to_toml(config.model_dump(mode="json")))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

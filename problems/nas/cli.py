@@ -36,7 +36,15 @@ def nas_main(
     ``translate`` maps the parsed search flags onto config keys (for flags that set
     several fields); ``title_of(config)`` names the method in the outputs.
     """
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Without a command, search runs. `search --help` and `evaluate --help` list\n"
+        "every flag; the common ones: --dataset {cifar10,cifar100,imagefolder,digits,\n"
+        "synthetic}, --data-dir, --out, --epochs, --batch-size, --layers, --init-channels,\n"
+        "--device, --workers, --threads, --resume, --config FILE.toml, --print-config;\n"
+        "search: --small, --max-steps; evaluate: --genotype, --short.",
+    )
     commands = parser.add_subparsers(dest="command")
     search = commands.add_parser("search", help="search a cell (default)")
     add_common_flags(search)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from problems.cli import tomllib
 from problems.nas import Genotype
 
 from ..scripts import load_script
@@ -116,7 +117,7 @@ def test_flags_override_the_config_file_and_print_config(tmp_path, capsys):
         example().main(["search", "--config", str(config), "--batch-size", "4", "--print-config"])
         == 0
     )
-    printed = json.loads(capsys.readouterr().out)
+    printed = tomllib.loads(capsys.readouterr().out)
     assert printed["batch_size"] == 4 and printed["dataset"] == "synthetic"
     assert printed["hyper"]["arch_lr"] == 0.1 and printed["out"] == "runs/darts"
 

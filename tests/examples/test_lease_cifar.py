@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from problems.cli import tomllib
 from problems.nas import Genotype
 
 from ..mlo.test_state_untouched import assert_identical
@@ -110,7 +111,7 @@ def test_lease_flags_reach_the_config(capsys):
         )
         == 0
     )
-    config = json.loads(capsys.readouterr().out)
+    config = tomllib.loads(capsys.readouterr().out)
     lease = config["lease"]
     assert lease["lam"] == 0.5 and lease["gamma"] == 2.0
     assert lease["explanation"] == {
