@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from .cifar_fixture import write_cifar10, write_cifar100
 
@@ -26,3 +31,10 @@ def cifar10_dir(tmp_path, skip_cifar_checksums):
 @pytest.fixture
 def cifar100_dir(tmp_path, skip_cifar_checksums):
     return write_cifar100(tmp_path / "data100")
+
+
+# Hypothesis keeps no example database and its caches outside the checkout: the tests
+# leave nothing behind.
+settings.register_profile("mlo", database=None)
+settings.load_profile("mlo")
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "mlo-tests-hypothesis")

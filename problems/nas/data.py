@@ -16,6 +16,7 @@ Search uses the training set only, split 50/50 into search-train and search-vali
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,9 +188,11 @@ def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
             cls(str(root), train=False, transform=test_tf, download=dl),
         )
 
+    created = [p for p in (root, folder) if not p.exists()]
     try:
         train, test = build(False)
     except RuntimeError:
+        _remove_if_empty(created)
         if folder.exists():
             raise NasDataError(
                 f"{name}: {folder} exists but its files are missing or corrupt (checksum "
@@ -205,6 +208,7 @@ def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
         try:
             train, test = build(True)
         except Exception as exc:  # network errors come in many types
+            _remove_if_empty(created)
             raise NasDataError(
                 f"{name} was not found in {root} and could not be downloaded "
                 f"({type(exc).__name__}: {exc}). Pass --data-dir pointing to a folder that "
@@ -218,6 +222,13 @@ def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
             f"Delete {folder} and download again, or pass --data-dir to an intact copy."
         ) from None
     return ImageData(train, test, len(train.classes), name, std=STATS[name][1])
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed load created, innermost first, if they are empty."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _imagefolder(root: Path, cutout: int, image_size: int) -> ImageData:

@@ -57,9 +57,9 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare(config: SearchRun | EvalRun, cutout: int = 0) -> tuple[Path, torch.device, ImageData]:
-    """Create the output folder, seed every generator, pick the device, load the data."""
+    """Seed every generator, pick the device, load the data. The output folder is
+    created by the first file written into it, so a run that fails first leaves none."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data = load_images(

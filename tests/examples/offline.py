@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def assert_fails_offline_naming_data_dir(script: Path, missing: Path, *args: str) -> None:
-    """No data and no download: exit code 2, a message naming --data-dir, no traceback."""
+    """No data and no download: exit code 2, a message naming --data-dir, no traceback,
+    and no folder left behind (neither the data folder nor the output folder)."""
+    out = missing.parent / "out"
     result = subprocess.run(
         [
             sys.executable,
@@ -23,6 +25,8 @@ def assert_fails_offline_naming_data_dir(script: Path, missing: Path, *args: str
             "--max-steps",
             "1",
             "--no-progress",
+            "--out",
+            str(out),
         ],
         cwd=ROOT,
         env=subprocess_env(),
@@ -35,3 +39,4 @@ def assert_fails_offline_naming_data_dir(script: Path, missing: Path, *args: str
     assert "--data-dir" in result.stderr
     assert "--dataset digits" in result.stderr  # the offline way to real images
     assert "Traceback" not in result.stderr
+    assert not missing.exists() and not out.exists()
