@@ -30,7 +30,13 @@ from rich.console import Console
 from torch import nn
 
 import mlo
-from problems.cli import SolverName, example_engine, example_parser, parse_run
+from problems.cli import (
+    SolverName,
+    example_engine,
+    example_parser,
+    parse_run,
+    trained_level_solvers,
+)
 from problems.hpo import build, load_digits_splits
 from problems.report import comparison_table
 
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         dest="inner_steps",
         help="classifier updates per penalty update (20)",
     )
-    parser.add_argument("--solver", choices=mlo.solvers.available())
+    parser.add_argument("--solver", choices=trained_level_solvers())
     parser.add_argument("--inner-lr", type=float, dest="inner_lr")
     parser.add_argument("--outer-lr", type=float, dest="outer_lr")
     args = parse_run(parser, HpoRun, argv)

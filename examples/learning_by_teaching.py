@@ -27,7 +27,13 @@ from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
-from problems.cli import SolverName, example_engine, example_parser, parse_run
+from problems.cli import (
+    SolverName,
+    example_engine,
+    example_parser,
+    parse_run,
+    trained_level_solvers,
+)
 from problems.digits import accuracy, load_digits_splits
 from problems.report import comparison_table
 from problems.teaching import Gates, build, mlp
@@ -112,7 +118,7 @@ def teacher_alone(config: TeachingRun, seed: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = example_parser(__doc__.split("\n")[0])
     parser.add_argument("--lam", type=float)
-    parser.add_argument("--solver", choices=mlo.solvers.available())
+    parser.add_argument("--solver", choices=trained_level_solvers())
     config = parse_run(parser, TeachingRun, argv)
     if config is None:
         return

@@ -43,6 +43,13 @@ class MamlRun(BaseModel):
     imaml_inner_steps: int = Field(10, ge=1)
     imaml_inner_lr: float = Field(0.02, gt=0)
     imaml_proximal: float = Field(1.0, gt=0, description="λ of iMAML's proximal term")
+    imaml_cg_iterations: int = Field(5, ge=1, description="CG iterations of iMAML's solver")
+    imaml_cg_ridge: float = Field(
+        1.0,
+        ge=0,
+        description="ρ added to the inner Hessian in CG: the task losses of a ReLU network are "
+        "not convex, and without it CG meets negative curvature",
+    )
     eval_steps: int = Field(10, ge=0, description="fine-tuning steps on a test task")
     seeds: int = Field(3, ge=1)
     out: Path = Path("runs/maml")
@@ -60,6 +67,8 @@ def meta_learn(config: MamlRun, method: str, shots: int, seed: int) -> tuple[lis
         meta_lr=config.meta_lr,
         seed=seed,
         proximal=config.imaml_proximal,
+        cg_iterations=config.imaml_cg_iterations,
+        cg_ridge=config.imaml_cg_ridge,
     )
     engine = example_engine(problems, deps, config, f"{method}_{shots}shot_seed{seed}.jsonl")
     start = time.perf_counter()
@@ -86,6 +95,8 @@ def pretrain(config: MamlRun, shots: int, seed: int) -> tuple[list, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = example_parser(__doc__.split("\n")[0])
+    parser.add_argument("--imaml-cg-iterations", type=int, dest="imaml_cg_iterations")
+    parser.add_argument("--imaml-cg-ridge", type=float, dest="imaml_cg_ridge")
     config = parse_run(parser, MamlRun, argv)
     if config is None:
         return

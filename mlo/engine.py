@@ -124,10 +124,10 @@ class Engine:
                         f"problem {name!r}: batch_from={source!r}, which itself reads its "
                         "batches from another problem; point at the problem that owns the data"
                     )
-            if p.config.solver.name == "explicit" and not p.explicit:
+            if p.config.solver.needs_best_response and not p.explicit:
                 raise ValueError(
-                    f"problem {name!r} uses the 'explicit' solver but {type(p).__name__} does "
-                    "not implement best_response(batch)"
+                    f"problem {name!r} uses the {p.config.solver.name!r} solver but "
+                    f"{type(p).__name__} does not implement best_response(batch)"
                 )
             if p.optimizer is None and p.config.solver.needs_trajectory:
                 raise ValueError(

@@ -254,15 +254,30 @@ def parse_run(parser: argparse.ArgumentParser, model: type[M], argv: list[str] |
     return config
 
 
+def trained_level_solvers() -> list[str]:
+    """The registered solvers that apply to a level trained by its optimizer (all but
+    those that need an explicit ``best_response``, such as ``explicit``)."""
+    import mlo
+
+    return [n for n in mlo.solvers.available() if not mlo.solvers.resolve(n).needs_best_response]
+
+
 def _registered_solver(name: str) -> str:
     import mlo
 
-    mlo.solvers.resolve(name)  # raises with the list of valid names
+    solver = mlo.solvers.resolve(name)  # raises with the list of valid names
+    if solver.needs_best_response:
+        raise ValueError(
+            f"solver {name!r} needs a level with an explicit best_response, and this "
+            f"example's levels are trained by their optimizers; use one of "
+            f"{', '.join(trained_level_solvers())}"
+        )
     return name
 
 
 SolverName = Annotated[str, AfterValidator(_registered_solver)]
-"""A config field holding the name of a registered solver."""
+"""A config field holding the name of a registered solver that applies to a level trained
+by its optimizer."""
 
 
 def example_engine(problems, dependencies, config: Any, metrics_file: str, log_every: int = 50):

@@ -74,6 +74,7 @@ class Solver(BaseModel, ABC):
     name: ClassVar[str] = ""
     needs_trajectory: ClassVar[bool] = False
     zero_jacobian: ClassVar[bool] = False  # True: vjp is always zero (nothing propagates)
+    needs_best_response: ClassVar[bool] = False  # True: only for levels with best_response
 
     @abstractmethod
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:

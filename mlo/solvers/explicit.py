@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -17,6 +18,8 @@ class Explicit(Solver):
     the parents' current parameters and ``J_{D,U}ᵀ v = (∂g/∂θ_U)ᵀ v`` comes from one
     backward pass. Exact, with no stationarity assumption.
     """
+
+    needs_best_response: ClassVar[bool] = True
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         if level.response is None:

@@ -92,6 +92,7 @@ def build(
     proximal: float = 1.0,
     queries: int = 10,
     cg_iterations: int = 5,
+    cg_ridge: float = 0.0,
 ) -> tuple[list[mlo.Problem], dict[str, list[str]]]:
     """``method``: ``maml`` (unroll through the inner steps) or ``imaml`` (proximal inner
     objective, conjugate-gradient implicit hypergradient)."""
@@ -101,7 +102,9 @@ def build(
     theta = SineMLP()
     offsets = TaskOffsets(theta, meta_batch)
     tasks = SinusoidTasks(meta_batch, shots, queries, repeat=inner_steps, seed=seed)
-    solver = "unroll" if method == "maml" else mlo.solvers.CG(iterations=cg_iterations)
+    solver = (
+        "unroll" if method == "maml" else mlo.solvers.CG(iterations=cg_iterations, ridge=cg_ridge)
+    )
     adapt = Adapt(
         "adapt",
         offsets,
