@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
 from problems.cli import (
+    ResumableRun,
     SolverName,
     example_engine,
     example_parser,
@@ -39,7 +40,7 @@ from problems.reweighting import build, symmetric_noise
 from problems.reweighting.levels import classifier_net
 
 
-class ReweightingRun(BaseModel):
+class ReweightingRun(ResumableRun):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(1500, ge=1, description="classifier updates (one meta update each)")

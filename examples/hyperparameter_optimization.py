@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
 import mlo
 from problems.cli import (
+    ResumableRun,
     SolverName,
     example_engine,
     example_parser,
@@ -113,7 +114,7 @@ def grid_run(args, seed: int, budget_seconds: float) -> dict[str, float]:
     }
 
 
-class HpoRun(BaseModel):
+class HpoRun(ResumableRun):
     """The example's settings (``--config FILE.toml``; flags override the file)."""
 
     model_config = ConfigDict(extra="forbid")

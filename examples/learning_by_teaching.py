@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
 from problems.cli import (
+    ResumableRun,
     SolverName,
     example_engine,
     example_parser,
@@ -39,7 +40,7 @@ from problems.report import comparison_table
 from problems.teaching import Gates, build, mlp
 
 
-class TeachingRun(BaseModel):
+class TeachingRun(ResumableRun):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(600, ge=1, description="ticks (one update of each level)")
@@ -61,19 +62,19 @@ def splits(config: TeachingRun, seed: int):
         n_train=config.labelled + config.unlabelled, n_val=config.validation, seed=seed
     )
     x, y = data.train
-    gen = torch.Generator().manual_seed(seed)
 
-    def loader(*tensors):
+    def loader(stream: int, *tensors):
+        # One generator per loader: a checkpoint restores each stream's shuffling on its own.
         return DataLoader(
             TensorDataset(*tensors),
             batch_size=config.batch_size,
             shuffle=True,
             drop_last=True,
-            generator=gen,
+            generator=torch.Generator().manual_seed(2 * seed + stream),
         )
 
-    labelled = loader(x[: config.labelled], y[: config.labelled])
-    unlabelled = loader(x[config.labelled :])
+    labelled = loader(0, x[: config.labelled], y[: config.labelled])
+    unlabelled = loader(1, x[config.labelled :])
     return data, labelled, unlabelled, [data.val]
 
 

@@ -23,21 +23,21 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from rich.console import Console
 
-from problems.cli import example_engine, example_parser, parse_run
+from problems.cli import ResumableRun, example_engine, example_parser, parse_run
 from problems.meta import SineMLP, adapt_and_score, build, functional_mlp, sample_tasks
 from problems.meta.levels import task_mse
 from problems.report import comparison_table
 
 
-class MamlRun(BaseModel):
+class MamlRun(ResumableRun):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(1000, ge=1, description="meta updates")
     meta_batch: int = Field(25, ge=1)
-    shots: list[int] = [5, 10]
+    shots: list[int] = Field(default_factory=lambda: [5, 10])
     meta_lr: float = Field(1e-3, gt=0)
     maml_inner_lr: float = Field(0.01, gt=0)
     imaml_inner_steps: int = Field(10, ge=1)

@@ -73,6 +73,7 @@ class Engine:
                 )
             p._peers = {n: q for n, q in self.problems.items() if n != p.name}
         self._validate_levels()
+        _warn_on_shared_generators(self.problems)
         self.schedule = Schedule(
             self.graph,
             {n: p.config.unroll_steps for n, p in self.problems.items()},
@@ -547,6 +548,25 @@ def _describe_batch(batch: Any) -> str:
     if isinstance(batch, dict):
         return "{" + ", ".join(f"{k}: {_describe_batch(v)}" for k, v in batch.items()) + "}"
     return type(batch).__name__
+
+
+def _warn_on_shared_generators(problems: Mapping[str, Problem]) -> None:
+    """Two problems whose loaders shuffle with one ``torch.Generator`` cannot be resumed
+    exactly (restoring one stream's shuffling moves the other's): say so once."""
+    owners: dict[int, str] = {}
+    for name, problem in problems.items():
+        generator = getattr(problem.stream.data, "generator", None)
+        if not isinstance(generator, torch.Generator):
+            continue
+        other = owners.setdefault(id(generator), name)
+        if other != name:
+            logger.warning(
+                "problems %r and %r shuffle their data with the same torch.Generator; a "
+                "resumed run will not draw the same batches. Give each DataLoader its own "
+                "generator (torch.Generator().manual_seed(...)).",
+                other,
+                name,
+            )
 
 
 def _by_name(dependencies: Mapping[Any, Any]) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 try:
     import tomllib
@@ -232,6 +232,15 @@ def example_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
+    parser.add_argument(
+        "--resume",
+        action="store_const",
+        const=True,
+        help="continue each run from its latest checkpoint in OUT/checkpoints",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, dest="checkpoint_every", help="ticks between checkpoints"
+    )
     add_threads_flag(parser)
     return parser
 
@@ -280,12 +289,36 @@ SolverName = Annotated[str, AfterValidator(_registered_solver)]
 by its optimizer."""
 
 
+class ResumableRun(BaseModel):
+    """What every small example's configuration shares: checkpoints and resuming."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resume: bool = Field(
+        False, description="continue each run from its latest checkpoint in OUT/checkpoints"
+    )
+    checkpoint_every: int = Field(50, ge=1, description="engine ticks between checkpoints")
+
+
 def example_engine(problems, dependencies, config: Any, metrics_file: str, log_every: int = 50):
-    """The engine an example runs: ``config.steps`` ticks, ``config.progress``, and a
-    metrics file ``metrics_file`` in ``config.out`` written every ``log_every`` ticks."""
+    """The engine one run of an example trains: ``config.steps`` ticks, ``config.progress``,
+    a metrics file ``metrics_file`` in ``config.out`` written every ``log_every`` ticks, and
+    checkpoints every ``config.checkpoint_every`` ticks (and at the end) in
+    ``config.out/checkpoints/<run>``, ``<run>`` being ``metrics_file``'s stem.
+
+    With ``config.resume`` the engine is returned loaded from that run's latest
+    checkpoint, so that ``engine.run()`` continues exactly where it stopped (a finished run
+    trains no further). Without it, the run's old checkpoints are removed.
+    """
     import mlo
 
-    return mlo.Engine(
+    folder = Path(config.out) / "checkpoints" / Path(metrics_file).stem
+    saved = sorted(folder.glob("step_*.pt"))
+    if not config.resume:
+        for old in saved:
+            old.unlink()
+        saved = []
+    engine = mlo.Engine(
         problems,
         dependencies,
         mlo.EngineConfig(
@@ -293,5 +326,11 @@ def example_engine(problems, dependencies, config: Any, metrics_file: str, log_e
             progress=config.progress,
             log_every=log_every,
             metrics_path=Path(config.out) / metrics_file,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_dir=folder,
+            keep_last=2,
         ),
     )
+    if saved:
+        engine.load(saved[-1])
+    return engine

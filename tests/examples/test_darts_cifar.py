@@ -107,7 +107,7 @@ def test_config_file_with_unknown_key_names_the_closest_one(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         example().main(["search", "--config", str(config)])
     assert info.value.code == 2
-    assert "unknown key 'batch_sise'; did you mean 'batch_size'?" in capsys.readouterr().err
+    assert "unknown key batch_sise; did you mean batch_size?" in capsys.readouterr().err
 
 
 def test_flags_override_the_config_file_and_print_config(tmp_path, capsys):

@@ -75,4 +75,4 @@ def test_config_file_unknown_key_is_refused_with_the_closest_valid_one(tmp_path)
         check=False,
     )
     assert result.returncode == 2
-    assert "unknown key 'inner_step'; did you mean 'inner_steps'?" in result.stderr
+    assert "unknown key inner_step; did you mean inner_steps?" in result.stderr

@@ -234,3 +234,24 @@ def test_batch_that_does_not_fit_the_model_fails_before_training():
     ):
         e.run()
     assert torch.equal(before, net.weight) and e.tick == 0 and p.stream.position == 0
+
+
+def test_loaders_sharing_a_generator_are_named_in_a_warning(caplog):
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 2))
+
+    def loader():
+        return torch.utils.data.DataLoader(data, batch_size=2, shuffle=True, generator=generator)
+
+    class Level(mlo.Problem):
+        def training_step(self, batch):
+            return self.module.weight.sum()
+
+    a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    problems = [
+        Level("upper", a, torch.optim.SGD(a.parameters(), lr=0.1), data=loader()),
+        Level("lower", b, torch.optim.SGD(b.parameters(), lr=0.1), data=loader()),
+    ]
+    with caplog.at_level("WARNING", logger="mlo"):
+        mlo.Engine(problems, {"upper": ["lower"]})
+    assert "'upper' and 'lower' shuffle their data with the same torch.Generator" in caplog.text
