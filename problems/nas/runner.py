@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,15 +248,21 @@ def run_search(
     plot_genotype(genotype, files["cells"], title=f"{title}: derived cells")
     plot_alpha_evolution(history["steps"], history["normal"], history["reduce"], files["alphas"])
     val_batches = max(1, min(20, per_epoch))
-    val_accuracy = supernet_accuracy(
-        engine.problems[top],
-        supernet,
-        arch,
-        val_half,
-        device,
-        batches=val_batches,
-        batch_size=config.batch_size,
+    status = (
+        console.status(f"supernet accuracy on {val_batches} search-val batches")
+        if config.progress
+        else nullcontext()
     )
+    with status:
+        val_accuracy = supernet_accuracy(
+            engine.problems[top],
+            supernet,
+            arch,
+            val_half,
+            device,
+            batches=val_batches,
+            batch_size=config.batch_size,
+        )
     ips = (engine.tick - start_tick) * config.batch_size * inner / max(seconds, 1e-9)
     return SearchResult(
         genotype,
