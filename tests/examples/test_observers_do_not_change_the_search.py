@@ -1,7 +1,8 @@
 """Watching a search does not change it: how often a search logs, and where it is stopped
 and resumed, leave the trained state bit-identical (LeaSE and DARTS examples).
 
-Every run ends at the same step; the engine's whole checkpoint state (parameters,
+The log frequencies and the stop step are drawn at random (seeded); stopping and resuming
+the DARTS example is checked here too. Every run ends at the same step; the engine's whole checkpoint state (parameters,
 BatchNorm statistics, optimizer and scheduler states, data positions, random generators)
 is compared with a run that never logs (``--log-every`` larger than the run).
 """
@@ -78,7 +79,7 @@ def unlogged(tmp_path_factory) -> dict[str, dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("example", list(EXAMPLES))
-@pytest.mark.parametrize("case", draw_cases(18, 2))
+@pytest.mark.parametrize("case", draw_cases(18, 1))
 def test_logging_and_resuming_train_the_same_model_as_no_logging(example, case, unlogged, tmp_path):
     log_straight, stop, log_before, log_after = case
     straight = run(
