@@ -1,10 +1,11 @@
 """Watching a search does not change it: how often a search logs, and where it is stopped
 and resumed, leave the trained state bit-identical (LeaSE and DARTS examples).
 
-The log frequencies and the stop step are drawn at random (seeded); stopping and resuming
-the DARTS example is checked here too. Every run ends at the same step; the engine's whole checkpoint state (parameters,
-BatchNorm statistics, optimizer and scheduler states, data positions, random generators)
-is compared with a run that never logs (``--log-every`` larger than the run).
+The log frequencies and the stop step are drawn at random (seeded); stopping and
+resuming the DARTS example is checked here too. Every run ends at the same step; the
+engine's whole checkpoint state (parameters, BatchNorm statistics, optimizer and scheduler
+states, data positions, random generators) is compared with a run that never logs
+(``--log-every`` larger than the run).
 """
 
 from __future__ import annotations
