@@ -44,7 +44,7 @@ class StudySearch(BaseModel):
     pgd_steps: int = Field(7, ge=1)
     audience: AudienceArch = "resnet18"
     arch_lr: float = Field(3e-4, gt=0, description="architecture Adam learning rate")
-    log_every: int = Field(10, ge=1)
+    log_every: int | None = Field(None, ge=1, description="default: about 20 records a run")
 
 
 class StudyEvaluate(BaseModel):

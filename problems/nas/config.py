@@ -40,7 +40,12 @@ class RunBase(BaseModel):
         "16); CIFAR images are 32",
     )
     synthetic_size: int = Field(2048, ge=16, description="examples in the synthetic set")
-    log_every: int = Field(10, ge=1, description="updates between metric records")
+    log_every: int | None = Field(
+        None,
+        ge=1,
+        description="updates between metric records and α records; default: 10, or more "
+        "often in a short run so that it gives about 20 records (or one per update)",
+    )
     checkpoint_every: int = Field(200, ge=1, description="updates between checkpoints")
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ def train(
     title: str,
     out: Path,
     images_per_tick: int,
-    log_every: int,
+    log_every: int | None,
     checkpoint_every: int,
     progress: bool,
     console: Console,
@@ -33,15 +33,17 @@ def train(
 ) -> float:
     """Tick ``engine`` until ``total``; returns the seconds this process trained.
 
-    Records are written every ``log_every`` updates, or more often in a short run, so
-    that any run gives about 20 records (α curves, metrics) or one per update.
+    Records are written every ``log_every`` updates; by default (``None``) every 10, or
+    more often in a short run so that any run gives about 20 records (α curves, metrics)
+    or one per update.
 
     ``record()`` is called at every metric record (after ``engine.report()``, inside no
     observer of its own: it must observe through ``engine.observing()``); its values join
     the record and the progress display. ``checkpoint_extra()`` is saved with each
     checkpoint (``OUT/checkpoint.pt``).
     """
-    log_every = min(log_every, max(1, total // 20))
+    if log_every is None:
+        log_every = min(10, max(1, total // 20))
     writer = MetricsWriter(out / "metrics.jsonl")
     start, start_tick = time.perf_counter(), engine.tick
     checkpoint = out / "checkpoint.pt"

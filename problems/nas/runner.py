@@ -188,7 +188,9 @@ def run_search(
         p.amp_dtype = torch.bfloat16 if config.amp else None
         p.channels_last = config.channels_last
     engine = mlo.Engine(
-        problems, deps, mlo.EngineConfig(steps=total, progress=False, log_every=config.log_every)
+        problems,
+        deps,
+        mlo.EngineConfig(steps=total, progress=False, log_every=config.log_every or 10),
     )
     top = "architecture" if "architecture" in engine.problems else engine.graph.roots[0]
     history: dict[str, list] = {"steps": [], "normal": [], "reduce": []}

@@ -36,7 +36,7 @@ def test_bar_advances_every_update_and_records_stay_sparse(tmp_path, monkeypatch
         title="search",
         out=tmp_path,
         images_per_tick=8,
-        log_every=10,
+        log_every=None,
         checkpoint_every=1000,
         progress=True,
         console=console,
@@ -50,3 +50,21 @@ def test_bar_advances_every_update_and_records_stay_sparse(tmp_path, monkeypatch
     last_bar = [line for line in screen.splitlines() if "60/60" in line][-1]
     assert "search" in last_bar and "eta" in last_bar and "img/s" in last_bar
     assert "accuracy 0.5" in screen  # the fields, on a line of their own
+
+
+def test_an_explicit_log_every_wins(tmp_path):
+    engine = mlo.Engine([problem("only")], config=mlo.EngineConfig(progress=False))
+    train(
+        engine,
+        60,
+        title="search",
+        out=tmp_path,
+        images_per_tick=8,
+        log_every=25,
+        checkpoint_every=1000,
+        progress=False,
+        console=Console(file=open(tmp_path / "screen.txt", "w")),  # noqa: SIM115
+        record=dict,
+    )
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [25, 50, 60]
