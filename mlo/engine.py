@@ -103,6 +103,7 @@ class Engine:
         self.skipped: dict[str, int] = dict.fromkeys(self.problems, 0)
         self._consecutive_skips: dict[str, int] = dict.fromkeys(self.problems, 0)
         self._preflight_done = False
+        self._written: list[Path] = []
         if resume is not None:
             self.load(resume)
 
@@ -421,12 +422,40 @@ class Engine:
             monitor.close({"updates": ", ".join(f"{n} {c}" for n, c in self.updates.items())})
 
     def _checkpoint(self) -> Path:
+        """Write ``step_<tick>.pt`` and remove this engine's oldest beyond ``keep_last``.
+
+        Only files this engine wrote are rotated, in the order written: another run's
+        checkpoints in the same folder are never deleted, whatever their names.
+        """
         folder = Path(self.config.checkpoint_dir)
         path = self.save(folder / f"step_{self.tick:08d}.pt")
-        kept = sorted(folder.glob("step_*.pt"))
-        for old in kept[: -self.config.keep_last]:
+        self._written = [p for p in self._written if p != path] + [path]
+        for old in self._written[: -self.config.keep_last]:
             old.unlink(missing_ok=True)
+        self._written = self._written[-self.config.keep_last :]
         return path
+
+    def _assert_finite_state(self) -> None:
+        """Raise unless every pending check passes and every parameter and floating
+        buffer is finite (one device synchronisation): what a checkpoint may hold."""
+        self._check_finite()
+        tensors = [
+            (name, key, t)
+            for name, p in self.problems.items()
+            for key, t in p.module.state_dict().items()
+            if t.is_floating_point() or t.is_complex()
+        ]
+        if not tensors:
+            return
+        flags = torch.stack([torch.isfinite(t).all().to("cpu") for *_, t in tensors])
+        if bool(flags.all()):
+            return
+        name, key, _ = tensors[int((~flags).nonzero()[0])]
+        raise NonFiniteError(
+            f"problem {name!r}: {key} is not finite at step {self.tick}; no checkpoint was "
+            "written, so the last one on disk is still finite. Check the level's training_step "
+            "and learning rate, or set ProblemConfig.grad_clip."
+        )
 
     def preflight(self) -> None:
         """Evaluate every level's objective once on its current (or first) batch, changing
@@ -518,7 +547,12 @@ class Engine:
         restore_engine_state(self, state)
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write :meth:`state_dict` (plus ``extra``) atomically to ``path``."""
+        """Write :meth:`state_dict` (plus ``extra``) atomically to ``path``.
+
+        The state is checked first: a pending non-finite loss or gradient, or a parameter
+        or buffer that is not finite, raises :class:`NonFiniteError` and nothing is
+        written, so a checkpoint never holds a poisoned state."""
+        self._assert_finite_state()
         return save_atomic({"engine": self.state_dict(), "extra": extra or {}}, path)
 
     def load(self, path: str | Path) -> dict[str, Any]:

@@ -123,3 +123,59 @@ def test_checkpoint_every_needs_a_folder():
 
     with pytest.raises(pydantic.ValidationError, match="checkpoint_dir"):
         mlo.EngineConfig(checkpoint_every=5)
+
+
+class Poisoned(mlo.Problem):
+    """½(x − 1)², whose loss turns NaN at its ``poison_at``-th evaluation (run()'s
+    preflight is the first, so with 6 the update of tick 5 is poisoned)."""
+
+    poison_at = 6
+
+    def training_step(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        loss = 0.5 * ((self.module.x - 1.0) ** 2).sum()
+        return loss * float("nan") if self.calls == self.poison_at else loss
+
+
+def poisoned_engine(folder, **config):
+    from .helpers import Scalar
+
+    module = Scalar(0.0)
+    level = Poisoned("p", module, torch.optim.SGD(module.parameters(), lr=0.1))
+    config = mlo.EngineConfig(
+        progress=False, checkpoint_every=1, checkpoint_dir=folder, keep_last=2, **config
+    )
+    return mlo.Engine([level], config=config)
+
+
+def test_a_nan_never_reaches_a_checkpoint_and_the_finite_ones_survive(tmp_path):
+    # Finite checks every 4 ticks, as on a GPU: the NaN of tick 5 would only be found at
+    # tick 8; the check before each checkpoint finds it at 5, and 3 and 4 stay, finite.
+    engine = poisoned_engine(tmp_path, steps=10, check_finite_every=4)
+    with pytest.raises(mlo.NonFiniteError, match="'p'"):
+        engine.run()
+    kept = sorted(p.name for p in tmp_path.glob("step_*.pt"))
+    assert kept == ["step_00000003.pt", "step_00000004.pt"]
+    for path in tmp_path.glob("step_*.pt"):
+        state = torch.load(path, weights_only=True)["engine"]["problems"]["p"]["module"]
+        assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_save_refuses_a_non_finite_parameter(tmp_path):
+    engine = poisoned_engine(tmp_path, steps=1)
+    with torch.no_grad():
+        engine.problems["p"].module.x.fill_(float("inf"))
+    with pytest.raises(mlo.NonFiniteError, match="x is not finite"):
+        engine.save(tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_rotation_never_deletes_another_runs_checkpoints(tmp_path):
+    older = tmp_path / "step_00000500.pt"
+    older.write_bytes(b"an older run's checkpoint")
+    engine = poisoned_engine(tmp_path, steps=4)
+    engine.problems["p"].poison_at = -1
+    engine.run()
+    names = sorted(p.name for p in tmp_path.glob("step_*.pt"))
+    assert names == ["step_00000003.pt", "step_00000004.pt", "step_00000500.pt"]
+    assert older.read_bytes() == b"an older run's checkpoint"
