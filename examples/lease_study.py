@@ -28,6 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
+from mlo import CheckpointError
 from problems.cli import (
     ConfigError,
     add_threads_flag,
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{method} seed {seed}: test error {100 * result['test_error']:.2f} %"
                 )
                 write_report(study, results, command)
-    except (NasDataError, FileNotFoundError, ValueError) as exc:
+    except (NasDataError, FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))
     report = write_report(study, results, command)
     print(study_table(results))

@@ -44,12 +44,19 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 
 def load_safe(path: str | Path, map_location: Any = "cpu") -> Any:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a folder or a pipe?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        # torch's own message may advise weights_only=False, which would run any code the
+        # file holds: never pass that on.
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        if "weights_only" in str(exc) or "unpickl" in str(exc).lower():
+            detail = "it holds objects other than tensors and plain containers"
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is truncated, "
-            "corrupt or not an mlo checkpoint. Use an earlier checkpoint."
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {detail}); it is "
+            "truncated, corrupt or not an mlo checkpoint. Use an earlier checkpoint."
         ) from None

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .autodiff import gradient, gradient_or_none
-from .checkpoint import load_safe, save_atomic
+from .checkpoint import CheckpointError, load_safe, save_atomic
 from .config import EngineConfig
 from .describe import describe
 from .graph import LevelGraph
@@ -559,8 +559,14 @@ class Engine:
         """Restore from a file written by :meth:`save`; returns its ``extra``."""
         device = next(iter(self.problems.values())).params.tensors[0].device
         saved = load_safe(path, map_location=device)
+        if not isinstance(saved, dict) or not isinstance(saved.get("engine"), dict):
+            raise CheckpointError(
+                f"{path} is not an mlo checkpoint (no engine state in it); pass a file "
+                "written by Engine.save or run()"
+            )
         self.load_state_dict(saved["engine"])
-        return saved.get("extra", {})
+        extra = saved.get("extra", {})
+        return extra if isinstance(extra, dict) else {}
 
     def diagnostics(self) -> dict[str, dict[str, float]]:
         """The latest solver diagnostics of every level, as floats (synchronises)."""

@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
+import mlo
+
 from ..cli import ConfigError, add_common_flags, apply_threads, build_config, fail, print_config
 from .config import EvalRun, SearchRun
 from .data import NasDataError
@@ -146,6 +148,6 @@ def nas_main(
                     },
                 )
             )
-    except (NasDataError, FileNotFoundError, ValueError) as exc:
+    except (NasDataError, FileNotFoundError, ValueError, mlo.CheckpointError) as exc:
         fail(str(exc))
     return 0

@@ -199,7 +199,13 @@ def run_search(
         if not checkpoint.exists():
             raise FileNotFoundError(f"--resume: {checkpoint} does not exist")
         extra = engine.load(checkpoint)
-        history = {k: list(v) for k, v in extra["history"].items()}
+        saved = extra.get("history")
+        if not isinstance(saved, dict) or set(saved) != set(history):
+            raise mlo.CheckpointError(
+                f"{checkpoint} was not written by a search (no α history in it); resume "
+                "with the checkpoint.pt of a search, or start without --resume"
+            )
+        history = {k: list(v) for k, v in saved.items()}
         console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
 
     def record_alphas() -> None:
