@@ -72,11 +72,28 @@ class BatchStream:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "epoch_rng": self._epoch_rng}
 
+    def _resumable_sampler(self) -> Any:
+        """The loader's sampler when it can start at any epoch and position
+        (:class:`mlo.sampling.ResumableSampler`, or any with ``set_epoch``/``set_start``)."""
+        sampler = getattr(self.data, "sampler", None)
+        batch_size = getattr(self.data, "batch_size", None)
+        if batch_size and hasattr(sampler, "set_epoch") and hasattr(sampler, "set_start"):
+            return sampler
+        return None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Re-open the saved epoch with its random state and skip the consumed batches."""
+        """Re-open the saved epoch at the saved position: a resumable sampler is told
+        where to start; any other iterable is re-opened with the random state of the
+        epoch's start and the consumed batches are skipped."""
         self.epoch, self.position = state["epoch"], state["position"]
         self._lookahead = _MISSING
         self._iterator = None
+        sampler = self._resumable_sampler()
+        if sampler is not None:
+            sampler.set_epoch(self.epoch)
+            sampler.set_start(self.position * self.data.batch_size)
+            self._iterator = iter(self.data)
+            return
         saved = state.get("epoch_rng")
         if self.data is None or saved is None:
             return

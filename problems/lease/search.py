@@ -20,7 +20,7 @@ def wire_search(setup: SearchSetup):
         return darts_levels(setup, config.lease.explainer_solver)
     # The audience's examples: search-train again, shuffled independently of the explainer's.
     audience_data = loader(
-        setup.search_train.dataset,
+        setup.train_half,
         config.batch_size,
         shuffle=True,
         seed=config.seed + 2,

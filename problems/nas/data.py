@@ -25,6 +25,8 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from mlo.sampling import resumable_loader
+
 from ..threads import one_thread_per_worker
 
 logger = logging.getLogger("problems.nas")
@@ -318,7 +320,9 @@ def loader(
     drop_last: bool = True,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose shuffling follows its own seeded generator (reproducible)."""
+    """A DataLoader whose order and random augmentations are functions of ``(seed,
+    epoch, position)`` (:func:`mlo.sampling.resumable_loader`): the same with any number
+    of workers, and restored exactly by a checkpoint at any position."""
     if len(dataset) == 0:
         raise NasDataError("cannot build a loader over an empty dataset")
     if drop_last and len(dataset) < batch_size:
@@ -326,14 +330,13 @@ def loader(
             f"the dataset has {len(dataset)} examples, fewer than one batch of {batch_size}; "
             "lower --batch-size"
         )
-    return DataLoader(
+    return resumable_loader(
         dataset,
-        batch_size=batch_size,
+        batch_size,
+        seed=seed,
         shuffle=shuffle,
+        workers=workers,
         drop_last=drop_last,
-        num_workers=workers,
         pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(seed),
-        persistent_workers=workers > 0,
         worker_init_fn=one_thread_per_worker if workers > 0 else None,
     )

@@ -90,6 +90,9 @@ class SearchSetup:
     image_shape: tuple[int, int, int] = (3, 32, 32)
     pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
     """Per-channel std the inputs were divided by (to express ε in pixel units)."""
+    train_half: torch.utils.data.Dataset | None = None
+    """The search-train images themselves (``search_train`` loads them), for a level
+    that needs a loader of its own over them."""
 
 
 @dataclass
@@ -182,6 +185,7 @@ def run_search(
         device,
         tuple(data.train[0][0].shape),
         data.std,
+        train_half,
     )
     problems, deps = wire(setup)
     for p in problems:

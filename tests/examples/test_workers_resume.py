@@ -1,0 +1,58 @@
+"""The sample order and augmentations do not depend on the number of data workers, and a
+search stopped past its first epoch with workers on resumes exactly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ..mlo.test_state_untouched import assert_identical
+from ..scripts import kill_after_first_checkpoint, load_script
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "darts_cifar.py"
+# digits: 719 search-train images, batch 128: 5 updates an epoch; 7 steps pass it. One
+# thread in every process, so that float reductions agree between the killed and the
+# resumed process.
+ARGS = [
+    "--dataset",
+    "digits",
+    "--image-size",
+    "8",
+    "--layers",
+    "2",
+    "--init-channels",
+    "4",
+    "--batch-size",
+    "128",
+    "--threads",
+    "1",
+    "--solver",
+    "first_order",
+    "--no-progress",
+    "--max-steps",
+    "7",
+    "--checkpoint-every",
+    "1",
+]
+
+
+def search(out: Path, *extra: str) -> dict:
+    assert load_script(SCRIPT).main(["search", *ARGS, "--out", str(out), *extra]) == 0
+    return torch.load(out / "checkpoint.pt", weights_only=True)["engine"]
+
+
+@pytest.mark.slow
+def test_workers_change_nothing_and_a_kill_past_the_first_epoch_resumes_exactly(tmp_path):
+    without = search(tmp_path / "w0", "--workers", "0")
+    assert_identical(without, search(tmp_path / "w2", "--workers", "2"), "workers 2")
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(SCRIPT), "search", *ARGS, "--out", str(killed)]
+    # Killed at a random moment after its first checkpoint, then resumed to the end.
+    kill_after_first_checkpoint([*command, "--workers", "2"], killed, seed=3, cwd=ROOT)
+    resumed = search(killed, "--workers", "2", "--resume")
+    assert_identical(without, resumed, "resumed")
+    assert without["problems"]["network"]["data"]["epoch"] == 1
