@@ -75,3 +75,26 @@ def test_top_level_help_names_the_common_flags(capsys):
         load_script(ROOT / "examples" / "lease_cifar.py").main(["--help"])
     out = capsys.readouterr().out
     assert "search --help" in out and "--dataset" in out and "--small" in out
+
+
+@pytest.mark.parametrize("script", ["darts_cifar.py", "lease_cifar.py"])
+def test_small_preset_yields_to_explicit_flags(script, capsys):
+    small = tomllib.loads(printed(script, ["--small"], capsys))
+    assert (small["layers"], small["batch_size"], small["max_steps"]) == (5, 16, 10)
+    assert small["small"] is False  # the printed values are the effective ones
+    mine = tomllib.loads(printed(script, ["--small", "--layers", "3", "--max-steps", "4"], capsys))
+    assert (mine["layers"], mine["init_channels"], mine["max_steps"]) == (3, 8, 4)
+
+
+def test_evaluate_short_prints_its_effective_values(capsys):
+    short = tomllib.loads(printed("lease_cifar.py", ["evaluate", "--short"], capsys))
+    assert (short["epochs"], short["max_steps"], short["layers"], short["short"]) == (
+        1,
+        100,
+        6,
+        False,
+    )
+    mine = tomllib.loads(
+        printed("lease_cifar.py", ["evaluate", "--short", "--epochs", "3"], capsys)
+    )
+    assert mine["epochs"] == 3
