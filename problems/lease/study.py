@@ -151,13 +151,23 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def t_critical(dof: int) -> float:
+    """The 97.5 % quantile of Student's t with ``dof`` degrees of freedom (2.23 at 10,
+    tending to 1.96)."""
+    return T_975.get(dof, 2.23 if dof <= 10 else 2.0 if dof <= 60 else 1.96)
+
+
 def paired_difference(
     results: list[dict[str, Any]], method: str, baseline: str = "darts"
 ) -> dict[str, Any] | None:
     """Test error of ``method`` minus ``baseline``'s on the seeds both have (in points).
 
-    ``verdict`` is "within noise" unless the mean difference exceeds twice its standard
-    error (std / √n); with one pair there is no spread, and it says so.
+    ``verdict`` is "within noise" unless a two-sided paired t-test at 5 % rejects a zero
+    mean difference: ``|mean| > t(0.975, n − 1) · std / √n`` (``t`` = 4.30 for 3 seeds,
+    2.78 for 5); with one pair there is no spread, and it says so.
     """
     errors: dict[str, dict[int, float]] = {}
     for r in results:
@@ -173,7 +183,7 @@ def paired_difference(
         verdict = "one seed: no spread to judge by"
     else:
         stderr = std / math.sqrt(len(diffs))
-        if abs(mean) <= 2 * stderr:
+        if abs(mean) <= t_critical(len(diffs) - 1) * stderr:
             verdict = "within noise"
         else:
             verdict = f"{'lower' if mean < 0 else 'higher'} error than {baseline}"
@@ -201,8 +211,8 @@ def study_table(results: list[dict[str, Any]], baseline: str = "darts") -> str:
         )
     lines += [
         "",
-        f"Paired with `{baseline}` on the same seeds (test error difference in points; "
-        "negative is better):",
+        f"Paired with `{baseline}` on the same seeds (test error difference in points, mean ± "
+        "std over seeds; negative is better; verdict: two-sided paired t-test at 5 %):",
         "",
         "| method | seeds | difference | verdict |",
         "|---|---|---|---|",
