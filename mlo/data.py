@@ -62,6 +62,9 @@ class BatchStream:
     def _new_iterator(self) -> Iterator[Any]:
         # A shuffling loader draws its permutation when the iterator is made: keep the
         # random state of that moment, so that a resumed run can draw the same one.
+        if self._resumable_sampler() is not None:
+            self._epoch_rng = None  # the sampler's (seed, epoch, position) is the whole state
+            return iter(self.data)
         generator = getattr(self.data, "generator", None)
         self._epoch_rng = {
             "torch": torch.get_rng_state(),

@@ -49,6 +49,9 @@ def test_a_restored_stream_continues_exactly_with_any_workers(workers, epoch, po
     restored = stream(workers)
     restored.load_state_dict(state)
     assert draw(restored, 30 - consumed) == REFERENCE[consumed:]
+    straight = stream(0)
+    draw(straight, 30)
+    assert restored.state_dict() == straight.state_dict()  # what the next checkpoint holds
 
 
 def test_epochs_differ_and_unshuffled_is_in_order():
