@@ -63,7 +63,7 @@ def test_search_writes_genotype_metrics_pictures_and_moves_alphas(cifar10_dir, t
 def test_search_with_another_solver_and_partial_channels(cifar10_dir, tmp_path):
     out = tmp_path / "run"
     assert (
-        search(cifar10_dir, out, "--max-steps", "2", "--solver", "cg", "--partial-channels", "2")
+        search(cifar10_dir, out, "--max-steps", "1", "--solver", "cg", "--partial-channels", "2")
         == 0
     )
     assert Genotype.load(out / "genotype.json")

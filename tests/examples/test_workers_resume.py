@@ -47,8 +47,9 @@ def search(out: Path, *extra: str) -> dict:
 
 @pytest.mark.slow
 def test_workers_change_nothing_and_a_kill_past_the_first_epoch_resumes_exactly(tmp_path):
+    # The straight run loads with no worker, the killed and resumed one with two: equal
+    # states show both that workers change nothing and that the resume is exact.
     without = search(tmp_path / "w0", "--workers", "0")
-    assert_identical(without, search(tmp_path / "w2", "--workers", "2"), "workers 2")
     killed = tmp_path / "killed"
     command = [sys.executable, str(SCRIPT), "search", *ARGS, "--out", str(killed)]
     # Killed at a random moment after its first checkpoint, then resumed to the end.
