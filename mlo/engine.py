@@ -19,7 +19,7 @@ from .describe import describe
 from .graph import LevelGraph
 from .linalg import Vector, add
 from .monitor import MetricsWriter, RunMonitor
-from .observe import observing
+from .observe import cuda_devices, observing
 from .parameters import BufferGuard
 from .problem import Problem
 from .schedule import Schedule
@@ -280,9 +280,7 @@ class Engine:
         if name not in self.problems:
             raise KeyError(f"unknown problem {name!r}; problems: {', '.join(self.problems)}")
         problem = self.problems[name]
-        devices = sorted(
-            {p.device.index or 0 for p in problem.params.tensors if p.device.type == "cuda"}
-        )
+        devices = cuda_devices([problem.module])
         with torch.random.fork_rng(devices=devices), self._buffers.preserved():
             loss = self._objective(name)
             grads = self._total_gradient(name, loss)
@@ -462,14 +460,7 @@ class Engine:
         nothing, so that a batch that does not fit a model fails before any training."""
         if self._preflight_done:
             return
-        devices = sorted(
-            {
-                t.device.index or 0
-                for p in self.problems.values()
-                for t in p.params.tensors
-                if t.device.type == "cuda"
-            }
-        )
+        devices = cuda_devices([p.module for p in self.problems.values()])
         for name in self.problems:
             try:
                 with torch.random.fork_rng(devices=devices), self._buffers.preserved():

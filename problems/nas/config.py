@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,7 +11,18 @@ import mlo
 
 from .search import SearchHyper
 
+M = TypeVar("M", bound=BaseModel)
+
 Dataset = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
+
+
+def with_preset(config: M, flag: str, preset: dict[str, Any]) -> M:
+    """``config`` with ``preset``'s values for the fields not given explicitly, when the
+    boolean field ``flag`` is set (and then cleared, so the result prints as it runs)."""
+    if not getattr(config, flag):
+        return config
+    update = {k: v for k, v in preset.items() if k not in config.model_fields_set}
+    return config.model_copy(update={**update, flag: False})
 
 
 class RunBase(BaseModel):
@@ -83,10 +94,7 @@ class SearchRun(RunBase):
     def effective(self) -> SearchRun:
         """The configuration with the ``small`` preset applied to the fields that were not
         given explicitly (flags and file values win over the preset)."""
-        if not self.small:
-            return self
-        update = {k: v for k, v in self.SMALL.items() if k not in self.model_fields_set}
-        return self.model_copy(update={**update, "small": False})
+        return with_preset(self, "small", self.SMALL)
 
 
 class DartsRun(SearchRun):
@@ -137,7 +145,4 @@ class EvalRun(RunBase):
     def effective(self) -> EvalRun:
         """The configuration with the ``short`` preset applied to the fields that were not
         given explicitly."""
-        if not self.short:
-            return self
-        update = {k: v for k, v in self.SHORT.items() if k not in self.model_fields_set}
-        return self.model_copy(update={**update, "short": False})
+        return with_preset(self, "short", self.SHORT)

@@ -8,33 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import mlo
-from problems.lease import AudienceHyper, LeaseHyper, LeaseRun, build
-from problems.nas import ArchitectureWeights, SearchHyper, Supernet
+from problems.lease import LeaseHyper, LeaseRun
 
-from .test_hypergradient import SIZE, B, data
+from .test_hypergradient import ExplanationConfig, data, tiny_lease
 
 
-def author_engine(seed: int = 0) -> mlo.Engine:
-    torch.manual_seed(seed)
-    supernet = Supernet(10, layers=3, init_channels=4).double()
-    arch = ArchitectureWeights(init_scale=0.5).double()
-    hyper = LeaseHyper(audience=AudienceHyper(arch="resnet_tiny")).author()
-    problems, deps = build(
-        supernet,
-        arch,
-        data(3, 1),
-        data(3, 2),
-        data(3, 3),
-        num_classes=10,
-        batch_size=B,
-        total_updates=100,
-        image_shape=(3, SIZE, SIZE),
-        pixel_std=torch.full((3,), 0.25, dtype=torch.float64),
-        hyper=hyper,
-        search=SearchHyper(grad_clip=1e9),
-    )
-    problems[0].fixed_audience.double()
-    return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False))
+def author_engine() -> mlo.Engine:
+    return tiny_lease(ExplanationConfig(), solvers="darts", author=True)
 
 
 def test_preset_is_one_sign_step_in_normalised_units_without_random_start():

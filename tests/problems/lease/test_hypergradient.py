@@ -42,7 +42,9 @@ def data(n: int, seed: int):
     ]
 
 
-def tiny_lease(explanation: ExplanationConfig, solvers: str = "unroll"):
+def tiny_lease(explanation: ExplanationConfig, solvers: str = "unroll", author: bool = False):
+    """The tiny float64 instance; ``author`` applies the ``lease-author`` preset (two
+    levels, the audience attached to relearn untrained)."""
     torch.manual_seed(0)
     supernet = Supernet(10, layers=3, init_channels=4).double()
     arch = ArchitectureWeights(init_scale=0.5).double()
@@ -52,6 +54,7 @@ def tiny_lease(explanation: ExplanationConfig, solvers: str = "unroll"):
         audience_solver=solvers,
         audience=AudienceHyper(arch="resnet_tiny"),
     )
+    hyper = hyper.author() if author else hyper
     search = SearchHyper(grad_clip=1e9)  # no clipping in effect
     problems, deps = build(
         supernet,
@@ -68,8 +71,11 @@ def tiny_lease(explanation: ExplanationConfig, solvers: str = "unroll"):
         search=search,
         seed=5,
     )
-    problems[2].module.double()  # explanations
-    problems[3].module.double()  # audience
+    if author:
+        problems[0].fixed_audience.double()
+    else:
+        problems[2].module.double()  # explanations
+        problems[3].module.double()  # audience
     return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False))
 
 
