@@ -7,11 +7,18 @@ let the :class:`Engine` train every level through the levels below it.
 import logging
 
 from . import data, observe, solvers
-from .checkpoint import CheckpointError
 from .config import EngineConfig, ProblemConfig
-from .data import DataError
-from .engine import Engine, NonFiniteError
-from .graph import GraphError, LevelGraph
+from .engine import Engine
+from .errors import (
+    CheckpointError,
+    DataError,
+    GraphError,
+    LevelError,
+    MLOError,
+    NonFiniteError,
+    SetupError,
+)
+from .graph import LevelGraph
 from .observe import observing
 from .problem import Problem
 
@@ -25,10 +32,13 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "GraphError",
+    "LevelError",
     "LevelGraph",
+    "MLOError",
     "NonFiniteError",
     "Problem",
     "ProblemConfig",
+    "SetupError",
     "__version__",
     "data",
     "observe",

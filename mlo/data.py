@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 
+from .errors import DataError
+
 _MISSING = object()
-
-
-class DataError(ValueError):
-    """A problem's data cannot provide batches."""
 
 
 class BatchStream:
@@ -88,36 +86,70 @@ class BatchStream:
         """Re-open the saved epoch at the saved position: a resumable sampler is told
         where to start; any other iterable is re-opened with the random state of the
         epoch's start and the consumed batches are skipped."""
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._lookahead = _MISSING
-        self._iterator = None
+        self.prepare_load(state)()
+
+    def prepare_load(self, state: dict[str, Any]) -> Callable[[], None]:
+        """Do the part of :meth:`load_state_dict` that can fail (re-opening the epoch and
+        skipping the consumed batches) without changing this stream, and return the
+        function that applies it: a checkpoint is validated whole before anything moves.
+        """
+        epoch, position = int(state["epoch"]), int(state["position"])
         sampler = self._resumable_sampler()
         if sampler is not None:
-            sampler.set_epoch(self.epoch)
-            sampler.set_start(self.position * self.data.batch_size)
-            self._iterator = iter(self.data)
-            return
+            start = position * self.data.batch_size
+            if epoch < 0 or not 0 <= start <= len(sampler):
+                raise DataError(
+                    f"data for problem {self.problem!r} has {len(sampler)} examples; the "
+                    f"checkpoint had consumed {start} of epoch {epoch}. Resume with the same data"
+                )
+
+            def resume_sampler() -> None:
+                sampler.set_epoch(epoch)
+                sampler.set_start(start)
+                self._set(epoch, position, iter(self.data), None)
+
+            return resume_sampler
         saved = state.get("epoch_rng")
         if self.data is None or saved is None:
-            return
+            return lambda: self._set(epoch, position, None, self._epoch_rng)
+        # The epoch's iterator is re-made with the random state of its start, and the
+        # consumed batches are skipped; every generator is then put back as it was, and
+        # the loader's own generator is moved on only by the commit.
         current = torch.get_rng_state()
         generator = getattr(self.data, "generator", None)
+        mine = generator.get_state() if isinstance(generator, torch.Generator) else None
         try:
             torch.set_rng_state(saved["torch"])
-            if saved["generator"] is not None and isinstance(generator, torch.Generator):
+            if saved["generator"] is not None and mine is not None:
                 generator.set_state(saved["generator"])
-            self._epoch_rng = saved
-            self._iterator = iter(self.data)
+            iterator = iter(self.data)
+            torch.set_rng_state(current)
+            for _ in range(position):
+                try:
+                    next(iterator)
+                except StopIteration:
+                    raise DataError(
+                        f"data for problem {self.problem!r} has fewer batches than the "
+                        f"checkpoint had consumed ({position}); resume with the same data"
+                    ) from None
+            after = generator.get_state() if mine is not None else None
         finally:
             torch.set_rng_state(current)
-        for _ in range(self.position):
-            try:
-                next(self._iterator)
-            except StopIteration:
-                raise DataError(
-                    f"data for problem {self.problem!r} has fewer batches than the checkpoint "
-                    f"had consumed ({self.position}); resume with the same data"
-                ) from None
+            if mine is not None:
+                generator.set_state(mine)
+
+        def resume_iterator() -> None:
+            if mine is not None:
+                generator.set_state(after)
+            self._set(epoch, position, iterator, saved)
+
+        return resume_iterator
+
+    def _set(self, epoch: int, position: int, iterator: Any, epoch_rng: Any) -> None:
+        self.epoch, self.position = epoch, position
+        self._lookahead = _MISSING
+        self._iterator = iterator
+        self._epoch_rng = epoch_rng
 
     def peek(self) -> Any:
         if self._lookahead is _MISSING:

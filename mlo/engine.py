@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from .autodiff import gradient, gradient_or_none
-from .checkpoint import CheckpointError, load_safe, save_atomic
+from .checkpoint import load_safe, save_atomic, seal, unseal
 from .config import EngineConfig
 from .describe import describe
+from .errors import LevelError, MLOError, NonFiniteError, SetupError
 from .graph import LevelGraph
 from .linalg import Vector, add
 from .monitor import MetricsWriter, RunMonitor
@@ -28,10 +29,6 @@ from .state import engine_state, fingerprint, restore_engine_state
 from .trajectory import CURRENT_BATCH, Trajectory
 
 logger = logging.getLogger("mlo")
-
-
-class NonFiniteError(FloatingPointError):
-    """A loss or gradient became NaN or infinite."""
 
 
 class Engine:
@@ -54,25 +51,35 @@ class Engine:
     ) -> None:
         problems = list(problems)
         if not problems:
-            raise ValueError("Engine needs at least one problem")
+            raise SetupError("Engine needs at least one problem")
         for p in problems:
             if not isinstance(p, Problem):
-                raise TypeError(f"problems must be mlo.Problem instances, got {type(p).__name__}")
+                raise SetupError(f"problems must be mlo.Problem instances, got {type(p).__name__}")
         if config is not None and not isinstance(config, EngineConfig):
-            raise TypeError("config must be a mlo.EngineConfig")
+            raise SetupError("config must be a mlo.EngineConfig")
         self.config = config if config is not None else EngineConfig()
         names = [p.name for p in problems]
-        self.graph = LevelGraph.from_dependencies(names, _by_name(dependencies or {}))
+        deps = {} if dependencies is None else dependencies
+        self.graph = LevelGraph.from_dependencies(names, _by_name(deps))
         self.problems: dict[str, Problem] = {p.name: p for p in problems}
         for p in problems:
-            clash = [n for n in self.problems if n != p.name and hasattr(type(p), n)]
+            clash = [
+                n for n in self.problems if n != p.name and (hasattr(type(p), n) or n in vars(p))
+            ]
             if clash:
-                raise ValueError(
-                    f"problem name(s) {clash} clash with attributes of {type(p).__name__}; "
-                    "rename the problem"
+                raise SetupError(
+                    f"problem name(s) {clash} clash with attributes of {type(p).__name__} "
+                    f"(self.{clash[0]} would not reach the problem); rename the problem"
                 )
             p._peers = {n: q for n, q in self.problems.items() if n != p.name}
         self._validate_levels()
+        _refuse_shared_parameters(self.problems)
+        folder = self.config.checkpoint_dir
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise SetupError(
+                f"checkpoint_dir {folder} is a file, not a folder; give a folder for "
+                "step_<tick>.pt checkpoints"
+            )
         _warn_on_shared_generators(self.problems)
         self.schedule = Schedule(
             self.graph,
@@ -112,27 +119,27 @@ class Engine:
             source = p.config.batch_from
             if source is not None:
                 if source not in self.problems or source == name:
-                    raise ValueError(
+                    raise SetupError(
                         f"problem {name!r}: batch_from={source!r} must name another problem "
                         f"({', '.join(n for n in self.problems if n != name)})"
                     )
                 if p.stream.data is not None:
-                    raise ValueError(
+                    raise SetupError(
                         f"problem {name!r} has its own data and batch_from={source!r}; pass "
                         "data=None to read the other problem's batches"
                     )
                 if self.problems[source].config.batch_from is not None:
-                    raise ValueError(
+                    raise SetupError(
                         f"problem {name!r}: batch_from={source!r}, which itself reads its "
                         "batches from another problem; point at the problem that owns the data"
                     )
             if p.config.solver.needs_best_response and not p.explicit:
-                raise ValueError(
+                raise SetupError(
                     f"problem {name!r} uses the {p.config.solver.name!r} solver but "
                     f"{type(p).__name__} does not implement best_response(batch)"
                 )
             if p.optimizer is None and p.config.solver.needs_trajectory:
-                raise ValueError(
+                raise SetupError(
                     f"problem {name!r} has no optimizer to replay; the 'unroll' solver needs one"
                 )
 
@@ -163,17 +170,35 @@ class Engine:
         if batch is CURRENT_BATCH:
             batch = self._current_batch(name)
         context = problem.params.substitute(params) if params is not None else nullcontext()
-        with context:
-            loss = problem.training_step(batch)
+        try:
+            with context:
+                loss = problem.training_step(batch)
+        except MLOError:
+            raise
+        except (RuntimeError, IndexError, ValueError) as error:
+            # Shape and label mistakes in the data surface here, deep in a model's code:
+            # name the level, the step and the batch (the original stays chained).
+            raise LevelError(
+                f"problem {name!r}: {type(problem).__name__}.training_step failed at step "
+                f"{self.tick + 1} on a batch that is {_describe_batch(batch)} "
+                f"({type(error).__name__}: {_first_line(error)}); check that every batch of "
+                "its data fits its model (shapes, label range)"
+            ) from error
         if not isinstance(loss, Tensor):
-            raise TypeError(
+            raise SetupError(
                 f"{type(problem).__name__}.training_step of problem {name!r} returned "
                 f"{type(loss).__name__}; it must return a scalar torch.Tensor"
             )
         if loss.numel() != 1:
-            raise ValueError(
+            raise SetupError(
                 f"{type(problem).__name__}.training_step of problem {name!r} returned a tensor "
                 f"of shape {tuple(loss.shape)}; it must return a scalar (reduce it, e.g. .mean())"
+            )
+        if not loss.is_floating_point():
+            raise SetupError(
+                f"{type(problem).__name__}.training_step of problem {name!r} returned a "
+                f"{loss.dtype} tensor; it must return a real floating-point loss"
+                + (" (take .real or .abs() of a complex one)" if loss.is_complex() else "")
             )
         return loss.reshape(())
 
@@ -194,13 +219,13 @@ class Engine:
         problem = self.problems[name]
         values = list(problem.best_response(self._current_batch(name)))
         if len(values) != len(problem.params):
-            raise ValueError(
+            raise SetupError(
                 f"{type(problem).__name__}.best_response of problem {name!r} returned "
                 f"{len(values)} tensors for {len(problem.params)} parameters"
             )
         for value, param, pname in zip(values, problem.params.tensors, problem.params.names):
             if value.shape != param.shape:
-                raise ValueError(
+                raise SetupError(
                     f"{type(problem).__name__}.best_response of problem {name!r}: {pname} has "
                     f"shape {tuple(param.shape)}, the response {tuple(value.shape)}"
                 )
@@ -295,6 +320,13 @@ class Engine:
             self._update_explicit(name)
             return
         loss = self._objective(name, batch=batch)
+        if not loss.requires_grad:
+            raise SetupError(
+                f"{type(problem).__name__}.training_step of problem {name!r} returned a loss "
+                "that does not depend on its parameters (detached, built from .item() or "
+                "numbers, or computed under torch.no_grad()), so the level would never "
+                "train; return the loss tensor autograd built from the module's output"
+            )
         self._pending_checks.append((self.tick + 1, name, "loss", loss.detach()))
         grads = self._total_gradient(name, loss)
         params = problem.params.tensors
@@ -314,8 +346,18 @@ class Engine:
             # that it pairs with the sharing level's current state.
             shared = problem.config.batch_from is not None
             trajectory.record(problem.optimizer, params, CURRENT_BATCH if shared else batch)
+        _check_learning_rates(name, problem.optimizer, self.tick + 1)
         problem.optimizer.step()
         problem.optimizer.zero_grad(set_to_none=True)
+        # Checked before any level reads them: a bad step is blamed on this level.
+        self._pending_checks.append(
+            (
+                self.tick + 1,
+                name,
+                "parameter after its optimizer step",
+                torch.stack(torch._foreach_norm(params)),
+            )
+        )
         if problem.scheduler is not None:
             problem.scheduler.step()
         self.updates[name] += 1
@@ -328,10 +370,10 @@ class Engine:
         with self._buffers.preserved(), torch.no_grad():
             values = [v.detach() for v in self._response(name)]
         self._pending_checks.append(
-            (self.tick + 1, name, "best response", torch.stack([v.norm() for v in values]))
+            (self.tick + 1, name, "best response", torch.stack(torch._foreach_norm(values)))
         )
-        if self.check_finite_every == 1:
-            self._check_finite()
+        if self.check_finite_every == 1 and not self._finite_or_skip(name):
+            return
         with torch.no_grad():
             for param, value in zip(problem.params.tensors, values):
                 param.copy_(value)
@@ -348,7 +390,8 @@ class Engine:
             self._check_finite()
         except NonFiniteError as error:
             problem = self.problems[name]
-            problem.optimizer.zero_grad(set_to_none=True)
+            if problem.optimizer is not None:
+                problem.optimizer.zero_grad(set_to_none=True)
             self.skipped[name] += 1
             self._consecutive_skips[name] += 1
             logger.warning("skipped an update: %s", error)
@@ -465,12 +508,13 @@ class Engine:
             try:
                 with torch.random.fork_rng(devices=devices), self._buffers.preserved():
                     self._objective(name)
-            except (TypeError, ValueError) as error:
-                if "training_step" in str(error):
-                    raise
-                raise type(error)(self._preflight_message(name, error)) from error
-            except RuntimeError as error:
-                raise RuntimeError(self._preflight_message(name, error)) from error
+            except LevelError as error:
+                cause = error.__cause__ or error
+                raise LevelError(self._preflight_message(name, cause)) from cause
+            except MLOError:
+                raise
+            except TypeError as error:
+                raise SetupError(self._preflight_message(name, error)) from error
         self._preflight_done = True
 
     def _preflight_message(self, name: str, error: Exception) -> str:
@@ -478,9 +522,9 @@ class Engine:
         batch = self._current_batch(name)
         return (
             f"problem {name!r} fails on its first batch, before any training "
-            f"({type(error).__name__}: {error}). The batch is {_describe_batch(batch)}; check "
-            f"that the data fits {type(problem.module).__name__} and "
-            f"{type(problem).__name__}.training_step"
+            f"({type(error).__name__}: {_first_line(error)}). The batch is "
+            f"{_describe_batch(batch)}; check that the data fits "
+            f"{type(problem.module).__name__} and {type(problem).__name__}.training_step"
         )
 
     def report(self) -> dict[str, Any]:
@@ -533,9 +577,19 @@ class Engine:
         tick."""
         return engine_state(self)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; a mismatch raises before anything is changed."""
-        restore_engine_state(self, state)
+    def load_state_dict(
+        self, state: dict[str, Any], keep_current_hyperparameters: bool = False
+    ) -> None:
+        """Restore a :meth:`state_dict`. All of it is validated before anything changes:
+        a mismatch raises :class:`mlo.CheckpointError` naming every difference and leaves
+        the engine as it was.
+
+        Each optimizer's type and hyperparameters (learning rate, momentum, ...) must
+        match the checkpoint's. To resume on purpose with the hyperparameters this engine's
+        optimizers were built with (say, a lower learning rate), pass
+        ``keep_current_hyperparameters=True``: optimizer states (momenta) are restored, the
+        hyperparameters kept, and a scheduled rate continues from the new base rate."""
+        restore_engine_state(self, state, keep_current_hyperparameters)
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write :meth:`state_dict` (plus ``extra``) atomically to ``path``.
@@ -544,18 +598,17 @@ class Engine:
         or buffer that is not finite, raises :class:`NonFiniteError` and nothing is
         written, so a checkpoint never holds a poisoned state."""
         self._assert_finite_state()
-        return save_atomic({"engine": self.state_dict(), "extra": extra or {}}, path)
+        return save_atomic(seal({"engine": self.state_dict(), "extra": extra or {}}), path)
 
-    def load(self, path: str | Path) -> dict[str, Any]:
-        """Restore from a file written by :meth:`save`; returns its ``extra``."""
+    def load(self, path: str | Path, keep_current_hyperparameters: bool = False) -> dict[str, Any]:
+        """Restore from a file written by :meth:`save`; returns its ``extra``.
+
+        The file's checksum is verified first (a corrupt file raises
+        :class:`mlo.CheckpointError`), then :meth:`load_state_dict` validates and applies
+        it (see there for ``keep_current_hyperparameters``)."""
         device = next(iter(self.problems.values())).params.tensors[0].device
-        saved = load_safe(path, map_location=device)
-        if not isinstance(saved, dict) or not isinstance(saved.get("engine"), dict):
-            raise CheckpointError(
-                f"{path} is not an mlo checkpoint (no engine state in it); pass a file "
-                "written by Engine.save or run()"
-            )
-        self.load_state_dict(saved["engine"])
+        saved = unseal(load_safe(path, map_location=device), path)
+        self.load_state_dict(saved["engine"], keep_current_hyperparameters)
         extra = saved.get("extra", {})
         return extra if isinstance(extra, dict) else {}
 
@@ -569,6 +622,23 @@ class Engine:
         text = describe(self, ticks)
         print(text)
         return text
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _check_learning_rates(name: str, optimizer: torch.optim.Optimizer, tick: int) -> None:
+    """A learning rate that is a non-finite number raises before the step applies it
+    (a host-side read: the rates are Python floats unless a tensor was given)."""
+    for group in optimizer.param_groups:
+        lr = group.get("lr")
+        if isinstance(lr, float) and not math.isfinite(lr):
+            raise NonFiniteError(
+                f"problem {name!r}: its optimizer's learning rate is {lr} at step {tick}; "
+                "check the lr given to the optimizer and its scheduler"
+            )
 
 
 def _describe_batch(batch: Any) -> str:
@@ -600,19 +670,43 @@ def _warn_on_shared_generators(problems: Mapping[str, Problem]) -> None:
             )
 
 
+def _refuse_shared_parameters(problems: Mapping[str, Problem]) -> None:
+    owner: dict[int, tuple[str, str]] = {}
+    for name, problem in problems.items():
+        for pname, tensor in zip(problem.params.names, problem.params.tensors):
+            other = owner.setdefault(id(tensor), (name, pname))
+            if other[0] != name:
+                raise SetupError(
+                    f"problems {other[0]!r} and {name!r} both train the parameter "
+                    f"{other[1]!r} (they share a module); each level needs parameters of its "
+                    "own. A level that only reads another's parameters reaches them as "
+                    f"self.{other[0]}.module inside training_step"
+                )
+
+
 def _by_name(dependencies: Mapping[Any, Any]) -> dict[str, list[str]]:
     def name_of(x: Any) -> str:
         if isinstance(x, Problem):
             return x.name
         if isinstance(x, str):
             return x
-        raise TypeError(
+        raise SetupError(
             f"dependencies must use problem names or Problem objects, got {type(x).__name__}"
         )
 
+    if not isinstance(dependencies, Mapping):
+        raise SetupError(
+            f"dependencies must be a dict {{upper: [lowers]}}, got {type(dependencies).__name__}; "
+            "e.g. {'outer': ['inner']} when inner's objective reads outer's parameters"
+        )
     out: dict[str, list[str]] = {}
     for upper, lowers in dependencies.items():
         if isinstance(lowers, (str, Problem)):
             lowers = [lowers]
+        elif not isinstance(lowers, (list, tuple, set, frozenset)):
+            raise SetupError(
+                f"dependencies[{upper!r}] must be a list of the lower problems (names or "
+                f"Problem objects), got {type(lowers).__name__} {lowers!r:.40}"
+            )
         out.setdefault(name_of(upper), []).extend(name_of(lo) for lo in lowers)
     return out

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import SetupError
+
 SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
@@ -22,17 +24,21 @@ SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 class StepRule:
     """One parameter's optimizer kind and hyperparameters at one step."""
 
-    kind: str  # "sgd" | "adam" | "adamw"
+    kind: str  # "sgd" | "adam" | "adamw" | "frozen" (not in the optimizer: never moves)
     hyper: tuple[tuple[str, Any], ...]
 
     def get(self, key: str) -> Any:
         return dict(self.hyper)[key]
 
 
+FROZEN = StepRule("frozen", ())
+"""The rule of a parameter outside the optimizer: ``step`` returns it unchanged."""
+
+
 def capture_rules(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> list[StepRule]:
     """The step rule for each of ``params`` as the optimizer would apply it now."""
     if not isinstance(optimizer, SUPPORTED):
-        raise TypeError(
+        raise SetupError(
             f"the unroll solver differentiates through SGD, Adam and AdamW steps; "
             f"{type(optimizer).__name__} is not supported. Use one of those optimizers for "
             "this level, or an implicit solver ('cg', 'neumann', 'darts')."
@@ -43,9 +49,9 @@ def capture_rules(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) ->
     by_param: dict[int, StepRule] = {}
     for group in optimizer.param_groups:
         if group.get("maximize", False):
-            raise ValueError("the unroll solver does not support maximize=True")
+            raise SetupError("the unroll solver does not support maximize=True")
         if kind != "sgd" and group.get("amsgrad", False):
-            raise ValueError("the unroll solver does not support amsgrad=True")
+            raise SetupError("the unroll solver does not support amsgrad=True")
         if kind == "adam" and group.get("decoupled_weight_decay", False):
             kind_here = "adamw"
         else:
@@ -59,7 +65,8 @@ def capture_rules(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) ->
         rule = StepRule(kind_here, hyper)
         for p in group["params"]:
             by_param[id(p)] = rule
-    return [by_param[id(p)] for p in params]
+    # A trainable parameter the optimizer does not hold is never stepped: it stays put.
+    return [by_param.get(id(p), FROZEN) for p in params]
 
 
 def _plain(value: Any) -> Any:
@@ -88,7 +95,9 @@ def step(
     """One differentiable optimizer step for every parameter."""
     new_params, new_states = [], []
     for p, g, state, rule in zip(params, grads, states, rules):
-        if rule.kind == "sgd":
+        if rule.kind == "frozen":
+            p2, s2 = p, state
+        elif rule.kind == "sgd":
             p2, s2 = _sgd(p, g, state, rule)
         else:
             p2, s2 = _adam(p, g, state, rule, decoupled=rule.kind == "adamw")

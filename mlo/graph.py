@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-
-class GraphError(ValueError):
-    """The problems or dependencies do not form a valid level graph."""
+from .errors import GraphError
 
 
 class LevelGraph:

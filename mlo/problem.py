@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from .config import ProblemConfig
 from .data import BatchStream
+from .errors import SetupError
 from .parameters import ParameterSet
 
 
@@ -39,22 +41,31 @@ class Problem:
         config: ProblemConfig | None = None,
         scheduler: Any | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(
-                f"problem name {name!r} must be a Python identifier, since other problems "
-                f"reach it as self.<name>"
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise SetupError(
+                f"problem name {name!r} must be a Python identifier that is not a keyword, "
+                "since other problems reach it as self.<name>; rename it (e.g. 'cls' for "
+                "'class')"
             )
         if not isinstance(module, nn.Module):
-            raise TypeError(f"problem {name!r}: module must be a torch.nn.Module")
+            raise SetupError(f"problem {name!r}: module must be a torch.nn.Module")
         if optimizer is None and not self.explicit:
-            raise TypeError(
+            raise SetupError(
                 f"problem {name!r}: optimizer is None, but {type(self).__name__} does not "
                 "implement best_response(); give it a torch.optim.Optimizer"
             )
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"problem {name!r}: optimizer must be a torch.optim.Optimizer")
+            raise SetupError(f"problem {name!r}: optimizer must be a torch.optim.Optimizer")
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise SetupError(
+                f"problem {name!r}: LBFGS is not supported. It needs a closure that "
+                "re-evaluates the loss several times per step, while mlo computes each "
+                "update's gradient once (with the hypergradient of the levels below) and "
+                "calls optimizer.step() without a closure. Use SGD, Adam or AdamW"
+            )
+        _check_scheduler(name, scheduler, optimizer)
         if config is not None and not isinstance(config, ProblemConfig):
-            raise TypeError(f"problem {name!r}: config must be a mlo.ProblemConfig")
+            raise SetupError(f"problem {name!r}: config must be a mlo.ProblemConfig")
         self.name = name
         self.module = module
         self.optimizer = optimizer
@@ -62,7 +73,7 @@ class Problem:
         self.config = config if config is not None else ProblemConfig()
         self.params = ParameterSet(module)
         if len(self.params) == 0:
-            raise ValueError(
+            raise SetupError(
                 f"problem {name!r} has no trainable parameters (none of its module's "
                 "parameters has requires_grad=True); give it a module with parameters"
             )
@@ -70,7 +81,7 @@ class Problem:
         for group in optimizer.param_groups if optimizer is not None else []:
             for p in group["params"]:
                 if id(p) not in own:
-                    raise ValueError(
+                    raise SetupError(
                         f"problem {name!r}: its optimizer holds a tensor that is not a "
                         "trainable parameter of its module; build the optimizer from "
                         "module.parameters()"
@@ -129,3 +140,23 @@ class Problem:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, solver={self.config.solver.name!r})"
+
+
+def _check_scheduler(name: str, scheduler: Any, optimizer: torch.optim.Optimizer | None) -> None:
+    """A scheduler must be stepped after this problem's optimizer, and saved with it."""
+    if scheduler is None:
+        return
+    if not (callable(getattr(scheduler, "step", None)) and hasattr(scheduler, "state_dict")):
+        raise SetupError(
+            f"problem {name!r}: scheduler must be a learning-rate scheduler built on its "
+            f"optimizer (torch.optim.lr_scheduler.*), got {type(scheduler).__name__} "
+            f"{scheduler!r:.60}"
+        )
+    if optimizer is None:
+        raise SetupError(f"problem {name!r} has a scheduler but no optimizer; drop the scheduler")
+    target = getattr(scheduler, "optimizer", optimizer)
+    if target is not optimizer:
+        raise SetupError(
+            f"problem {name!r}: its scheduler was built for another optimizer; build it on "
+            "this problem's own optimizer, e.g. CosineAnnealingLR(optimizer, T_max)"
+        )

@@ -1,14 +1,31 @@
-"""An engine's durable state: what a checkpoint holds, and restoring it."""
+"""An engine's durable state: what a checkpoint holds, and restoring it.
+
+Restoring validates everything first (graph, optimizers and their hyperparameters,
+schedulers, data positions, schedule) and only then changes the engine: a checkpoint that
+does not fit raises :class:`mlo.CheckpointError` naming every difference, and leaves the
+engine exactly as it was.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from torch import Tensor
+
 from . import rng
-from .checkpoint import CheckpointError
+from .errors import CheckpointError, MLOError
 
 if TYPE_CHECKING:
+    import torch
+
     from .engine import Engine
+
+FORMATS = ("mlo.engine/1", "mlo.engine/2")
+
+# How an optimizer computes, not what it computes: free to differ between runs.
+_IMPLEMENTATION = frozenset({"params", "foreach", "fused", "capturable", "differentiable"})
 
 
 def fingerprint(engine: Engine) -> dict[str, Any]:
@@ -22,12 +39,43 @@ def fingerprint(engine: Engine) -> dict[str, Any]:
     }
 
 
+def optimizer_settings(optimizer: torch.optim.Optimizer | None, scheduler: Any) -> Any:
+    """An optimizer's type and hyperparameters per group, and its scheduler's type.
+
+    Under a scheduler the configured rate is ``initial_lr`` (``lr`` moves with the
+    schedule), so ``lr`` itself is left out."""
+    if optimizer is None:
+        return None
+    groups = []
+    for group in optimizer.param_groups:
+        hyper = {k: _plain(v) for k, v in group.items() if k not in _IMPLEMENTATION}
+        if "initial_lr" in hyper:
+            hyper.pop("lr", None)
+        groups.append(hyper)
+    return {
+        "type": type(optimizer).__name__,
+        "groups": groups,
+        "scheduler": None if scheduler is None else type(scheduler).__name__,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 def engine_state(engine: Engine) -> dict[str, Any]:
     """Parameters, buffers, optimizer and scheduler states, data positions, random
     number generator states, unroll trajectories, the schedule and the tick."""
     return {
-        "format": "mlo.engine/1",
+        "format": "mlo.engine/2",
         "fingerprint": fingerprint(engine),
+        "optimizers": {
+            n: optimizer_settings(p.optimizer, p.scheduler) for n, p in engine.problems.items()
+        },
         "tick": engine.tick,
         "updates": dict(engine.updates),
         "skipped": dict(engine.skipped),
@@ -48,25 +96,27 @@ def engine_state(engine: Engine) -> dict[str, Any]:
     }
 
 
-def restore_engine_state(engine: Engine, state: dict[str, Any]) -> None:
-    """Restore a :meth:`state_dict`; a mismatch raises before anything is changed."""
-    if not isinstance(state, dict) or state.get("format") != "mlo.engine/1":
-        raise CheckpointError("not an mlo engine checkpoint (format mlo.engine/1 expected)")
-    mine, theirs = fingerprint(engine), state["fingerprint"]
-    if mine != theirs:
-        raise CheckpointError(
-            "the checkpoint was written by a different graph: "
-            + _fingerprint_difference(theirs, mine)
-            + ". Load it into the same problems and dependencies it was saved from."
-        )
+def restore_engine_state(
+    engine: Engine, state: dict[str, Any], keep_current_hyperparameters: bool = False
+) -> None:
+    """Restore a :meth:`state_dict`: validate all of it, then apply it.
+
+    Optimizer types and hyperparameters must match the checkpoint's, unless
+    ``keep_current_hyperparameters``: then the optimizers' states are loaded and the
+    hyperparameters given to this engine's optimizers are kept (a learning rate under a
+    scheduler is rescaled, so that the schedule continues from the new base rate)."""
+    commits = _validate(engine, state, keep_current_hyperparameters)
     for name, p in engine.problems.items():
         saved = state["problems"][name]
         p.module.load_state_dict(saved["module"])
         if p.optimizer is not None:
+            current = [dict(g) for g in p.optimizer.param_groups]
             p.optimizer.load_state_dict(saved["optimizer"])
-        if p.scheduler is not None and saved["scheduler"] is not None:
-            p.scheduler.load_state_dict(saved["scheduler"])
-        p.stream.load_state_dict(saved["data"])
+            if p.scheduler is not None and saved["scheduler"] is not None:
+                p.scheduler.load_state_dict(saved["scheduler"])
+            if keep_current_hyperparameters:
+                _keep_hyperparameters(p.optimizer, p.scheduler, current)
+        commits[name]()
         p.batch, p.has_batch = saved["batch"], saved["has_batch"]
     engine.schedule.load_state_dict(state["schedule"])
     for name, trajectory in engine.trajectories.items():
@@ -75,6 +125,132 @@ def restore_engine_state(engine: Engine, state: dict[str, Any]) -> None:
     engine.tick = state["tick"]
     engine.updates = dict(state["updates"])
     engine.skipped = dict(state.get("skipped", engine.skipped))
+
+
+def _validate(
+    engine: Engine, state: dict[str, Any], keep_current_hyperparameters: bool
+) -> dict[str, Callable[[], None]]:
+    """Raise unless ``state`` fits ``engine``; returns each stream's prepared restore."""
+    if not isinstance(state, dict) or state.get("format") not in FORMATS:
+        raise CheckpointError(f"not an mlo engine checkpoint (format {FORMATS[-1]} expected)")
+    missing = [
+        k
+        for k in ("fingerprint", "tick", "updates", "schedule", "rng", "trajectories", "problems")
+        if k not in state
+    ]
+    if missing:
+        raise CheckpointError(f"the checkpoint's engine state lacks {', '.join(missing)}")
+    mine, theirs = fingerprint(engine), state["fingerprint"]
+    if mine != theirs:
+        raise CheckpointError(
+            "the checkpoint was written by a different graph: "
+            + _fingerprint_difference(theirs, mine)
+            + ". Load it into the same problems and dependencies it was saved from."
+        )
+    differences: list[str] = []
+    saved_settings = state.get("optimizers") or {}
+    for name, p in engine.problems.items():
+        saved = state["problems"].get(name)
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"the checkpoint holds no state for problem {name!r}")
+        if (p.optimizer is None) != (saved.get("optimizer") is None):
+            differences.append(
+                f"problem {name!r}: an optimizer "
+                + ("here, none in the file" if p.optimizer else "in the file, none here")
+            )
+            continue
+        if (p.scheduler is None) != (saved.get("scheduler") is None):
+            differences.append(
+                f"problem {name!r}: a scheduler "
+                + ("here, none in the file" if p.scheduler else "in the file, none here")
+            )
+        if p.optimizer is not None:
+            groups = saved["optimizer"].get("param_groups", [])
+            sizes = [len(g["params"]) for g in p.optimizer.param_groups]
+            if [len(g.get("params", [])) for g in groups] != sizes:
+                differences.append(
+                    f"problem {name!r}: its optimizer's parameter groups differ in size"
+                )
+            if name in saved_settings:
+                differences += _settings_difference(
+                    name,
+                    saved_settings[name],
+                    optimizer_settings(p.optimizer, p.scheduler),
+                    keep_current_hyperparameters,
+                )
+    if differences:
+        fix = (
+            ""
+            if keep_current_hyperparameters
+            else "; to train on with this engine's hyperparameters, load with "
+            "keep_current_hyperparameters=True"
+        )
+        raise CheckpointError(
+            "the checkpoint does not fit this engine: " + "; ".join(differences) + fix
+        )
+    commits = {}
+    for name, p in engine.problems.items():
+        try:
+            commits[name] = p.stream.prepare_load(state["problems"][name]["data"])
+        except MLOError:
+            raise
+        except Exception as error:
+            raise CheckpointError(
+                f"the checkpoint's data position for problem {name!r} cannot be restored "
+                f"({type(error).__name__}: {error})"
+            ) from error
+    return commits
+
+
+def _settings_difference(
+    name: str, saved: Any, current: Any, keep_current_hyperparameters: bool
+) -> list[str]:
+    if saved is None or current is None:
+        return []
+    if saved["type"] != current["type"]:
+        return [f"problem {name!r}: optimizer {current['type']} here, {saved['type']} in the file"]
+    out = []
+    if saved.get("scheduler") != current["scheduler"]:
+        out.append(
+            f"problem {name!r}: scheduler {current['scheduler']} here, "
+            f"{saved.get('scheduler')} in the file"
+        )
+    if keep_current_hyperparameters:
+        return out
+    for i, (a, b) in enumerate(zip(saved["groups"], current["groups"])):
+        for key in sorted(set(a) | set(b)):
+            if not _same(a.get(key), b.get(key)):
+                group = f" (group {i})" if len(current["groups"]) > 1 else ""
+                out.append(
+                    f"problem {name!r}: {key} {b.get(key)!r} here, {a.get(key)!r} in the "
+                    f"file{group}"
+                )
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _keep_hyperparameters(
+    optimizer: torch.optim.Optimizer, scheduler: Any, current: list[dict[str, Any]]
+) -> None:
+    for group, mine in zip(optimizer.param_groups, current):
+        scheduled = "initial_lr" in mine and group.get("initial_lr", 0) != 0
+        ratio = mine["initial_lr"] / group["initial_lr"] if scheduled else None
+        for key, value in mine.items():
+            if key in _IMPLEMENTATION or key == "lr":
+                continue
+            group[key] = value
+        group["lr"] = group["lr"] * ratio if ratio is not None else mine["lr"]
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        if hasattr(scheduler, "_last_lr"):
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def _fingerprint_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from ..autodiff import SecondOrder
+from ..errors import SetupError
 from ..linalg import Vector
 from ..trajectory import Trajectory
 
@@ -51,7 +52,7 @@ class Level:
         if value is not None:
             return value
         if self.learning_rate is None:
-            raise ValueError(
+            raise SetupError(
                 f"solver {solver!r} on level {self.name!r}: the level has no optimizer to take "
                 f"a learning rate from; set {solver}({knob}=...) explicitly"
             )
@@ -126,9 +127,9 @@ def register(name: str) -> Callable[[S], S]:
 
     def decorate(cls: S) -> S:
         if not (isinstance(cls, type) and issubclass(cls, Solver)):
-            raise TypeError(f"@register({name!r}) needs a subclass of mlo.solvers.Solver")
+            raise SetupError(f"@register({name!r}) needs a subclass of mlo.solvers.Solver")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"a solver named {name!r} is already registered")
+            raise SetupError(f"a solver named {name!r} is already registered")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -148,11 +149,11 @@ def resolve(spec: Any) -> Solver:
     if isinstance(spec, str):
         cls = _REGISTRY.get(spec)
         if cls is None:
-            raise ValueError(
+            raise SetupError(
                 f"unknown solver {spec!r}; valid solvers are: {', '.join(available())} "
                 "(or register your own with @mlo.solvers.register)"
             )
         return cls()
-    raise TypeError(
+    raise SetupError(
         f"solver must be a solver name or a mlo.solvers.Solver instance, got {type(spec).__name__}"
     )

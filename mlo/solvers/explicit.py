@@ -6,6 +6,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..errors import SetupError
 from ..linalg import Vector
 from .base import Level, Solver, SolverResult, _split, register
 
@@ -23,7 +24,7 @@ class Explicit(Solver):
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         if level.response is None:
-            raise ValueError(
+            raise SetupError(
                 f"solver 'explicit' on level {level.name!r}: the problem does not implement "
                 "best_response(batch)"
             )

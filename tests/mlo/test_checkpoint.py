@@ -62,7 +62,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     engine.step()
     path = engine.save(tmp_path / "ckpt.pt")
     data = torch.load(path, weights_only=True)
-    assert data["engine"]["format"] == "mlo.engine/1"
+    assert data["format"] == "mlo.checkpoint/2" and data["engine"]["format"] == "mlo.engine/2"
 
 
 def test_truncated_checkpoint_gives_a_clear_error_and_the_previous_one_survives(tmp_path):

@@ -1,0 +1,46 @@
+"""The errors mlo raises for a user's mistake or a bad input.
+
+Every one derives from :class:`MLOError`, so that a program (or a command line) can tell
+a mistake to report in one line from a bug to show with its traceback::
+
+    try:
+        engine.run()
+    except mlo.MLOError as error:
+        sys.exit(f"error: {error}")
+
+Each also derives from the built-in type that the same mistake raised before the
+hierarchy existed (``ValueError``, ``TypeError``, ``RuntimeError``, ...), so existing
+``except`` clauses keep working. Messages name the problem and the fix.
+"""
+
+from __future__ import annotations
+
+
+class MLOError(Exception):
+    """Base class of every error mlo raises for a mistake in its input."""
+
+
+class SetupError(MLOError, ValueError, TypeError):
+    """A problem, engine, solver or their options are set up wrongly (raised when they
+    are built, before any training)."""
+
+
+class GraphError(SetupError):
+    """The dependency graph is not a valid multilevel program (unknown names, cycles)."""
+
+
+class DataError(MLOError, ValueError):
+    """A problem's data cannot provide batches."""
+
+
+class LevelError(MLOError, RuntimeError):
+    """A level's ``training_step`` failed on one of its batches; the message names the
+    level, the step and the batch."""
+
+
+class CheckpointError(MLOError, RuntimeError):
+    """A checkpoint cannot be read, is corrupt, or does not fit what it is loaded into."""
+
+
+class NonFiniteError(MLOError, FloatingPointError):
+    """A loss, gradient, learning rate or parameter became NaN or infinite."""
