@@ -29,6 +29,7 @@ import mlo
 from problems.cli import (
     ResumableRun,
     SolverName,
+    command_line,
     example_engine,
     example_parser,
     parse_run,
@@ -105,6 +106,7 @@ def plain(config: ReweightingRun, seed: int) -> dict[str, float]:
     return {"test_acc": accuracy(model, data.test), "weight_clean": 1.0, "weight_noisy": 1.0}
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = example_parser(__doc__.split("\n")[0])
     parser.add_argument("--noise", type=float)

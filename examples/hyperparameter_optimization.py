@@ -33,6 +33,7 @@ import mlo
 from problems.cli import (
     ResumableRun,
     SolverName,
+    command_line,
     example_engine,
     example_parser,
     parse_run,
@@ -129,6 +130,7 @@ class HpoRun(ResumableRun):
     progress: bool = True
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = example_parser(__doc__.split("\n")[0])
     parser.add_argument(

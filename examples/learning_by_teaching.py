@@ -30,6 +30,7 @@ import mlo
 from problems.cli import (
     ResumableRun,
     SolverName,
+    command_line,
     example_engine,
     example_parser,
     parse_run,
@@ -116,6 +117,7 @@ def teacher_alone(config: TeachingRun, seed: int) -> dict[str, float]:
     return {"teacher": accuracy(lambda x: net(gates(x)), data.test), "student": float("nan")}
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = example_parser(__doc__.split("\n")[0])
     parser.add_argument("--lam", type=float)

@@ -28,18 +28,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from mlo import CheckpointError
 from problems.cli import (
     ConfigError,
     add_threads_flag,
     apply_threads,
     build_config,
+    command_line,
     fail,
     print_config,
 )
 from problems.lease import wire_search
 from problems.lease.study import METHODS, StudyRun, plot_study, study_table
-from problems.nas.data import NasDataError
 from problems.nas.genotype import random_genotype
 from problems.nas.observe import search_accuracies
 from problems.nas.retrain import run_evaluation
@@ -146,6 +145,7 @@ def write_report(study: StudyRun, results: list[dict], command: str) -> Path:
     return report
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     study = parse(argv)
     if study is None:
@@ -158,23 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     command = "python examples/lease_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results: list[dict] = []
-    try:
-        for seed in range(study.seeds):
-            for method in study.methods:
-                done = study.run_folder(method, seed) / "result.json"
-                if done.exists():
-                    results.append(json.loads(done.read_text()))
-                    console.print(f"{method} seed {seed}: done before, kept")
-                    continue
-                result = run_one(study, method, seed, console)
-                done.write_text(json.dumps(result, indent=2))
-                results.append(result)
-                console.print(
-                    f"{method} seed {seed}: test error {100 * result['test_error']:.2f} %"
-                )
-                write_report(study, results, command)
-    except (NasDataError, FileNotFoundError, ValueError, CheckpointError) as exc:
-        fail(str(exc))
+    for seed in range(study.seeds):
+        for method in study.methods:
+            done = study.run_folder(method, seed) / "result.json"
+            if done.exists():
+                results.append(json.loads(done.read_text()))
+                console.print(f"{method} seed {seed}: done before, kept")
+                continue
+            result = run_one(study, method, seed, console)
+            done.write_text(json.dumps(result, indent=2))
+            results.append(result)
+            console.print(f"{method} seed {seed}: test error {100 * result['test_error']:.2f} %")
+            write_report(study, results, command)
     report = write_report(study, results, command)
     print(study_table(results))
     print(f"report: {report}")

@@ -26,7 +26,7 @@ import torch
 from pydantic import ConfigDict, Field
 from rich.console import Console
 
-from problems.cli import ResumableRun, example_engine, example_parser, parse_run
+from problems.cli import ResumableRun, command_line, example_engine, example_parser, parse_run
 from problems.meta import SineMLP, adapt_and_score, build, functional_mlp, sample_tasks
 from problems.meta.levels import task_mse
 from problems.report import comparison_table
@@ -93,6 +93,7 @@ def pretrain(config: MamlRun, shots: int, seed: int) -> tuple[list, float]:
     return list(model.weights), time.perf_counter() - start
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     parser = example_parser(__doc__.split("\n")[0])
     parser.add_argument("--imaml-cg-iterations", type=int, dest="imaml_cg_iterations")

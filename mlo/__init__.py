@@ -6,7 +6,7 @@ let the :class:`Engine` train every level through the levels below it.
 
 import logging
 
-from . import data, observe, solvers
+from . import checkpoint, data, observe, solvers
 from .config import EngineConfig, ProblemConfig
 from .engine import Engine
 from .errors import (
@@ -40,6 +40,7 @@ __all__ = [
     "ProblemConfig",
     "SetupError",
     "__version__",
+    "checkpoint",
     "data",
     "observe",
     "observing",

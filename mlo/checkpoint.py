@@ -76,6 +76,12 @@ def load_safe(path: str | Path, map_location: Any = "cpu") -> Any:
         ) from None
 
 
+def read(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The payload of a checkpoint written by :meth:`mlo.Engine.save` (``engine`` and
+    ``extra``), its format and checksum verified; nothing is applied to any engine."""
+    return unseal(load_safe(path, map_location=map_location), path)
+
+
 def digest(obj: Any) -> str:
     """SHA-256 of a checkpoint payload: its structure, keys, values and tensor bytes."""
     h = hashlib.sha256()

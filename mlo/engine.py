@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .autodiff import gradient, gradient_or_none
-from .checkpoint import load_safe, save_atomic, seal, unseal
+from .checkpoint import read, save_atomic, seal
 from .config import EngineConfig
 from .describe import describe
 from .errors import LevelError, MLOError, NonFiniteError, SetupError
@@ -607,7 +607,7 @@ class Engine:
         :class:`mlo.CheckpointError`), then :meth:`load_state_dict` validates and applies
         it (see there for ``keep_current_hyperparameters``)."""
         device = next(iter(self.problems.values())).params.tensors[0].device
-        saved = unseal(load_safe(path, map_location=device), path)
+        saved = read(path, map_location=device)
         self.load_state_dict(saved["engine"], keep_current_hyperparameters)
         extra = saved.get("extra", {})
         return extra if isinstance(extra, dict) else {}

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
+import functools
 import json
 import os
+import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from mlo import MLOError
 
 try:
     import tomllib
@@ -21,14 +27,102 @@ except ModuleNotFoundError:  # Python 3.10
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(MLOError, ValueError):
     """A configuration file or flag is invalid; the message names the key and the fix."""
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` to stderr and exit (no traceback)."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print ``error: message`` to stderr, on one line, and exit (no traceback)."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(code)
+
+
+# Refusals by the operating system that a user fixes (a path, a permission, the disk),
+# not defects of the program.
+USER_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENAMETOOLONG,
+        errno.ENOENT,
+    }
+)
+
+
+def command_line(main: Callable[..., int | None]) -> Callable[..., int]:
+    """The one place where a command line turns a user's mistake into ``error: …`` and
+    exit status 2: an :class:`mlo.MLOError` (every mistake mlo and the examples
+    detect), a configuration that fails validation, or an operating-system refusal such
+    as a full disk or a read-only folder. Anything else is a bug and keeps its
+    traceback."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None, *args: Any, **kwargs: Any) -> int:
+        try:
+            return main(argv, *args, **kwargs) or 0
+        except MLOError as exc:
+            fail(str(exc))
+        except ValidationError as exc:
+            fail("invalid configuration: " + _validation_summary(exc))
+        except OSError as exc:
+            if exc.errno not in USER_ERRNOS:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            fail(f"cannot write or read{where}: {exc.strerror or exc}")
+
+    return run
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r:.60})"
+        for err in exc.errors()
+    )
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_config_file(file: Path) -> dict[str, Any]:
+    """A TOML configuration file's table; anything that is not a readable UTF-8 TOML
+    file of at most 1 MiB is a :class:`ConfigError` naming the file."""
+    file = Path(file)
+    try:
+        mode = file.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {file} cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"config file {file} is a folder; give a .toml file")
+    try:
+        with open(file, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config file {file} cannot be read ({exc.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {file} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a configuration "
+            "is a short TOML file"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {file} is not UTF-8 text (byte {exc.start}); save it as UTF-8 TOML"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {file} nests too deeply to be a configuration") from None
 
 
 def _unknown_keys(
@@ -70,12 +164,7 @@ def build_config(
     """
     data: dict[str, Any] = dict(defaults or {})
     if file is not None:
-        try:
-            data.update(tomllib.loads(Path(file).read_text()))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {file} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        data.update(read_config_file(file))
     for key, value in overrides.items():
         if value is None:
             continue
@@ -91,7 +180,7 @@ def build_config(
     except ValidationError as exc:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r:.60})")
     if problems:
         source = f" in {file}" if file else ""
         raise ConfigError(f"invalid configuration{source}: " + "; ".join(problems))
@@ -181,6 +270,18 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_const", const=True, help="continue from OUT/checkpoint.pt"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_const",
+        const=True,
+        help="replace the previous run in OUT (without it, a folder holding one is refused)",
+    )
+    parser.add_argument(
+        "--override",
+        type=_keys,
+        help="with --resume: settings allowed to differ from the checkpoint's, comma-separated "
+        "(e.g. seed,lease.lam)",
+    )
     parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
     parser.add_argument(
         "--image-size",
@@ -201,6 +302,10 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-every", type=int, dest="checkpoint_every", help="updates between checkpoints"
     )
     add_threads_flag(parser)
+
+
+def _keys(text: str) -> list[str]:
+    return [k.strip() for k in text.split(",") if k.strip()]
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:

@@ -112,6 +112,7 @@ class StudyRun(BaseModel):
                 "out": self.run_folder(method, seed) / "search",
                 "seed": seed,
                 "resume": resume,
+                "overwrite": not resume,  # a run killed before its first checkpoint restarts
                 "layers": s.layers,
                 "init_channels": s.init_channels,
                 "batch_size": s.batch_size,
@@ -139,6 +140,7 @@ class StudyRun(BaseModel):
                 "out": self.run_folder(method, seed) / "evaluate",
                 "seed": seed,
                 "resume": resume,
+                "overwrite": not resume,
             }
         )
 

@@ -11,15 +11,13 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-import mlo
-
-from ..cli import ConfigError, add_common_flags, apply_threads, build_config, fail, print_config
+from ..cli import add_common_flags, apply_threads, build_config, command_line, print_config
 from .config import EvalRun, SearchRun
-from .data import NasDataError
 from .retrain import run_evaluation
 from .runner import Wiring, genotype_rows, run_search, summary_table
 
 
+@command_line
 def nas_main(
     argv: list[str] | None,
     *,
@@ -96,58 +94,52 @@ def nas_main(
         for k, v in vars(args).items()
         if k not in ("command", "config", "print_config", "threads") and v is not None
     }
-    try:
-        if args.command == "search":
-            flags = translate(flags) if translate else flags
-            config = build_config(search_model, args.config, flags, search_defaults)
-            config = config.effective() if hasattr(config, "effective") else config
-        else:
-            config = build_config(EvalRun, args.config, flags, eval_defaults).effective()
-    except ConfigError as exc:
-        fail(str(exc))
+    if args.command == "search":
+        flags = translate(flags) if translate else flags
+        config = build_config(search_model, args.config, flags, search_defaults)
+        config = config.effective() if hasattr(config, "effective") else config
+    else:
+        config = build_config(EvalRun, args.config, flags, eval_defaults).effective()
     if args.print_config:
         print_config(config)
         return 0
     logging.getLogger("problems.nas").info(apply_threads(args.threads))
-    try:
-        if args.command == "search":
-            title = title_of(config)
-            result = run_search(config, wire, title=title, accuracy_of=accuracy_of, console=console)
-            Console().print(
-                summary_table(
-                    title,
-                    {
-                        "method": title,
-                        "dataset": config.dataset,
-                        "steps (architecture updates)": str(result.steps),
-                        "search time": f"{result.seconds:.1f} s",
-                        "images / s": f"{result.images_per_second:.3g}",
-                        "supernet val accuracy": f"{100 * result.val_accuracy:.2f} % "
-                        f"({result.extra['val_images']} search-val images)",
-                        **{
-                            k: f"{100 * v:.2f} % (last search-val batch)"
-                            for k, v in result.extra["accuracies"].items()
-                        },
-                        "accuracies": "BatchNorm with batch statistics, as the search trains",
-                        **genotype_rows(result.genotype),
-                        **{f"outputs: {k}": str(v) for k, v in result.files.items()},
+    if args.command == "search":
+        title = title_of(config)
+        result = run_search(config, wire, title=title, accuracy_of=accuracy_of, console=console)
+        Console().print(
+            summary_table(
+                title,
+                {
+                    "method": title,
+                    "dataset": config.dataset,
+                    "steps (architecture updates)": str(result.steps),
+                    "search time": f"{result.seconds:.1f} s",
+                    "images / s": f"{result.images_per_second:.3g}",
+                    "supernet val accuracy": f"{100 * result.val_accuracy:.2f} % "
+                    f"({result.extra['val_images']} search-val images)",
+                    **{
+                        k: f"{100 * v:.2f} % (last search-val batch)"
+                        for k, v in result.extra["accuracies"].items()
                     },
-                )
+                    "accuracies": "BatchNorm with batch statistics, as the search trains",
+                    **genotype_rows(result.genotype),
+                    **{f"outputs: {k}": str(v) for k, v in result.files.items()},
+                },
             )
-        else:
-            result = run_evaluation(config, console=console)
-            Console().print(
-                summary_table(
-                    "evaluation",
-                    {
-                        "genotype": config.genotype,
-                        "test error": f"{100 * result.test_error:.2f} %",
-                        "parameters": f"{result.params_millions:.3f} M",
-                        "epochs / steps": f"{result.epochs:.3g} / {result.steps}",
-                        "time": f"{result.seconds:.1f} s",
-                    },
-                )
+        )
+    else:
+        result = run_evaluation(config, console=console)
+        Console().print(
+            summary_table(
+                "evaluation",
+                {
+                    "genotype": config.genotype,
+                    "test error": f"{100 * result.test_error:.2f} %",
+                    "parameters": f"{result.params_millions:.3f} M",
+                    "epochs / steps": f"{result.epochs:.3g} / {result.steps}",
+                    "time": f"{result.seconds:.1f} s",
+                },
             )
-    except (NasDataError, FileNotFoundError, ValueError, mlo.CheckpointError) as exc:
-        fail(str(exc))
+        )
     return 0

@@ -25,6 +25,26 @@ def with_preset(config: M, flag: str, preset: dict[str, Any]) -> M:
     return config.model_copy(update={**update, flag: False})
 
 
+def check_device(name: str) -> str:
+    """``name`` if it is ``auto`` or a device this machine has; otherwise a ``ValueError``
+    that says which devices it has."""
+    import torch
+
+    if name == "auto":
+        return name
+    cuda = torch.cuda.device_count()
+    have = "cpu" + (f", cuda (cuda:0..cuda:{cuda - 1})" if cuda else "")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name!r} is not a device name; use auto or one of: {have}") from None
+    if device.type == "cuda" and (device.index or 0) >= cuda:
+        raise ValueError(f"{name!r} is not on this machine; it has {have}")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name!r}: the examples run on {have}")
+    return name
+
+
 class RunBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,12 +57,18 @@ class RunBase(BaseModel):
     layers: int = Field(8, ge=1, description="cells in the network")
     init_channels: int = Field(16, ge=2, description="channels of the first cells")
     max_steps: int | None = Field(None, ge=1, description="stop after this many updates")
-    seed: int = 2
+    seed: int = Field(2, ge=0, le=2**32 - 1)
     device: str = Field("auto", description="cpu, cuda, cuda:N, or auto")
     workers: int = Field(2, ge=0)
     amp: bool = Field(False, description="bfloat16 autocast")
     channels_last: bool = False
     resume: bool = Field(False, description="continue from OUT/checkpoint.pt")
+    overwrite: bool = Field(False, description="replace a previous run in OUT")
+    override: list[str] = Field(
+        default_factory=list,
+        description="with resume: settings that may differ from the checkpoint's (their new "
+        "values apply from the resumed step on)",
+    )
     progress: bool = True
     image_size: int | None = Field(
         None,
@@ -58,6 +84,11 @@ class RunBase(BaseModel):
         "often in a short run so that it gives about 20 records (or one per update)",
     )
     checkpoint_every: int = Field(200, ge=1, description="updates between checkpoints")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
 
     @model_validator(mode="after")
     def _image_size_fits_the_dataset(self):

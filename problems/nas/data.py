@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+import mlo
 from mlo.sampling import resumable_loader
 
 from ..threads import one_thread_per_worker
@@ -48,7 +49,7 @@ OFFLINE_HINT = (
 )
 
 
-class NasDataError(RuntimeError):
+class NasDataError(mlo.DataError, RuntimeError):
     """The requested data cannot be loaded; the message says what to do."""
 
 

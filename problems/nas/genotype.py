@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+import mlo
 
 from .operations import PRIMITIVES
+
+
+class GenotypeError(mlo.MLOError, ValueError):
+    """A genotype name or file cannot be used; the message names it and the fix."""
 
 
 class Genotype(BaseModel):
@@ -56,9 +62,21 @@ class Genotype(BaseModel):
     def load(cls, path: str | Path) -> Genotype:
         path = Path(path)
         try:
-            return cls.model_validate_json(path.read_text())
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise FileNotFoundError(f"genotype file {path} does not exist") from None
+            raise GenotypeError(f"genotype file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GenotypeError(f"genotype file {path} cannot be read ({exc})") from None
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
+            )
+            raise GenotypeError(
+                f"genotype file {path} is not a valid genotype ({problems}); give a "
+                "genotype.json written by a search"
+            ) from None
 
 
 def derive_genotype(normal: torch.Tensor, reduce: torch.Tensor, steps: int = 4) -> Genotype:
@@ -170,7 +188,7 @@ def genotype_from(spec: str | Path) -> Genotype:
         return NAMED[spec]
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(
+        raise GenotypeError(
             f"genotype {str(spec)!r} is neither a file nor a known name ({', '.join(NAMED)})"
         )
     return Genotype.load(path)

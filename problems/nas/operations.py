@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+import mlo
+
 PRIMITIVES: tuple[str, ...] = (
     "none",
     "max_pool_3x3",
@@ -96,7 +98,10 @@ class FactorizedReduce(nn.Module):
     def __init__(self, c_in: int, c_out: int, affine: bool = True) -> None:
         super().__init__()
         if c_out % 2:
-            raise ValueError(f"FactorizedReduce needs an even number of channels, got {c_out}")
+            raise mlo.SetupError(
+                f"FactorizedReduce needs an even number of channels, got {c_out}; use an even "
+                "--init-channels"
+            )
         self.relu = nn.ReLU(inplace=False)
         self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_b = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)

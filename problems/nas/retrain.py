@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -19,12 +20,13 @@ from rich.console import Console
 import mlo
 from mlo.monitor import MetricsWriter
 
+from ..run_folder import claim, remove_previous_run
 from .config import EvalRun
 from .data import loader
 from .evaluation import EvalNetwork, count_parameters
-from .genotype import genotype_from
+from .genotype import Genotype, genotype_from
 from .loop import train
-from .runner import prepare
+from .runner import prepare, resume_engine, settings
 from .search import ImageLevel, cross_entropy, to_device
 
 
@@ -71,10 +73,15 @@ class EvalResult:
 
 
 def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResult:
-    """Train the genotype's evaluation network from scratch; report test error."""
-    console = console or Console(stderr=True)
+    """Train the genotype's evaluation network from scratch; report test error. The
+    output folder is checked and locked first (:mod:`problems.run_folder`)."""
     config = config.effective()
     genotype = genotype_from(config.genotype)
+    with claim(Path(config.out), resume=config.resume, overwrite=config.overwrite):
+        return _evaluate(config, genotype, console or Console(stderr=True))
+
+
+def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResult:
     out, device, data = prepare(config, cutout=config.cutout)
     pin = device.type == "cuda"
     train_data = loader(
@@ -121,10 +128,10 @@ def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResul
     engine = mlo.Engine([level], config=mlo.EngineConfig(steps=total, progress=False))
     checkpoint = out / "checkpoint.pt"
     if config.resume:
-        if not checkpoint.exists():
-            raise FileNotFoundError(f"--resume: {checkpoint} does not exist")
-        engine.load(checkpoint)
+        resume_engine(engine, config, out)
         console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
+    elif config.overwrite:
+        remove_previous_run(out)
     seconds = train(
         engine,
         total,
@@ -139,6 +146,7 @@ def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResul
             "epoch": level.stream.epoch,
             "lr": optimizer.param_groups[0]["lr"],
         },
+        checkpoint_extra=lambda: {"settings": settings(config)},
     )
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
     error = test_error(model, data.test, config, device, amp) if len(data.test) else float("nan")

@@ -23,6 +23,13 @@ from rich.table import Table
 
 import mlo
 
+from ..run_folder import (
+    check_resumed_settings,
+    claim,
+    flatten,
+    remove_previous_run,
+    truncate_metrics,
+)
 from .config import EvalRun, SearchRun
 from .data import ImageData, load_images, loader, search_split
 from .genotype import Genotype, derive_genotype
@@ -124,6 +131,46 @@ def darts_levels(setup: SearchSetup, solver: str, unroll_steps: int = 1):
     )
 
 
+# Settings that say how a run executes, not what it computes: free to change on --resume.
+EXECUTION_SETTINGS = (
+    "resume",
+    "overwrite",
+    "override",
+    "progress",
+    "workers",
+    "device",
+    "max_steps",
+    "checkpoint_every",
+    "log_every",
+    "download",
+    "data_dir",
+    "out",
+    "small",
+    "short",
+)
+
+
+def settings(config: SearchRun | EvalRun) -> dict[str, Any]:
+    """The run's configuration as flat ``{dotted.key: value}`` (stored in checkpoints)."""
+    return flatten(config.model_dump(mode="json"))
+
+
+def resume_engine(engine: mlo.Engine, config: SearchRun | EvalRun, out: Path) -> dict[str, Any]:
+    """Load ``OUT/checkpoint.pt`` into ``engine`` after checking that the run was started
+    with the same settings (but those in ``config.override``); drop the metric records
+    after the checkpoint, which the resumed run writes again. Returns the ``extra``."""
+    checkpoint = out / "checkpoint.pt"
+    device = next(iter(engine.problems.values())).params.tensors[0].device
+    saved = mlo.checkpoint.read(checkpoint, map_location=device)
+    extra = saved.get("extra") if isinstance(saved.get("extra"), dict) else {}
+    check_resumed_settings(
+        extra.get("settings"), settings(config), EXECUTION_SETTINGS, set(config.override)
+    )
+    engine.load_state_dict(saved["engine"], keep_current_hyperparameters=bool(config.override))
+    truncate_metrics(out / "metrics.jsonl", engine.tick)
+    return extra
+
+
 def run_search(
     config: SearchRun,
     wire: Wiring,
@@ -136,8 +183,19 @@ def run_search(
 
     The architecture is the level named ``architecture`` or, failing that, the top level.
     ``accuracy_of(engine, val_batch)`` returns accuracies shown in the progress bar.
+    The output folder is checked and locked first (:mod:`problems.run_folder`).
     """
-    console = console or Console(stderr=True)
+    with claim(Path(config.out), resume=config.resume, overwrite=config.overwrite):
+        return _search(config, wire, title, accuracy_of, console or Console(stderr=True))
+
+
+def _search(
+    config: SearchRun,
+    wire: Wiring,
+    title: str,
+    accuracy_of: Callable[[mlo.Engine, Any], dict[str, float]] | None,
+    console: Console,
+) -> SearchResult:
     out, device, data = prepare(config)
     train_half, val_half = search_split(data.train, 0.5, seed=config.seed)
     pin = device.type == "cuda"
@@ -200,9 +258,7 @@ def run_search(
     history: dict[str, list] = {"steps": [], "normal": [], "reduce": []}
     checkpoint = out / "checkpoint.pt"
     if config.resume:
-        if not checkpoint.exists():
-            raise FileNotFoundError(f"--resume: {checkpoint} does not exist")
-        extra = engine.load(checkpoint)
+        extra = resume_engine(engine, config, out)
         saved = extra.get("history")
         if not isinstance(saved, dict) or set(saved) != set(history):
             raise mlo.CheckpointError(
@@ -211,6 +267,8 @@ def run_search(
             )
         history = {k: list(v) for k, v in saved.items()}
         console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
+    elif config.overwrite:
+        remove_previous_run(out)
 
     def record_alphas() -> None:
         normal, reduce = arch.edge_strengths()
@@ -245,7 +303,7 @@ def run_search(
         progress=config.progress,
         console=console,
         record=record,
-        checkpoint_extra=lambda: {"history": history},
+        checkpoint_extra=lambda: {"history": history, "settings": settings(config)},
     )
     normal, reduce = arch.edge_strengths()
     genotype = derive_genotype(normal, reduce)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import mlo
+
 from .operations import PRIMITIVES, cell_channels, make_operation, preprocess
 
 STEPS = 4  # intermediate nodes per cell
@@ -92,7 +94,7 @@ class MixedOp(nn.Module):
     def __init__(self, channels: int, stride: int, partial_channels: int = 1) -> None:
         super().__init__()
         if channels % partial_channels:
-            raise ValueError(
+            raise mlo.SetupError(
                 f"partial_channels={partial_channels} must divide the channel count {channels}"
             )
         self.k = partial_channels

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from problems.nas import DARTS_V2, PRIMITIVES, Genotype, derive_genotype, genotype_from
+from problems.nas.genotype import GenotypeError
 from problems.nas.search_space import edges_per_cell
 
 
@@ -78,5 +79,5 @@ def test_invalid_genotype_is_refused(bad):
 
 
 def test_unknown_genotype_name_or_missing_file():
-    with pytest.raises(FileNotFoundError, match="neither a file nor a known name"):
+    with pytest.raises(GenotypeError, match="neither a file nor a known name"):
         genotype_from("NOT_A_GENOTYPE")
