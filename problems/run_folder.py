@@ -61,20 +61,25 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
     check_writable(out)
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other; pass one")
-    checkpoint = out / "checkpoint.pt"
-    if resume and not checkpoint.is_file():
-        what = "is not a file" if checkpoint.exists() else "does not exist"
-        raise RunFolderError(f"--resume: {checkpoint} {what}; start without --resume")
-    previous = [name for name in RUN_FILES if (out / name).exists()]
-    if previous and not resume and not overwrite:
-        raise RunFolderError(
-            f"{out} holds a previous run ({', '.join(previous)}); pass --resume to continue "
-            "it, --overwrite to replace it, or another --out"
-        )
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out)
     try:
+        lock = _lock(out)
+    except BaseException:
+        if created:
+            out.rmdir()
+        raise
+    try:
+        checkpoint = out / "checkpoint.pt"
+        if resume and not checkpoint.is_file():
+            what = "is not a file" if checkpoint.exists() else "does not exist"
+            raise RunFolderError(f"--resume: {checkpoint} {what}; start without --resume")
+        previous = [name for name in RUN_FILES if (out / name).exists()]
+        if previous and not resume and not overwrite:
+            raise RunFolderError(
+                f"{out} holds a previous run ({', '.join(previous)}); pass --resume to "
+                "continue it, --overwrite to replace it, or another --out"
+            )
         for stale in out.glob(".checkpoint.pt.*.tmp"):
             stale.unlink(missing_ok=True)  # a write cut short by a kill; we hold the lock
         yield

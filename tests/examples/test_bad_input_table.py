@@ -1,0 +1,260 @@
+"""Every example's command line against a table of bad flags and files (issue 10, item 2):
+each ends with exit status 2 and one ``error:`` line naming the problem, no traceback, and
+nothing on disk changed (no file written, removed or modified, no folder left behind)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from ..scripts import load_script
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "32",
+    "--image-size",
+    "8",
+    "--layers",
+    "2",
+    "--init-channels",
+    "4",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--max-steps",
+    "1",
+]
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root``: a folder, or a file's bytes, mode and mtime."""
+    out: dict[str, tuple] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            out[key] = ("special",)
+        elif path.is_dir():
+            out[key] = ("dir",)
+        else:
+            out[key] = (
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+                path.stat().st_mode,
+                path.stat().st_mtime_ns,
+            )
+    return out
+
+
+def previous_run(tmp: Path) -> None:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "metrics.jsonl").write_text('{"step": 1}\n')
+
+
+def checkpoint_is(make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "out").mkdir()
+        make(tmp / "out" / "checkpoint.pt")
+
+    return setup
+
+
+def config(text: bytes) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / "bad.toml").write_bytes(text)
+
+
+def nothing(tmp: Path) -> None:
+    pass
+
+
+# (id, script, argv, setup, what the error line must contain)
+CASES: list[tuple[str, str, list[str], Callable[[Path], None], str]] = [
+    ("resume-nothing", "lease_cifar", [*TINY, "--resume"], nothing, "checkpoint.pt does not exist"),
+    (
+        "evaluate-resume-nothing",
+        "darts_cifar",
+        ["evaluate", *TINY, "--resume"],
+        nothing,
+        "checkpoint.pt does not exist",
+    ),
+    (
+        "resume-folder",
+        "lease_cifar",
+        [*TINY, "--resume"],
+        checkpoint_is(lambda p: p.mkdir()),
+        "checkpoint.pt is not a file",
+    ),
+    (
+        "resume-fifo",
+        "darts_cifar",
+        [*TINY, "--resume"],
+        checkpoint_is(os.mkfifo),
+        "checkpoint.pt is not a file",
+    ),
+    (
+        "resume-random-bytes",
+        "lease_cifar",
+        [*TINY, "--resume"],
+        checkpoint_is(lambda p: p.write_bytes(bytes(range(256)) * 4)),
+        "cannot be read",
+    ),
+    (
+        "resume-not-mlo",
+        "lease_cifar",
+        [*TINY, "--resume"],
+        checkpoint_is(lambda p: torch.save({"model": torch.zeros(2)}, p)),
+        "is not an mlo checkpoint",
+    ),
+    ("previous-run", "lease_cifar", TINY, previous_run, "holds a previous run"),
+    (
+        "resume-and-overwrite",
+        "lease_cifar",
+        [*TINY, "--resume", "--overwrite"],
+        checkpoint_is(lambda p: p.write_bytes(b"x")),
+        "contradict each other",
+    ),
+    (
+        "out-is-a-file",
+        "lease_cifar",
+        TINY,
+        lambda tmp: (tmp / "out").write_text("a file"),
+        "is a file; give a folder",
+    ),
+    (
+        "config-lease-3",
+        "lease_cifar",
+        [*TINY, "--config", "{tmp}/bad.toml"],
+        config(b"lease = 3\n"),
+        "lease",
+    ),
+    (
+        "config-not-utf8",
+        "lease_cifar",
+        ["--config", "{tmp}/bad.toml"],
+        config(b"seed = 1\n# \xff\xfe\n"),
+        "is not UTF-8 text",
+    ),
+    (
+        "config-folder",
+        "darts_cifar",
+        ["--config", "{tmp}"],
+        nothing,
+        "is a folder; give a .toml file",
+    ),
+    (
+        "config-deeply-nested",
+        "lease_cifar",
+        ["--config", "{tmp}/bad.toml"],
+        config(b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n"),
+        "nests too deeply",
+    ),
+    ("config-dev-zero", "lease_cifar", ["--config", "/dev/zero"], nothing, "larger than 1 MiB"),
+    ("config-missing", "maml", ["--config", "{tmp}/none.toml"], nothing, "does not exist"),
+    ("device-gpu0", "lease_cifar", [*TINY, "--device", "gpu0"], nothing, "'gpu0' is not a device"),
+    ("device-mps", "darts_cifar", [*TINY, "--device", "mps"], nothing, "'mps'"),
+    ("device-cuda-7", "lease_cifar", [*TINY, "--device", "cuda:7"], nothing, "not on this machine"),
+    ("cifar-image-size-9", "lease_cifar", ["--image-size", "9"], nothing, "images are 32×32"),
+    ("cifar-image-size-8", "darts_cifar", ["--image-size", "8"], nothing, "images are 32×32"),
+    ("huge-seed", "lease_cifar", [*TINY, "--seed", "9" * 30], nothing, "seed"),
+    ("negative-seed", "darts_cifar", [*TINY, "--seed", "-1"], nothing, "seed"),
+    ("threads-0", "lease_cifar", [*TINY, "--threads", "0"], nothing, "--threads 0"),
+    (
+        "partial-channels",
+        "lease_cifar",
+        [*TINY, "--partial-channels", "3", "--out", "{tmp}/fresh"],
+        nothing,
+        "must divide",
+    ),
+    (
+        "genotype-missing",
+        "darts_cifar",
+        ["evaluate", *TINY, "--genotype", "{tmp}/none.json"],
+        nothing,
+        "neither a file nor a known name",
+    ),
+    (
+        "genotype-invalid",
+        "darts_cifar",
+        ["evaluate", *TINY, "--genotype", "{tmp}/bad.toml"],
+        config(b'{"normal": 3}'),
+        "is not a valid genotype",
+    ),
+    ("study-bad-method", "lease_study", ["--methods", "bogus"], nothing, "bogus"),
+    ("small-example-steps", "hyperparameter_optimization", ["--steps", "-1"], nothing, "steps"),
+    (
+        "small-example-config-folder",
+        "data_reweighting",
+        ["--config", "{tmp}"],
+        nothing,
+        "is a folder",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "script, argv, setup, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_a_bad_input_is_one_error_line_and_changes_nothing(
+    script, argv, setup, expected, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # default output folders (runs/...) land here, if anywhere
+    setup(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if script != "lease_study" and not any(a == "--out" for a in argv):
+        argv += ["--out", str(tmp_path / "out")]
+    before = snapshot(tmp_path)
+    example = load_script(ROOT / "examples" / f"{script}.py")
+    with pytest.raises(SystemExit) as exit_:
+        example.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and err.rstrip().endswith(lines[0]), err
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_read_only_out_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """``os.access`` is what decides (root ignores permission bits, so it is simulated)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if "ro" in str(p) else real(p, mode))
+    (tmp_path / "ro").mkdir()
+    example = load_script(ROOT / "examples" / "lease_cifar.py")
+    with pytest.raises(SystemExit) as exit_:
+        example.main([*TINY, "--out", str(tmp_path / "ro" / "run")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "is not writable" in err and err.count("\n") == 1
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_a_full_disk_is_one_error_line_and_the_last_checkpoint_survives(
+    tmp_path, capsys, monkeypatch
+):
+    example = load_script(ROOT / "examples" / "lease_cifar.py")
+    out = tmp_path / "out"
+    example.main([*TINY, "--out", str(out)])
+    good = (out / "checkpoint.pt").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        example.main([*TINY, "--out", str(out), "--resume", "--max-steps", "2"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write or read: No space left on device" in err and "Traceback" not in err
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert not list(out.glob(".*.tmp"))
