@@ -67,7 +67,7 @@ def command_line(main: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return main(argv, *args, **kwargs) or 0
         except MLOError as exc:
-            fail(str(exc))
+            fail(_user_message(exc))
         except ValidationError as exc:
             fail("invalid configuration: " + _validation_summary(exc))
         except OSError as exc:
@@ -77,6 +77,16 @@ def command_line(main: Callable[..., int | None]) -> Callable[..., int]:
             fail(f"cannot write or read{where}: {exc.strerror or exc}")
 
     return run
+
+
+def _user_message(exc: BaseException) -> str:
+    """The message of a mistake; for one re-raised from a data-loader worker (whose text
+    holds the worker's traceback), the original error's own line."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def _validation_summary(exc: ValidationError) -> str:

@@ -247,11 +247,15 @@ def _imagefolder(root: Path, cutout: int, image_size: int) -> ImageData:
         )
     try:
         train = datasets.ImageFolder(
-            str(train_dir), transform=transforms_for("imagefolder", True, cutout, image_size)
+            str(train_dir),
+            transform=transforms_for("imagefolder", True, cutout, image_size),
+            loader=read_image,
         )
         if test_dir is not None:
             test = datasets.ImageFolder(
-                str(test_dir), transform=transforms_for("imagefolder", False, 0, image_size)
+                str(test_dir),
+                transform=transforms_for("imagefolder", False, 0, image_size),
+                loader=read_image,
             )
         else:
             logger.warning("imagefolder: no test/ or val/ folder; there is no test set")
@@ -260,7 +264,37 @@ def _imagefolder(root: Path, cutout: int, image_size: int) -> ImageData:
         raise NasDataError(f"imagefolder: no images found under {root} ({exc})") from None
     if len(train) == 0:
         raise NasDataError(f"imagefolder: {train_dir} holds no images")
+    if len(train.classes) < 2:
+        raise NasDataError(
+            f"imagefolder: {train_dir} has {len(train.classes)} class folder(s) "
+            f"({', '.join(train.classes)}); classification needs at least 2, as "
+            "DATA_DIR/train/<class>/<image>"
+        )
+    if test_dir is not None and test.classes != train.classes:
+        only_test = sorted(set(test.classes) - set(train.classes))
+        only_train = sorted(set(train.classes) - set(test.classes))
+        raise NasDataError(
+            f"imagefolder: {test_dir} and {train_dir} have different class folders "
+            f"(only in {test_dir.name}/: {', '.join(only_test) or 'none'}; only in train/: "
+            f"{', '.join(only_train) or 'none'}), so their labels would not mean the same "
+            "classes; give both the same class folders"
+        )
     return ImageData(train, test, len(train.classes), "imagefolder", std=STATS["imagefolder"][1])
+
+
+def read_image(path: str):
+    """An RGB image from ``path``; a file that is not a readable image is a
+    :class:`NasDataError` naming it (at the first batch that contains it)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f, Image.open(f) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for corrupt files
+        raise NasDataError(
+            f"imagefolder: {path} is not a readable image ({type(exc).__name__}: {exc}); "
+            "remove or replace the file"
+        ) from None
 
 
 def load_images(
