@@ -463,14 +463,22 @@ class Engine:
             monitor.close({"updates": ", ".join(f"{n} {c}" for n, c in self.updates.items())})
 
     def _checkpoint(self) -> Path:
-        """Write ``step_<tick>.pt`` and remove this engine's oldest beyond ``keep_last``.
+        """Write ``step_<tick>.pt`` and remove this run's oldest beyond ``keep_last``.
 
-        Only files this engine wrote are rotated, in the order written: another run's
-        checkpoints in the same folder are never deleted, whatever their names.
+        Only files this run wrote are rotated, in the order written: another run's
+        checkpoints in the same folder are never deleted, whatever their names. The list
+        is part of each checkpoint, so a resumed run goes on rotating the files written
+        before it was stopped.
         """
         folder = Path(self.config.checkpoint_dir)
-        path = self.save(folder / f"step_{self.tick:08d}.pt")
+        path = folder / f"step_{self.tick:08d}.pt"
+        before = self._written
         self._written = [p for p in self._written if p != path] + [path]
+        try:
+            self.save(path)
+        except BaseException:
+            self._written = before
+            raise
         for old in self._written[: -self.config.keep_last]:
             old.unlink(missing_ok=True)
         self._written = self._written[-self.config.keep_last :]

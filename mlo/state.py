@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -77,6 +78,7 @@ def engine_state(engine: Engine) -> dict[str, Any]:
             n: optimizer_settings(p.optimizer, p.scheduler) for n, p in engine.problems.items()
         },
         "tick": engine.tick,
+        "written_checkpoints": [str(p) for p in engine._written],
         "updates": dict(engine.updates),
         "skipped": dict(engine.skipped),
         "schedule": engine.schedule.state_dict(),
@@ -123,6 +125,13 @@ def restore_engine_state(
         trajectory.load_state_dict(state["trajectories"].get(name, []))
     rng.restore(state["rng"])
     engine.tick = state["tick"]
+    # A run resumed into another checkpoint folder never deletes files outside it.
+    folder = engine.config.checkpoint_dir
+    engine._written = [
+        Path(p)
+        for p in state.get("written_checkpoints", [])
+        if folder is not None and Path(p).parent == Path(folder)
+    ]
     engine.updates = dict(state["updates"])
     engine.skipped = dict(state.get("skipped", engine.skipped))
 

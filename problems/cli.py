@@ -423,15 +423,20 @@ def example_engine(problems, dependencies, config: Any, metrics_file: str, log_e
 
     With ``config.resume`` the engine is returned loaded from that run's latest
     checkpoint, so that ``engine.run()`` continues exactly where it stopped (a finished run
-    trains no further). Without it, the run's old checkpoints are removed.
+    trains no further), and the metric records after that checkpoint dropped (the run
+    writes them again). Without it, the run's old checkpoints and metrics are removed.
     """
     import mlo
 
+    from .run_folder import truncate_metrics
+
     folder = Path(config.out) / "checkpoints" / Path(metrics_file).stem
+    metrics = Path(config.out) / metrics_file
     saved = sorted(folder.glob("step_*.pt"))
     if not config.resume:
         for old in saved:
             old.unlink()
+        metrics.unlink(missing_ok=True)
         saved = []
     engine = mlo.Engine(
         problems,
@@ -440,7 +445,7 @@ def example_engine(problems, dependencies, config: Any, metrics_file: str, log_e
             steps=config.steps,
             progress=config.progress,
             log_every=log_every,
-            metrics_path=Path(config.out) / metrics_file,
+            metrics_path=metrics,
             checkpoint_every=config.checkpoint_every,
             checkpoint_dir=folder,
             keep_last=2,
@@ -448,4 +453,5 @@ def example_engine(problems, dependencies, config: Any, metrics_file: str, log_e
     )
     if saved:
         engine.load(saved[-1])
+        truncate_metrics(metrics, engine.tick)
     return engine

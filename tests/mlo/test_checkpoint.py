@@ -179,3 +179,19 @@ def test_rotation_never_deletes_another_runs_checkpoints(tmp_path):
     names = sorted(p.name for p in tmp_path.glob("step_*.pt"))
     assert names == ["step_00000003.pt", "step_00000004.pt", "step_00000500.pt"]
     assert older.read_bytes() == b"an older run's checkpoint"
+
+
+def test_a_resumed_run_goes_on_rotating_the_checkpoints_written_before_it(tmp_path):
+    first = poisoned_engine(tmp_path, steps=3)
+    first.problems["p"].poison_at = -1
+    first.run()
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == [
+        "step_00000002.pt",
+        "step_00000003.pt",
+    ]
+    resumed = poisoned_engine(tmp_path, steps=6)
+    resumed.problems["p"].poison_at = -1
+    resumed.load(tmp_path / "step_00000003.pt")
+    resumed.run()
+    names = sorted(p.name for p in tmp_path.glob("step_*.pt"))
+    assert names == ["step_00000005.pt", "step_00000006.pt"]
