@@ -28,9 +28,12 @@ def load_script(path: Path) -> ModuleType:
     return module
 
 
-def kill_after_first_checkpoint(command: list[str], out: Path, seed: int, **popen) -> None:
-    """Start ``command``, wait for ``out/checkpoint.pt``, wait a seeded random moment up
-    to a second longer, and SIGKILL it; asserts it was killed while running."""
+def kill_after_first_checkpoint(
+    command: list[str], out: Path, seed: int, min_step: int = 0, **popen
+) -> None:
+    """Start ``command``, wait for ``out/checkpoint.pt`` (and for a metric record of step
+    ``min_step`` or later), wait a seeded random moment up to a second longer, and
+    SIGKILL it; asserts it was killed while running."""
     import random
     import signal
     import subprocess
@@ -41,10 +44,25 @@ def kill_after_first_checkpoint(command: list[str], out: Path, seed: int, **pope
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen
     )
     deadline = time.monotonic() + 300
-    while not (out / "checkpoint.pt").exists():
+    while not (out / "checkpoint.pt").exists() or _last_step(out) < min_step:
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.01)
     time.sleep(random.Random(seed).uniform(0, 1.0))
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
+
+
+def _last_step(out: Path) -> int:
+    import contextlib
+    import json
+
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return -1
+    steps = [-1]
+    for line in lines:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # a line being written
+            steps.append(json.loads(line)["step"])
+    return max(steps)

@@ -46,14 +46,18 @@ def search(out: Path, *extra: str) -> dict:
 
 
 @pytest.mark.slow
-def test_workers_change_nothing_and_a_kill_past_the_first_epoch_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("min_step", [6, 2], ids=["epoch-1", "epoch-0"])
+def test_workers_change_nothing_and_a_kill_past_the_first_epoch_resumes_exactly(min_step, tmp_path):
     # The straight run loads with no worker, the killed and resumed one with two: equal
     # states show both that workers change nothing and that the resume is exact.
     without = search(tmp_path / "w0", "--workers", "0")
     killed = tmp_path / "killed"
     command = [sys.executable, str(SCRIPT), "search", *ARGS, "--out", str(killed)]
-    # Killed at a random moment after its first checkpoint, then resumed to the end.
-    kill_after_first_checkpoint([*command, "--workers", "2"], killed, seed=3, cwd=ROOT)
+    # Killed at a random moment after update 6 (in the second epoch: 5 updates an epoch)
+    # or after update 2 (in the first), then resumed to the end.
+    kill_after_first_checkpoint(
+        [*command, "--workers", "2"], killed, seed=3, min_step=min_step, cwd=ROOT
+    )
     resumed = search(killed, "--workers", "2", "--resume")
     assert_identical(without, resumed, "resumed")
     assert without["problems"]["network"]["data"]["epoch"] == 1
