@@ -6,7 +6,7 @@ a gradient built with ``create_graph=True``; no dense Hessian is ever formed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -60,10 +60,16 @@ class SecondOrder:
     backward pass through the stored gradient graph.
     """
 
-    def __init__(self, objective: Tensor, params: Sequence[Tensor]) -> None:
+    def __init__(
+        self,
+        objective: Tensor,
+        params: Sequence[Tensor],
+        average: Callable[[Vector], Vector] | None = None,
+    ) -> None:
         self.params = list(params)
         self.grad = gradient(objective, self.params, create_graph=True)
         self._differentiable = [g.requires_grad for g in self.grad]
+        self._average = average
 
     def _vjp(self, vector: Sequence[Tensor], inputs: Sequence[Tensor], retain: bool) -> Vector:
         outputs = [g for g, d in zip(self.grad, self._differentiable) if d]
@@ -81,8 +87,10 @@ class SecondOrder:
         return list(grads)
 
     def hvp(self, vector: Sequence[Tensor]) -> Vector:
-        """``H v`` with ``H = d²f/dx²``."""
-        return self._vjp(vector, self.params, retain=True)
+        """``H v`` with ``H = d²f/dx²`` (averaged over data-parallel ranks, when the level
+        is replicated there: the Hessian of the global batch's objective)."""
+        product = self._vjp(vector, self.params, retain=True)
+        return product if self._average is None else self._average(product)
 
     def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
         """``d²f/dy dx · v`` for each tensor ``y`` in ``others`` (the last use of the graph)."""

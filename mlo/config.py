@@ -81,6 +81,14 @@ class EngineConfig(BaseModel):
         None, description="folder for run()'s checkpoints, step_<tick>.pt"
     )
     keep_last: int = Field(3, ge=1, description="checkpoints kept in checkpoint_dir")
+    distributed: Literal["none", "ddp"] = Field(
+        "none",
+        description="'ddp': data-parallel over the ranks of torch.distributed's default "
+        "process group (torchrun): each rank reads its shard of every level's data, and "
+        "every gradient and Hessian-vector product is averaged across ranks, so the ranks "
+        "stay identical and N ranks with batch B compute the update of batch N·B "
+        "(mlo.distributed)",
+    )
     preflight: bool = Field(
         True,
         description="before the first tick, evaluate every level once on its first batch so "

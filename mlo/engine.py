@@ -16,6 +16,7 @@ from .autodiff import gradient, gradient_or_none
 from .checkpoint import read, save_atomic, seal
 from .config import EngineConfig
 from .describe import describe
+from .distributed import Reducer
 from .errors import LevelError, MLOError, NonFiniteError, SetupError
 from .graph import LevelGraph
 from .linalg import Vector, add
@@ -111,8 +112,35 @@ class Engine:
         self._consecutive_skips: dict[str, int] = dict.fromkeys(self.problems, 0)
         self._preflight_done = False
         self._written: list[Path] = []
+        self._reducer = self._data_parallel()
         if resume is not None:
             self.load(resume)
+
+    def _data_parallel(self) -> Reducer | None:
+        """The reducer of ``distributed="ddp"`` (see :mod:`mlo.distributed`); a level
+        trained by its optimizer is replicated on every rank, an explicit level (set by
+        its best response) holds its own rank's solution."""
+        self._replicated = {
+            n: not (p.explicit and p.optimizer is None) for n, p in self.problems.items()
+        }
+        if self.config.distributed == "none":
+            return None
+        for name, p in self.problems.items():
+            if p.config.solver.needs_trajectory:
+                raise SetupError(
+                    f"problem {name!r} uses the {p.config.solver.name!r} solver, which does "
+                    "not support distributed='ddp' yet (its replay would need the global "
+                    "batch's gradient at every replayed step); use darts, neumann, cg or "
+                    "first_order"
+                )
+        return Reducer()
+
+    def _mean(self, name: str, vector: Vector) -> Vector:
+        """``vector`` averaged over the data-parallel ranks if level ``name`` is
+        replicated there; unchanged on one process."""
+        if self._reducer is None or not self._replicated[name]:
+            return vector
+        return self._reducer.mean(vector)
 
     def _validate_levels(self) -> None:
         for name, p in self.problems.items():
@@ -213,6 +241,9 @@ class Engine:
             grad_clip=problem.config.grad_clip,
             trajectory=self.trajectories.get(name),
             response=(lambda: self._response(name)) if problem.explicit else None,
+            average=(
+                self._reducer.mean if self._reducer is not None and self._replicated[name] else None
+            ),
         )
 
     def _response(self, name: str) -> list[Tensor]:
@@ -244,7 +275,7 @@ class Engine:
         problem = self.problems[name]
         below = self._descendants[name]
         if not below:
-            return gradient(loss, problem.params.tensors)
+            return self._mean(name, gradient(loss, problem.params.tensors))
         # A level's adjoint matters only if it can still reach P: through a parent whose
         # adjoint matters, across its own solver, unless that solver's Jacobian is zero.
         # The loss is not differentiated w.r.t. a level that cannot.
@@ -272,9 +303,11 @@ class Engine:
                     continue
                 parents = [u for u in self.graph.parents[lower] if u in inside]
                 solver = self.problems[lower].config.solver
+                # Under data parallelism an adjoint sums local contributions; it is
+                # averaged once, here, where it is complete and used.
                 result = solver.vjp(
                     self._level(lower),
-                    adjoint[lower],
+                    self._mean(lower, adjoint[lower]),
                     [self.problems[u].params.tensors for u in parents],
                 )
                 contributions = [t for group in result.vjps for t in group]
@@ -293,7 +326,9 @@ class Engine:
                 if result.diagnostics:
                     self._diagnostics[lower] = result.diagnostics
         own = adjoint[name]
-        return own if own is not None else [torch.zeros_like(p) for p in problem.params.tensors]
+        if own is None:
+            return [torch.zeros_like(p) for p in problem.params.tensors]
+        return self._mean(name, own)
 
     def hypergradient(self, name: str) -> dict[str, Tensor]:
         """The total derivative of ``name``'s objective w.r.t. its own parameters.
@@ -412,7 +447,10 @@ class Engine:
         pending, self._pending_checks = self._pending_checks, []
         if not pending:
             return
-        flags = torch.stack([torch.isfinite(v).all().to("cpu") for *_, v in pending])
+        flags = torch.stack([torch.isfinite(v).all() for *_, v in pending])
+        if self._reducer is not None:
+            flags = self._reducer.all_true(flags)  # every rank decides the same
+        flags = flags.cpu()
         if bool(flags.all()):
             return
         tick, name, what, value = pending[int((~flags).nonzero()[0])]
@@ -444,8 +482,9 @@ class Engine:
         total = self.config.steps
         if self.config.preflight:
             self.preflight()
-        monitor = RunMonitor(total, list(self.problems), self.config.progress)
-        writer = MetricsWriter(self.config.metrics_path)
+        lead = self._reducer is None or self._reducer.rank == 0  # the rank that reports
+        monitor = RunMonitor(total, list(self.problems), self.config.progress and lead)
+        writer = MetricsWriter(self.config.metrics_path if lead else None)
         every = self.config.checkpoint_every
         try:
             while self.tick < total:
@@ -558,13 +597,16 @@ class Engine:
 
         A level updated by its explicit best response reports its objective at the
         current state."""
-        out = {}
+        values = {}
         for name, value in self._losses.items():
             if value is None:
                 with self.observing():
                     value = self._objective(name)
-            out[name] = float(value)
-        return out
+            values[name] = value.detach().reshape(())
+        if self._reducer is not None and values:
+            # Each rank's loss is on its own shard: report the global batch's.
+            values = dict(zip(values, self._reducer.mean(list(values.values()))))
+        return {name: float(value) for name, value in values.items()}
 
     def observing(self):
         """A ``with`` block in which evaluating any level's module changes no state:
@@ -606,7 +648,15 @@ class Engine:
         or buffer that is not finite, raises :class:`NonFiniteError` and nothing is
         written, so a checkpoint never holds a poisoned state."""
         self._assert_finite_state()
-        return save_atomic(seal({"engine": self.state_dict(), "extra": extra or {}}), path)
+        state = self.state_dict()
+        if self._reducer is None:
+            return save_atomic(seal({"engine": state, "extra": extra or {}}), path)
+        # Data parallel: every rank calls save (the state gathers each rank's random
+        # states and batches); rank 0 writes, and no rank goes on before the file exists.
+        if self._reducer.rank == 0:
+            save_atomic(seal({"engine": state, "extra": extra or {}}), path)
+        self._reducer.barrier()
+        return Path(path)
 
     def load(self, path: str | Path, keep_current_hyperparameters: bool = False) -> dict[str, Any]:
         """Restore from a file written by :meth:`save`; returns its ``extra``.

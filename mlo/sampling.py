@@ -40,10 +40,31 @@ class ResumableSampler(Sampler):
 
     Each ``iter()`` yields one epoch and advances the epoch counter. ``set_epoch`` and
     ``set_start`` choose what the next ``iter()`` yields (``set_start`` applies once).
+
+    On ``world`` data-parallel ranks, the epoch's order is cut into global batches of
+    ``world · batch_size`` keys (an incomplete last one is dropped) and rank ``rank``
+    yields its contiguous ``batch_size`` keys of each: the ranks' batches together are
+    exactly one process's batch of ``world · batch_size``, so a run resumes on any number
+    of ranks with the same global batch. ``start`` counts this rank's keys.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        batch_size: int = 1,
+    ) -> None:
+        if world < 1 or not 0 <= rank < world or batch_size < 1:
+            raise ValueError(
+                f"ResumableSampler: rank {rank} of world {world}, batch_size {batch_size}: "
+                "need 0 <= rank < world and batch_size >= 1"
+            )
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world, self.batch_size = rank, world, batch_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -58,14 +79,25 @@ class ResumableSampler(Sampler):
         generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
         return torch.randperm(self.n, generator=generator)
 
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's keys of an epoch's order (all of it on one process)."""
+        if self.world == 1:
+            return order
+        per = self.world * self.batch_size
+        full = len(order) // per
+        grid = order[: full * per].view(full, self.world, self.batch_size)
+        return grid[:, self.rank].reshape(-1)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, start = self.epoch, self.start
         self.epoch, self.start = epoch + 1, 0
-        for index in self.order(epoch)[start:].tolist():
+        for index in self.shard(self.order(epoch))[start:].tolist():
             yield epoch, index
 
     def __len__(self) -> int:
-        return self.n
+        if self.world == 1:
+            return self.n
+        return self.n // (self.world * self.batch_size) * self.batch_size
 
 
 class SeededDataset(Dataset):
@@ -93,15 +125,33 @@ def resumable_loader(
     shuffle: bool = True,
     workers: int = 0,
     drop_last: bool = True,
+    rank: int | None = None,
+    world: int | None = None,
     **loader_options: Any,
 ) -> DataLoader:
     """A ``DataLoader`` whose order and random augmentations are functions of ``(seed,
     epoch, position)``: the same for any number of workers, and restored exactly by a
-    checkpoint at any position of any epoch."""
+    checkpoint at any position of any epoch.
+
+    Under ``torch.distributed`` (``rank``/``world`` default to the default process
+    group's) each rank loads its shard: ``batch_size`` is the per-rank batch, and the
+    ranks' batches together are one process's batch of ``world · batch_size``."""
+    from . import distributed
+
+    rank = distributed.rank() if rank is None else rank
+    world = distributed.world_size() if world is None else world
+    sampler = ResumableSampler(
+        len(dataset),  # type: ignore[arg-type]
+        seed,
+        shuffle,
+        rank=rank,
+        world=world,
+        batch_size=batch_size,
+    )
     return DataLoader(
         SeededDataset(dataset, seed),
         batch_size=batch_size,
-        sampler=ResumableSampler(len(dataset), seed, shuffle),  # type: ignore[arg-type]
+        sampler=sampler,  # type: ignore[arg-type]
         drop_last=drop_last,
         num_workers=workers,
         persistent_workers=workers > 0,

@@ -13,14 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from . import rng
 from .errors import CheckpointError, MLOError
 
 if TYPE_CHECKING:
-    import torch
-
     from .engine import Engine
 
 FORMATS = ("mlo.engine/1", "mlo.engine/2")
@@ -70,8 +69,11 @@ def _plain(value: Any) -> Any:
 
 def engine_state(engine: Engine) -> dict[str, Any]:
     """Parameters, buffers, optimizer and scheduler states, data positions, random
-    number generator states, unroll trajectories, the schedule and the tick."""
-    return {
+    number generator states, unroll trajectories, the schedule and the tick.
+
+    Under data parallelism it also holds every rank's random states and current batches
+    (gathered: every rank must call it)."""
+    state = {
         "format": "mlo.engine/2",
         "fingerprint": fingerprint(engine),
         "optimizers": {
@@ -96,6 +98,68 @@ def engine_state(engine: Engine) -> dict[str, Any]:
             for n, p in engine.problems.items()
         },
     }
+    reducer = engine._reducer
+    if reducer is not None:
+        mine = {
+            "rng": state["rng"],
+            "batches": {n: state["problems"][n]["batch"] for n in engine.problems},
+        }
+        gathered: list[Any] = reducer.gather(mine)
+        state["ranks"] = {
+            "world": reducer.world,
+            "rng": [g["rng"] for g in gathered],
+            "batches": {n: [g["batches"][n] for g in gathered] for n in engine.problems},
+        }
+    return state
+
+
+def _this_rank(engine: Engine, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """This rank's random state and current batches from a checkpoint written on any
+    number of ranks: its own when the number is the same; otherwise the saved global
+    batches re-split evenly (the global batch is unchanged), and rank 0's random state."""
+    rank = 0 if engine._reducer is None else engine._reducer.rank
+    world = 1 if engine._reducer is None else engine._reducer.world
+    saved = state.get("ranks")
+    if saved is None:
+        per_rank = {n: [state["problems"][n]["batch"]] for n in engine.problems}
+        rngs, saved_world = [state["rng"]], 1
+    else:
+        per_rank, rngs, saved_world = saved["batches"], saved["rng"], saved["world"]
+    if saved_world == world:
+        return rngs[rank], {n: batches[rank] for n, batches in per_rank.items()}
+    batches = {}
+    for name, parts in per_rank.items():
+        try:
+            batches[name] = _split_batch(_join_batches(parts), world)[rank]
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"the checkpoint was written on {saved_world} rank(s) and this run has "
+                f"{world}: problem {name!r}'s current batch cannot be re-split ({error}). "
+                f"Resume on {saved_world} rank(s)"
+            ) from None
+    return rngs[0], batches
+
+
+def _join_batches(parts: list[Any]) -> Any:
+    first = parts[0]
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    if isinstance(first, (list, tuple)):
+        return type(first)(_join_batches(list(group)) for group in zip(*parts))
+    raise TypeError(f"a batch of {type(first).__name__} is not tensors")
+
+
+def _split_batch(batch: Any, world: int) -> list[Any]:
+    if batch is None:
+        return [None] * world
+    if isinstance(batch, Tensor):
+        if len(batch) % world:
+            raise ValueError(f"{len(batch)} examples do not split over {world} ranks")
+        return list(batch.chunk(world))
+    groups = [_split_batch(b, world) for b in batch]
+    return [type(batch)(g[r] for g in groups) for r in range(world)]
 
 
 def restore_engine_state(
@@ -108,6 +172,7 @@ def restore_engine_state(
     hyperparameters given to this engine's optimizers are kept (a learning rate under a
     scheduler is rescaled, so that the schedule continues from the new base rate)."""
     commits = _validate(engine, state, keep_current_hyperparameters)
+    own_rng, own_batches = _this_rank(engine, state)
     for name, p in engine.problems.items():
         saved = state["problems"][name]
         p.module.load_state_dict(saved["module"])
@@ -119,11 +184,11 @@ def restore_engine_state(
             if keep_current_hyperparameters:
                 _keep_hyperparameters(p.optimizer, p.scheduler, current)
         commits[name]()
-        p.batch, p.has_batch = saved["batch"], saved["has_batch"]
+        p.batch, p.has_batch = own_batches[name], saved["has_batch"]
     engine.schedule.load_state_dict(state["schedule"])
     for name, trajectory in engine.trajectories.items():
         trajectory.load_state_dict(state["trajectories"].get(name, []))
-    rng.restore(state["rng"])
+    rng.restore(own_rng)
     engine.tick = state["tick"]
     # A run resumed into another checkpoint folder never deletes files outside it.
     folder = engine.config.checkpoint_dir

@@ -46,6 +46,12 @@ class Level:
     grad_clip: float | None = None
     trajectory: Trajectory | None = None
     response: Callable[[], list[Tensor]] | None = None
+    average: Callable[[Vector], Vector] | None = None
+    """Under data parallelism (``EngineConfig(distributed="ddp")``), the average over
+    ranks of a vector shaped like D's parameters; ``None`` on one process. A solver passes
+    every such product of D's objective through it (``SecondOrder`` does, for ``H v``), so
+    that it works with the global batch's Hessian; its results for the parents need no
+    averaging (the engine averages adjoints where they are used)."""
 
     def default_step(self, value: float | None, solver: str, knob: str) -> float:
         """``value`` if given, else D's learning rate (which an explicit level lacks)."""
@@ -102,7 +108,7 @@ class ImplicitSolver(Solver):
         """Approximate ``H_D⁻¹ v``."""
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
-        hessian = SecondOrder(level.objective(), level.params)
+        hessian = SecondOrder(level.objective(), level.params, level.average)
         w, diagnostics = self.inverse_hvp(hessian, v, level)
         flat = [t for group in parents for t in group]
         mixed = hessian.mixed(w, flat)

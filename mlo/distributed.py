@@ -1,0 +1,94 @@
+"""Data-parallel multilevel training on ``torch.distributed``.
+
+Under ``torchrun --nproc_per_node N`` (or any initialised default process group) with
+``EngineConfig(distributed="ddp")``, every rank holds all levels' parameters, reads its own
+shard of each level's data, and the engine keeps the ranks identical:
+
+- every vector computed from a level's objective on local data (a gradient, a
+  Hessian-vector or mixed product, a finite-difference gradient) is averaged across ranks
+  at once (:meth:`Reducer.mean`), in one all-reduce per product; what solvers compute from
+  averaged vectors (CG's dot products, Neumann's norms, darts' step ε/‖v‖) is then the same
+  on every rank without further communication;
+- finiteness checks are agreed (one all-reduce of the flags): every rank raises, or skips,
+  together.
+
+With each rank's per-level batch a mean over B examples and the shards of
+:func:`mlo.sampling.resumable_loader`, one tick on N ranks computes the update of one
+process with batch N·B (exactly, up to the order of floating-point sums) for levels
+without batch-coupled layers; BatchNorm normalises over each rank's B examples, as in
+PyTorch's DDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .errors import SetupError
+
+
+def initialized() -> bool:
+    """Whether a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if initialized() else 0
+
+
+def world_size() -> int:
+    """The number of ranks (1 without a process group)."""
+    return dist.get_world_size() if initialized() else 1
+
+
+class Reducer:
+    """Averages and agrees across the ranks of the default process group."""
+
+    def __init__(self) -> None:
+        if not initialized():
+            raise SetupError(
+                "EngineConfig(distributed='ddp') needs a torch.distributed process group; "
+                "start the script with torchrun --nproc_per_node N (which sets it up for "
+                "mlo), or call torch.distributed.init_process_group first"
+            )
+        self.world = dist.get_world_size()
+        self.rank = dist.get_rank()
+
+    def mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """The average over ranks of each tensor (one all-reduce for all of them)."""
+        tensors = list(tensors)
+        if not tensors:
+            return tensors
+        by_dtype: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_dtype.setdefault((t.dtype, t.device), []).append(i)
+        out: list[Tensor] = [torch.empty(0)] * len(tensors)
+        for indices in by_dtype.values():
+            flat = torch.cat([tensors[i].detach().reshape(-1) for i in indices])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(self.world)
+            start = 0
+            for i in indices:
+                n = tensors[i].numel()
+                out[i] = flat[start : start + n].view_as(tensors[i])
+                start += n
+        return out
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def gather(self, obj: object) -> list[object]:
+        """Every rank's ``obj`` (picklable), in rank order."""
+        out: list[object] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_true(self, flags: Tensor) -> Tensor:
+        """Element-wise AND of a boolean vector across ranks (one all-reduce)."""
+        values = flags.to(torch.int32)
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+        return values.bool()

@@ -1,0 +1,145 @@
+"""Small multilevel problems built identically on one process and on N data-parallel ranks
+(their data through mlo.sampling.resumable_loader, sharded under torch.distributed)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import mlo
+from mlo.sampling import resumable_loader
+
+FEATURES = 6
+
+
+def datasets(dtype: torch.dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, FEATURES, generator=gen, dtype=dtype)
+    w = torch.randn(FEATURES, 1, generator=gen, dtype=dtype)
+    y = x @ w + 0.3 * torch.randn(96, 1, generator=gen, dtype=dtype)
+    return TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])
+
+
+class Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(FEATURES))
+
+
+class Inner(mlo.Problem):
+    """A linear model on features scaled by the outer level's exp(log_scale)."""
+
+    def training_step(self, batch):
+        x, y = batch
+        return F.mse_loss(self.module(x * self.outer.module.log_scale.exp()), y)
+
+
+class Outer(mlo.Problem):
+    def training_step(self, batch):
+        x, y = batch
+        return F.mse_loss(self.inner.module(x), y)
+
+
+def two_levels(
+    solver: str, batch: int, distributed: str = "none", dtype: torch.dtype = torch.float64
+) -> mlo.Engine:
+    train, val = datasets(dtype)
+    torch.manual_seed(1)
+    model, scale = nn.Linear(FEATURES, 1).to(dtype), Scale().to(dtype)
+    inner = Inner(
+        "inner",
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        data=resumable_loader(train, batch, seed=3),
+        config=mlo.ProblemConfig(solver=solver, unroll_steps=2),
+    )
+    outer = Outer(
+        "outer",
+        scale,
+        torch.optim.SGD(scale.parameters(), lr=0.1),
+        data=resumable_loader(val, batch, seed=4),
+    )
+    return mlo.Engine(
+        [outer, inner],
+        {"outer": ["inner"]},
+        mlo.EngineConfig(progress=False, distributed=distributed),
+    )
+
+
+class Bottom(mlo.Problem):
+    def training_step(self, batch):
+        x, y = batch
+        return F.mse_loss(self.module(x * self.middle.module.log_scale.exp()), y)
+
+
+class Middle(mlo.Problem):
+    def training_step(self, batch):
+        x, y = batch
+        fit = F.mse_loss(self.bottom.module(x * self.module.log_scale.exp()), y)
+        return fit + (self.top.module.log_scale.exp() * self.module.log_scale**2).sum()
+
+
+class Top(mlo.Problem):
+    def training_step(self, batch):
+        x, y = batch
+        return F.mse_loss(self.bottom.module(x), y)
+
+
+def three_levels(
+    batch: int, distributed: str = "none", dtype: torch.dtype = torch.float64
+) -> mlo.Engine:
+    train, val = datasets(dtype)
+    torch.manual_seed(2)
+    model = nn.Linear(FEATURES, 1).to(dtype)
+    middle_scale, top_scale = Scale().to(dtype), Scale().to(dtype)
+    cfg = mlo.ProblemConfig(solver="cg")
+    problems = [
+        Top(
+            "top",
+            top_scale,
+            torch.optim.SGD(top_scale.parameters(), lr=0.1),
+            data=resumable_loader(val, batch, seed=5),
+        ),
+        Middle(
+            "middle",
+            middle_scale,
+            torch.optim.SGD(middle_scale.parameters(), lr=0.1),
+            data=resumable_loader(val, batch, seed=6),
+            config=cfg,
+        ),
+        Bottom(
+            "bottom",
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            data=resumable_loader(train, batch, seed=7),
+            config=cfg,
+        ),
+    ]
+    return mlo.Engine(
+        problems,
+        {"top": ["middle", "bottom"], "middle": ["bottom"]},
+        mlo.EngineConfig(progress=False, distributed=distributed),
+    )
+
+
+def parameters(engine: mlo.Engine) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{key}": value.detach().clone()
+        for name, p in engine.problems.items()
+        for key, value in p.module.state_dict().items()
+    }
+
+
+def _two(solver: str):
+    return lambda batch, distributed="none", dtype=torch.float64: two_levels(
+        solver, batch, distributed, dtype
+    )
+
+
+CASES = {
+    **{f"two-{s}": _two(s) for s in ["first_order", "darts", "neumann", "cg"]},
+    "three-cg": three_levels,
+}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
