@@ -40,6 +40,7 @@ from problems.cli import (
     trained_level_solvers,
 )
 from problems.hpo import build, load_digits_splits
+from problems.launch import lead
 from problems.report import comparison_table
 
 GRID = (-8.0, -6.0, -5.0, -4.0, -3.0, -2.0)
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(args.seeds):
         tuned.append(tuned_run(args, seed))
         grid.append(grid_run(args, seed, budget_seconds=tuned[-1]["seconds"]))
+    if not lead():  # under torchrun, rank 0 reports
+        return
 
     Console().print(
         comparison_table(

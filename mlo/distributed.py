@@ -10,7 +10,9 @@ shard of each level's data, and the engine keeps the ranks identical:
   averaged vectors (CG's dot products, Neumann's norms, darts' step ε/‖v‖) is then the same
   on every rank without further communication;
 - finiteness checks are agreed (one all-reduce of the flags): every rank raises, or skips,
-  together.
+  together;
+- buffers (BatchNorm's running statistics, which each rank updates from its own batch)
+  are set to rank 0's after every tick, as PyTorch's DDP does before each forward.
 
 With each rank's per-level batch a mean over B examples and the shards of
 :func:`mlo.sampling.resumable_loader`, one tick on N ranks computes the update of one
@@ -77,6 +79,20 @@ class Reducer:
                 out[i] = flat[start : start + n].view_as(tensors[i])
                 start += n
         return out
+
+    def broadcast_(self, tensors: Sequence[Tensor]) -> None:
+        """Overwrite each tensor with rank 0's (one broadcast per dtype and device)."""
+        groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+        for t in tensors:
+            groups.setdefault((t.dtype, t.device), []).append(t)
+        for group in groups.values():
+            flat = torch.cat([t.detach().reshape(-1) for t in group])
+            dist.broadcast(flat, src=0)
+            start = 0
+            with torch.no_grad():
+                for t in group:
+                    t.copy_(flat[start : start + t.numel()].view_as(t))
+                    start += t.numel()
 
     def barrier(self) -> None:
         dist.barrier()

@@ -473,6 +473,8 @@ class Engine:
             else:
                 self._update(action.problem)
         self.tick += 1
+        if self._reducer is not None:
+            self._buffers.broadcast(self._reducer)
         if self.tick % self.check_finite_every == 0:
             self._check_finite()
 
@@ -518,7 +520,8 @@ class Engine:
         except BaseException:
             self._written = before
             raise
-        for old in self._written[: -self.config.keep_last]:
+        writer = self._reducer is None or self._reducer.rank == 0
+        for old in self._written[: -self.config.keep_last] if writer else []:
             old.unlink(missing_ok=True)
         self._written = self._written[-self.config.keep_last :]
         return path

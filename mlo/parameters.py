@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +72,11 @@ class BufferGuard:
                 if id(buf) not in seen:
                     seen.add(id(buf))
                     self._buffers.append(buf)
+
+    def broadcast(self, reducer: Any) -> None:
+        """Set every buffer to rank 0's (data-parallel training, :mod:`mlo.distributed`)."""
+        if self._buffers:
+            reducer.broadcast_(self._buffers)
 
     @contextmanager
     def preserved(self) -> Iterator[None]:

@@ -426,17 +426,28 @@ def example_engine(problems, dependencies, config: Any, metrics_file: str, log_e
     trains no further), and the metric records after that checkpoint dropped (the run
     writes them again). Without it, the run's old checkpoints and metrics are removed.
     """
+    import torch
+
     import mlo
 
+    from .launch import lead, shard_batch, start
     from .run_folder import truncate_metrics
 
+    _, distributed = start(torch.device("cpu"))
+    if distributed:
+        # Whole-dataset batches (a list of them) are split across the ranks; the engine
+        # averages the gradients, so each update is the single process's.
+        for problem in problems:
+            if isinstance(problem.stream.data, list):
+                problem.stream.data = [shard_batch(b) for b in problem.stream.data]
     folder = Path(config.out) / "checkpoints" / Path(metrics_file).stem
     metrics = Path(config.out) / metrics_file
     saved = sorted(folder.glob("step_*.pt"))
-    if not config.resume:
+    if not config.resume and lead():
         for old in saved:
             old.unlink()
         metrics.unlink(missing_ok=True)
+    if not config.resume:
         saved = []
     engine = mlo.Engine(
         problems,
@@ -449,9 +460,11 @@ def example_engine(problems, dependencies, config: Any, metrics_file: str, log_e
             checkpoint_every=config.checkpoint_every,
             checkpoint_dir=folder,
             keep_last=2,
+            distributed="ddp" if distributed else "none",
         ),
     )
     if saved:
         engine.load(saved[-1])
-        truncate_metrics(metrics, engine.tick)
+        if lead():
+            truncate_metrics(metrics, engine.tick)
     return engine

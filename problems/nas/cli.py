@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from ..cli import add_common_flags, apply_threads, build_config, command_line, print_config
+from ..launch import lead
 from .config import EvalRun, SearchRun
 from .retrain import run_evaluation
 from .runner import Wiring, genotype_rows, run_search, summary_table
@@ -107,6 +108,8 @@ def nas_main(
     if args.command == "search":
         title = title_of(config)
         result = run_search(config, wire, title=title, accuracy_of=accuracy_of, console=console)
+        if not lead():
+            return 0
         Console().print(
             summary_table(
                 title,
@@ -130,6 +133,8 @@ def nas_main(
         )
     else:
         result = run_evaluation(config, console=console)
+        if not lead():
+            return 0
         Console().print(
             summary_table(
                 "evaluation",

@@ -354,10 +354,13 @@ def loader(
     workers: int = 0,
     drop_last: bool = True,
     pin_memory: bool = False,
+    shard: bool = True,
 ) -> DataLoader:
     """A DataLoader whose order and random augmentations are functions of ``(seed,
     epoch, position)`` (:func:`mlo.sampling.resumable_loader`): the same with any number
-    of workers, and restored exactly by a checkpoint at any position."""
+    of workers, and restored exactly by a checkpoint at any position. Under torchrun it
+    loads this rank's shard, unless ``shard=False`` (an evaluation every rank runs whole).
+    """
     if len(dataset) == 0:
         raise NasDataError("cannot build a loader over an empty dataset")
     if drop_last and len(dataset) < batch_size:
@@ -374,4 +377,5 @@ def loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         worker_init_fn=one_thread_per_worker if workers > 0 else None,
+        **({} if shard else {"rank": 0, "world": 1}),
     )

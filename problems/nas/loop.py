@@ -14,6 +14,7 @@ from rich.console import Console
 import mlo
 from mlo.monitor import MetricsWriter
 
+from ..launch import lead
 from ..progress import TrainingProgress
 
 
@@ -44,11 +45,12 @@ def train(
     """
     if log_every is None:
         log_every = min(10, max(1, total // 20))
-    writer = MetricsWriter(out / "metrics.jsonl")
+    writer = MetricsWriter(out / "metrics.jsonl" if lead() else None)
     start, start_tick = time.perf_counter(), engine.tick
     checkpoint = out / "checkpoint.pt"
     try:
-        with TrainingProgress(total, title, progress, console, completed=engine.tick) as bar:
+        shown = progress and lead()
+        with TrainingProgress(total, title, shown, console, completed=engine.tick) as bar:
             while engine.tick < total:
                 engine.step()
                 done = engine.tick

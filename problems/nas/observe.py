@@ -55,7 +55,7 @@ def supernet_accuracy(
     batch's statistics, as the search objective does, and no buffer, random generator or
     data position of the search changes.
     """
-    evaluation = loader(data, batch_size, shuffle=False, seed=0, drop_last=False)
+    evaluation = loader(data, batch_size, shuffle=False, seed=0, drop_last=False, shard=False)
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     with mlo.observing([supernet, arch]):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -20,13 +19,14 @@ from rich.console import Console
 import mlo
 from mlo.monitor import MetricsWriter
 
-from ..run_folder import claim, remove_previous_run
+from ..launch import lead
+from ..run_folder import remove_previous_run
 from .config import EvalRun
 from .data import loader
 from .evaluation import EvalNetwork, count_parameters
 from .genotype import Genotype, genotype_from
 from .loop import train
-from .runner import prepare, resume_engine, settings
+from .runner import claim_if_lead, prepare, resume_engine, settings
 from .search import ImageLevel, cross_entropy, to_device
 
 
@@ -77,7 +77,7 @@ def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResul
     output folder is checked and locked first (:mod:`problems.run_folder`)."""
     config = config.effective()
     genotype = genotype_from(config.genotype)
-    with claim(Path(config.out), resume=config.resume, overwrite=config.overwrite):
+    with claim_if_lead(config):
         return _evaluate(config, genotype, console or Console(stderr=True))
 
 
@@ -125,12 +125,19 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
     total = config.epochs * per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    engine = mlo.Engine([level], config=mlo.EngineConfig(steps=total, progress=False))
+    engine = mlo.Engine(
+        [level],
+        config=mlo.EngineConfig(
+            steps=total,
+            progress=False,
+            distributed="ddp" if mlo.distributed.initialized() else "none",
+        ),
+    )
     checkpoint = out / "checkpoint.pt"
     if config.resume:
         resume_engine(engine, config, out)
         console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
-    elif config.overwrite:
+    elif config.overwrite and lead():
         remove_previous_run(out)
     seconds = train(
         engine,
@@ -150,7 +157,7 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
     )
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
     error = test_error(model, data.test, config, device, amp) if len(data.test) else float("nan")
-    writer = MetricsWriter(out / "metrics.jsonl")
+    writer = MetricsWriter(out / "metrics.jsonl" if lead() else None)
     writer.write({"step": engine.tick, "test_error": error, "params_millions": params})
     writer.close()
     return EvalResult(error, params, seconds, engine.tick / per_epoch, engine.tick)
@@ -167,6 +174,7 @@ def test_error(model: EvalNetwork, dataset, config: EvalRun, device: torch.devic
         workers=config.workers,
         drop_last=False,
         pin_memory=device.type == "cuda",
+        shard=False,
     )
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0

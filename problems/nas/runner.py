@@ -23,6 +23,7 @@ from rich.table import Table
 
 import mlo
 
+from ..launch import lead, start
 from ..run_folder import (
     check_resumed_settings,
     claim,
@@ -69,7 +70,7 @@ def prepare(config: SearchRun | EvalRun, cutout: int = 0) -> tuple[Path, torch.d
     created by the first file written into it, so a run that fails first leaves none."""
     out = Path(config.out)
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    device, _ = start(resolve_device(config.device))
     data = load_images(
         config.dataset,
         config.data_dir,
@@ -167,7 +168,8 @@ def resume_engine(engine: mlo.Engine, config: SearchRun | EvalRun, out: Path) ->
         extra.get("settings"), settings(config), EXECUTION_SETTINGS, set(config.override)
     )
     engine.load_state_dict(saved["engine"], keep_current_hyperparameters=bool(config.override))
-    truncate_metrics(out / "metrics.jsonl", engine.tick)
+    if lead():
+        truncate_metrics(out / "metrics.jsonl", engine.tick)
     return extra
 
 
@@ -185,8 +187,16 @@ def run_search(
     ``accuracy_of(engine, val_batch)`` returns accuracies shown in the progress bar.
     The output folder is checked and locked first (:mod:`problems.run_folder`).
     """
-    with claim(Path(config.out), resume=config.resume, overwrite=config.overwrite):
+    with claim_if_lead(config):
         return _search(config, wire, title, accuracy_of, console or Console(stderr=True))
+
+
+def claim_if_lead(config: SearchRun | EvalRun):
+    """The run folder's checks and lock (:func:`problems.run_folder.claim`), taken by the
+    rank that writes; under torchrun the other ranks write nothing."""
+    if not lead():
+        return nullcontext()
+    return claim(Path(config.out), resume=config.resume, overwrite=config.overwrite)
 
 
 def _search(
@@ -252,7 +262,12 @@ def _search(
     engine = mlo.Engine(
         problems,
         deps,
-        mlo.EngineConfig(steps=total, progress=False, log_every=config.log_every or 10),
+        mlo.EngineConfig(
+            steps=total,
+            progress=False,
+            log_every=config.log_every or 10,
+            distributed="ddp" if mlo.distributed.initialized() else "none",
+        ),
     )
     top = "architecture" if "architecture" in engine.problems else engine.graph.roots[0]
     history: dict[str, list] = {"steps": [], "normal": [], "reduce": []}
@@ -267,7 +282,7 @@ def _search(
             )
         history = {k: list(v) for k, v in saved.items()}
         console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
-    elif config.overwrite:
+    elif config.overwrite and lead():
         remove_previous_run(out)
 
     def record_alphas() -> None:
@@ -314,9 +329,12 @@ def _search(
         "cells": out / "cells.png",
         "alphas": out / "alphas.png",
     }
-    genotype.save(files["genotype"])
-    plot_genotype(genotype, files["cells"], title=f"{title}: derived cells")
-    plot_alpha_evolution(history["steps"], history["normal"], history["reduce"], files["alphas"])
+    if lead():
+        genotype.save(files["genotype"])
+        plot_genotype(genotype, files["cells"], title=f"{title}: derived cells")
+        plot_alpha_evolution(
+            history["steps"], history["normal"], history["reduce"], files["alphas"]
+        )
     val_batches = max(1, min(20, per_epoch))
     status = (
         console.status(f"supernet accuracy on {val_batches} search-val batches")

@@ -1,0 +1,81 @@
+"""The examples under ``torchrun --standalone --nproc_per_node 2`` (gloo, CPU): each runs
+end to end, rank 0 alone writes its outputs, and the checkpoint holds both ranks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ..scripts import ROOT, subprocess_env
+
+TINY_NAS = [
+    "--small",
+    "--dataset",
+    "synthetic",
+    "--synthetic-size",
+    "64",
+    "--image-size",
+    "8",
+    "--layers",
+    "2",
+    "--init-channels",
+    "4",
+    "--batch-size",
+    "8",
+    "--max-steps",
+    "2",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
+
+def torchrun(script: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(ROOT / "examples" / script), *args]
+    env = {**subprocess_env(), "MLO_DISTRIBUTED_TIMEOUT_MINUTES": "2"}
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, extra",
+    [
+        ("lease_cifar.py", ["--audience", "resnet_tiny", "--pgd-steps", "1"]),
+        ("darts_cifar.py", []),
+    ],
+)
+def test_a_nas_search_runs_on_two_ranks(script, extra, tmp_path):
+    out = tmp_path / "out"
+    result = torchrun(script, *TINY_NAS, *extra, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("supernet val accuracy") == 1  # one summary, from rank 0
+    for name in ("genotype.json", "metrics.jsonl", "checkpoint.pt", "alphas.png"):
+        assert (out / name).is_file(), name
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # one writer
+    engine = torch.load(out / "checkpoint.pt", weights_only=True)["engine"]
+    assert engine["ranks"]["world"] == 2 and engine["tick"] == 2
+    # Each rank read its own shard: the two current batches differ.
+    first, second = next(iter(engine["ranks"]["batches"].values()))
+    assert not torch.equal(first[0], second[0])
+
+
+@pytest.mark.slow
+def test_a_small_example_runs_on_two_ranks(tmp_path):
+    out = tmp_path / "out"
+    args = ["--steps", "3", "--seeds", "1", "--inner-steps", "2", "--no-progress", "--threads", "1"]
+    result = torchrun("hyperparameter_optimization.py", *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("grid choices") == 1
+    checkpoint = out / "checkpoints" / "metrics_seed0" / "step_00000003.pt"
+    engine = torch.load(checkpoint, weights_only=True)["engine"]
+    assert engine["ranks"]["world"] == 2 and engine["tick"] == 3
