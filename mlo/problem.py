@@ -24,7 +24,8 @@ class Problem:
 
     Args:
         name: unique name of the level; also the attribute other problems use to reach it.
-        module: the ``nn.Module`` holding this level's trainable parameters ``θ_P``.
+        module: the ``nn.Module`` holding this level's trainable parameters ``θ_P`` (a
+            ``DistributedDataParallel`` wrapper is unwrapped: the engine averages itself).
         optimizer: a ``torch.optim.Optimizer`` over (a subset of) ``module``'s parameters;
             ``None`` for a level that implements :meth:`best_response` instead.
         data: any iterable of batches, cycled; ``None`` passes ``batch=None``.
@@ -49,6 +50,7 @@ class Problem:
             )
         if not isinstance(module, nn.Module):
             raise SetupError(f"problem {name!r}: module must be a torch.nn.Module")
+        module = _unwrap(name, module)
         if optimizer is None and not self.explicit:
             raise SetupError(
                 f"problem {name!r}: optimizer is None, but {type(self).__name__} does not "
@@ -160,3 +162,20 @@ def _check_scheduler(name: str, scheduler: Any, optimizer: torch.optim.Optimizer
             f"problem {name!r}: its scheduler was built for another optimizer; build it on "
             "this problem's own optimizer, e.g. CosineAnnealingLR(optimizer, T_max)"
         )
+
+
+def _unwrap(name: str, module: nn.Module) -> nn.Module:
+    """A ``DistributedDataParallel``-wrapped module is trained as the module it wraps: under
+    ``EngineConfig(distributed="ddp")`` the engine averages gradients and Hessian-vector
+    products itself (DDP's hooks only see ``.backward()``, which mlo does not call)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(module, DistributedDataParallel):
+        return module.module
+    if isinstance(module, FullyShardedDataParallel):
+        raise SetupError(
+            f"problem {name!r}: FSDP-wrapped modules are not supported yet; pass the plain "
+            "module with EngineConfig(distributed='ddp')"
+        )
+    return module

@@ -43,11 +43,17 @@ class Outer(mlo.Problem):
 
 
 def two_levels(
-    solver: str, batch: int, distributed: str = "none", dtype: torch.dtype = torch.float64
+    solver: str,
+    batch: int,
+    distributed: str = "none",
+    dtype: torch.dtype = torch.float64,
+    wrap: bool = False,
 ) -> mlo.Engine:
     train, val = datasets(dtype)
     torch.manual_seed(1)
     model, scale = nn.Linear(FEATURES, 1).to(dtype), Scale().to(dtype)
+    if wrap and distributed == "ddp":  # the user's own DDP wrapper: mlo unwraps it
+        model = nn.parallel.DistributedDataParallel(model)
     inner = Inner(
         "inner",
         model,
@@ -141,5 +147,8 @@ def _two(solver: str):
 CASES = {
     **{f"two-{s}": _two(s) for s in ["first_order", "darts", "neumann", "cg"]},
     "three-cg": three_levels,
+    "two-cg-ddp-wrapped": lambda batch, distributed="none", dtype=torch.float64: two_levels(
+        "cg", batch, distributed, dtype, wrap=True
+    ),
 }
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
