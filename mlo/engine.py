@@ -100,7 +100,7 @@ class Engine:
         self.updates: dict[str, int] = dict.fromkeys(self.problems, 0)
         self._losses: dict[str, Tensor | None] = {}
         self._diagnostics: dict[str, dict[str, Tensor]] = {}
-        self._pending_checks: list[tuple[int, str, str, Tensor]] = []
+        self._pending_checks: list[tuple[int, str, str, list[Tensor]]] = []
         self._warned: set[str] = set()
         on_cpu = all(t.device.type == "cpu" for p in problems for t in p.params.tensors)
         self.check_finite_every = self.config.check_finite_every or (
@@ -312,13 +312,10 @@ class Engine:
                 )
                 contributions = [t for group in result.vjps for t in group]
                 if contributions:
-                    self._pending_checks.append(
-                        (
-                            self.tick + 1,
-                            name,
-                            f"hypergradient from level {lower!r} (its {solver.name!r} solver)",
-                            torch.stack(torch._foreach_norm(contributions)),
-                        )
+                    self._watch(
+                        name,
+                        f"hypergradient from level {lower!r} (its {solver.name!r} solver)",
+                        contributions,
                     )
                 for upper, vjp in zip(parents, result.vjps):
                     current = adjoint[upper]
@@ -362,17 +359,15 @@ class Engine:
                 "numbers, or computed under torch.no_grad()), so the level would never "
                 "train; return the loss tensor autograd built from the module's output"
             )
-        self._pending_checks.append((self.tick + 1, name, "loss", loss.detach()))
+        self._watch(name, "loss", [loss.detach()])
         grads = self._total_gradient(name, loss)
         params = problem.params.tensors
         for p, g in zip(params, grads):
             p.grad = g
+        self._watch(name, "gradient", grads)
         if problem.config.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, problem.config.grad_clip)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            torch.nn.utils.clip_grad_norm_(params, problem.config.grad_clip)
         self._losses[name] = loss.detach()
-        self._pending_checks.append((self.tick + 1, name, "gradient", grad_norm.detach()))
         if self.check_finite_every == 1 and not self._finite_or_skip(name):
             return
         trajectory = self.trajectories.get(name)
@@ -385,14 +380,7 @@ class Engine:
         problem.optimizer.step()
         problem.optimizer.zero_grad(set_to_none=True)
         # Checked before any level reads them: a bad step is blamed on this level.
-        self._pending_checks.append(
-            (
-                self.tick + 1,
-                name,
-                "parameter after its optimizer step",
-                torch.stack(torch._foreach_norm(params)),
-            )
-        )
+        self._watch(name, "parameter after its optimizer step", params)
         if problem.scheduler is not None:
             problem.scheduler.step()
         self.updates[name] += 1
@@ -404,9 +392,7 @@ class Engine:
         # attack) re-enables them itself, and may skip building second-order graphs.
         with self._buffers.preserved(), torch.no_grad():
             values = [v.detach() for v in self._response(name)]
-        self._pending_checks.append(
-            (self.tick + 1, name, "best response", torch.stack(torch._foreach_norm(values)))
-        )
+        self._watch(name, "best response", values)
         if self.check_finite_every == 1 and not self._finite_or_skip(name):
             return
         with torch.no_grad():
@@ -415,6 +401,16 @@ class Engine:
         # Its objective is only reported, so it is evaluated when a report asks for it.
         self._losses[name] = None
         self.updates[name] += 1
+
+    def _watch(self, name: str, what: str, tensors: Sequence[Tensor]) -> None:
+        """Queue ``tensors`` for the next finiteness check, blamed on level ``name``. When
+        every update is checked the tensors are kept as they are (checked moments later,
+        before anything changes them); otherwise their norms are kept, a snapshot."""
+        if self.check_finite_every == 1:
+            group = [t.detach() for t in tensors]
+        else:
+            group = [torch.stack(torch._foreach_norm([t.detach() for t in tensors]))]
+        self._pending_checks.append((self.tick + 1, name, what, group))
 
     def _finite_or_skip(self, name: str) -> bool:
         """Check the pending values; in skip mode drop a non-finite update (False)."""
@@ -447,15 +443,30 @@ class Engine:
         pending, self._pending_checks = self._pending_checks, []
         if not pending:
             return
-        flags = torch.stack([torch.isfinite(v).all() for *_, v in pending])
+        # One norm per tensor (non-finite iff the tensor has a non-finite entry), then one
+        # reduction and one synchronisation for all of them.
+        norms = torch._foreach_norm([t for *_, group in pending for t in group])
+        ok = _all_finite(norms)
         if self._reducer is not None:
-            flags = self._reducer.all_true(flags)  # every rank decides the same
-        flags = flags.cpu()
-        if bool(flags.all()):
+            ok = self._reducer.all_true(ok.reshape(1))[0]  # every rank decides the same
+        if bool(ok):
             return
-        tick, name, what, value = pending[int((~flags).nonzero()[0])]
+        # The rare path: name the first non-finite value.
+        culprits = [
+            i
+            for i, (*_, group) in enumerate(pending)
+            if not all(bool(torch.isfinite(t).all()) for t in group)
+        ]
+        if not culprits:
+            raise NonFiniteError(
+                f"another data-parallel rank produced a non-finite value at step "
+                f"{pending[0][0]}; its own error names the problem"
+            )
+        tick, name, what, group = pending[culprits[0]]
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        bad = flat[~torch.isfinite(flat)][0].item()
         raise NonFiniteError(
-            f"problem {name!r} produced a non-finite {what} ({value.item()}) at step {tick}. "
+            f"problem {name!r} produced a non-finite {what} ({bad}) at step {tick}. "
             f"Check its training_step and learning rate; "
             + (
                 "the gradient includes the hypergradient from its lower levels' solvers "
@@ -683,6 +694,18 @@ class Engine:
         text = describe(self, ticks)
         print(text)
         return text
+
+
+def _all_finite(values: Sequence[Tensor]) -> Tensor:
+    """Whether every entry of every tensor is finite: one concatenation and one reduction
+    per device (the common case is one device)."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for v in values:
+        by_device.setdefault(v.device, []).append(v.detach().reshape(-1))
+    flags = [torch.isfinite(torch.cat(group)).all() for group in by_device.values()]
+    if len(flags) == 1:
+        return flags[0]
+    return torch.stack([f.cpu() for f in flags]).all()
 
 
 def _first_line(error: BaseException) -> str:

@@ -283,3 +283,26 @@ def test_every_user_mistake_is_an_mlo_error():
     ):
         assert issubclass(cls, mlo.MLOError)
     assert issubclass(mlo.SetupError, ValueError) and issubclass(mlo.SetupError, TypeError)
+
+
+def test_a_non_finite_value_among_several_tensors_is_reported_with_its_value():
+    """The check of a level's parameters covers several tensors at once; the message
+    shows the first non-finite entry."""
+
+    class Breaks(torch.optim.SGD):
+        def step(self, closure=None):
+            with torch.no_grad():
+                self.param_groups[0]["params"][-1].fill_(-math.inf)
+
+    class Fit(mlo.Problem):
+        def training_step(self, batch):
+            return self.module(torch.ones(1, 2)).pow(2).sum()
+
+    net = nn.Linear(2, 1)
+    p = Fit("fit", net, Breaks(net.parameters(), lr=0.1))
+    with pytest.raises(
+        mlo.NonFiniteError,
+        match=r"'fit' produced a non-finite parameter after its optimizer "
+        r"step \(-inf\) at step 1",
+    ):
+        engine([p], {}, steps=2).run()
