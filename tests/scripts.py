@@ -66,3 +66,31 @@ def _last_step(out: Path) -> int:
         with contextlib.suppress(ValueError, KeyError, TypeError):  # a line being written
             steps.append(json.loads(line)["step"])
     return max(steps)
+
+
+def tiny_nas(
+    dataset: str = "synthetic", *, batch: int = 8, max_steps: int = 1, **more
+) -> list[str]:
+    """Flags for a NAS example run that takes seconds on a CPU: 8×8 images, 2 cells of 4
+    channels, no data workers, no progress display. ``more`` adds flags (``key=value``
+    becomes ``--key value``; underscores become dashes)."""
+    flags = [
+        "--dataset",
+        dataset,
+        "--image-size",
+        "8",
+        "--layers",
+        "2",
+        "--init-channels",
+        "4",
+        "--batch-size",
+        str(batch),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--max-steps",
+        str(max_steps),
+    ]
+    for key, value in more.items():
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags

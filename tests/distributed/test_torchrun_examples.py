@@ -10,30 +10,9 @@ import sys
 import pytest
 import torch
 
-from ..scripts import ROOT, subprocess_env
+from ..scripts import ROOT, subprocess_env, tiny_nas
 
-TINY_NAS = [
-    "--small",
-    "--dataset",
-    "synthetic",
-    "--synthetic-size",
-    "64",
-    "--image-size",
-    "8",
-    "--layers",
-    "2",
-    "--init-channels",
-    "4",
-    "--batch-size",
-    "8",
-    "--max-steps",
-    "2",
-    "--workers",
-    "0",
-    "--threads",
-    "1",
-    "--no-progress",
-]
+TINY_NAS = ["--small", *tiny_nas(max_steps=2, synthetic_size=64, threads=1)]
 
 
 def torchrun(script: str, *args: str) -> subprocess.CompletedProcess:

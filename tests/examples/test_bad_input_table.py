@@ -13,28 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ..scripts import load_script
+from ..scripts import load_script, tiny_nas
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--synthetic-size",
-    "32",
-    "--image-size",
-    "8",
-    "--layers",
-    "2",
-    "--init-channels",
-    "4",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--no-progress",
-    "--max-steps",
-    "1",
-]
+TINY = tiny_nas(synthetic_size=32)
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

@@ -8,26 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ..scripts import load_script
+from ..scripts import load_script, tiny_nas
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = [
-    "--dataset",
-    "digits",
-    "--image-size",
-    "8",
-    "--layers",
-    "2",
-    "--init-channels",
-    "4",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--no-progress",
-    "--max-steps",
-    "1",
-]
+ARGS = tiny_nas("digits")
 
 
 def random_bytes(path: Path) -> None:

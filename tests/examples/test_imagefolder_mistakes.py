@@ -10,25 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ..scripts import load_script
+from ..scripts import load_script, tiny_nas
 from .test_bad_input_table import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = [
-    "--dataset",
-    "imagefolder",
-    "--image-size",
-    "8",
-    "--layers",
-    "2",
-    "--init-channels",
-    "4",
-    "--batch-size",
-    "4",
-    "--no-progress",
-    "--max-steps",
-    "4",
-]
+ARGS = tiny_nas("imagefolder", batch=4, max_steps=4)
 
 
 def images(root: Path, split: str, classes: list[str], per_class: int = 8) -> None:
