@@ -29,12 +29,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from problems.cli import (
-    ConfigError,
     add_threads_flag,
     apply_threads,
     build_config,
     command_line,
-    fail,
     print_config,
 )
 from problems.lease import wire_search
@@ -88,10 +86,7 @@ def parse(argv: list[str] | None) -> StudyRun | None:
     }
     if "methods" in flags:
         flags["methods"] = [m.strip() for m in flags["methods"].split(",") if m.strip()]
-    try:
-        config = build_config(StudyRun, args.config, flags)
-    except ConfigError as exc:
-        fail(str(exc))
+    config = build_config(StudyRun, args.config, flags)
     if args.print_config:
         print_config(config)
         return None

@@ -61,38 +61,24 @@ class Reducer:
         self.rank = dist.get_rank()
 
     def mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
-        """The average over ranks of each tensor (one all-reduce for all of them)."""
+        """The average over ranks of each tensor (one all-reduce per dtype and device)."""
         tensors = list(tensors)
-        if not tensors:
-            return tensors
-        by_dtype: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-        for i, t in enumerate(tensors):
-            by_dtype.setdefault((t.dtype, t.device), []).append(i)
         out: list[Tensor] = [torch.empty(0)] * len(tensors)
-        for indices in by_dtype.values():
-            flat = torch.cat([tensors[i].detach().reshape(-1) for i in indices])
+        for indices, flat in _flat_groups(tensors):
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat.div_(self.world)
-            start = 0
-            for i in indices:
-                n = tensors[i].numel()
-                out[i] = flat[start : start + n].view_as(tensors[i])
-                start += n
+            for i, part in zip(indices, _unflatten(flat, [tensors[i] for i in indices])):
+                out[i] = part
         return out
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Overwrite each tensor with rank 0's (one broadcast per dtype and device)."""
-        groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
-        for t in tensors:
-            groups.setdefault((t.dtype, t.device), []).append(t)
-        for group in groups.values():
-            flat = torch.cat([t.detach().reshape(-1) for t in group])
+        tensors = list(tensors)
+        for indices, flat in _flat_groups(tensors):
             dist.broadcast(flat, src=0)
-            start = 0
             with torch.no_grad():
-                for t in group:
-                    t.copy_(flat[start : start + t.numel()].view_as(t))
-                    start += t.numel()
+                for i, part in zip(indices, _unflatten(flat, [tensors[i] for i in indices])):
+                    tensors[i].copy_(part)
 
     def barrier(self) -> None:
         dist.barrier()
@@ -108,3 +94,23 @@ class Reducer:
         values = flags.to(torch.int32)
         dist.all_reduce(values, op=dist.ReduceOp.MIN)
         return values.bool()
+
+
+def _flat_groups(tensors: list[Tensor]) -> list[tuple[list[int], Tensor]]:
+    """The tensors' positions and contents, concatenated, per dtype and device (one
+    collective each)."""
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.dtype, t.device), []).append(i)
+    return [
+        (indices, torch.cat([tensors[i].detach().reshape(-1) for i in indices]))
+        for indices in groups.values()
+    ]
+
+
+def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    out, start = [], 0
+    for t in like:
+        out.append(flat[start : start + t.numel()].view_as(t))
+        start += t.numel()
+    return out

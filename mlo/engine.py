@@ -547,12 +547,9 @@ class Engine:
             for key, t in p.module.state_dict().items()
             if t.is_floating_point() or t.is_complex()
         ]
-        if not tensors:
+        if not tensors or bool(_all_finite(torch._foreach_norm([t for *_, t in tensors]))):
             return
-        flags = torch.stack([torch.isfinite(t).all().to("cpu") for *_, t in tensors])
-        if bool(flags.all()):
-            return
-        name, key, _ = tensors[int((~flags).nonzero()[0])]
+        name, key, _ = next(x for x in tensors if not bool(torch.isfinite(x[2]).all()))
         raise NonFiniteError(
             f"problem {name!r}: {key} is not finite at step {self.tick}; no checkpoint was "
             "written, so the last one on disk is still finite. Check the level's training_step "

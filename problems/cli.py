@@ -362,15 +362,12 @@ def example_parser(description: str) -> argparse.ArgumentParser:
 
 def parse_run(parser: argparse.ArgumentParser, model: type[M], argv: list[str] | None) -> M | None:
     """The validated configuration (file, then flags), or ``None`` after
-    ``--print-config`` printed it; invalid input exits 2 with the message."""
+    ``--print-config`` printed it; invalid input raises :class:`ConfigError`."""
     parsed = parser.parse_args(argv)
     flags = {
         k: v for k, v in vars(parsed).items() if k not in ("config", "print_config", "threads")
     }
-    try:
-        config = build_config(model, parsed.config, flags)
-    except ConfigError as exc:
-        fail(str(exc))
+    config = build_config(model, parsed.config, flags)  # mistakes: command_line reports them
     if parsed.print_config:
         print_config(config)
         return None

@@ -10,34 +10,16 @@ import pytest
 import torch
 
 from ..mlo.test_state_untouched import assert_identical
-from ..scripts import kill_after_first_checkpoint, load_script
+from ..scripts import kill_after_first_checkpoint, load_script, tiny_nas
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "darts_cifar.py"
 # digits: 719 search-train images, batch 128: 5 updates an epoch; 7 steps pass it. One
 # thread in every process, so that float reductions agree between the killed and the
 # resumed process.
-ARGS = [
-    "--dataset",
-    "digits",
-    "--image-size",
-    "8",
-    "--layers",
-    "2",
-    "--init-channels",
-    "4",
-    "--batch-size",
-    "128",
-    "--threads",
-    "1",
-    "--solver",
-    "first_order",
-    "--no-progress",
-    "--max-steps",
-    "7",
-    "--checkpoint-every",
-    "1",
-]
+ARGS = tiny_nas(
+    "digits", batch=128, max_steps=7, threads=1, solver="first_order", checkpoint_every=1
+)
 
 
 def search(out: Path, *extra: str) -> dict:
