@@ -57,12 +57,13 @@ class EvalCell(nn.Module):
 
 class AuxiliaryHead(nn.Module):
     """Classifier on the feature map after the second reduction: 8×8 for 32×32 inputs,
-    pooled 5×5 with stride 3 to 2×2 as in DARTS; a map smaller than 5×5 (small images
+    pooled 5×5 with stride 3 to 2×2 as in DARTS (7×7 for 224×224 inputs in the mobile
+    setting, pooled with stride 2 to 2×2); a map smaller than 5×5 (small images
     such as 16×16 digits) is average-pooled to 2×2 instead."""
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, stride: int = 3) -> None:
         super().__init__()
-        self.pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)
+        self.pool = nn.AvgPool2d(5, stride=stride, padding=0, count_include_pad=False)
         self.features = nn.Sequential(
             nn.Conv2d(channels, 128, 1, bias=False),
             nn.BatchNorm2d(128),
@@ -100,27 +101,73 @@ class EvalNetwork(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
         )
+        self._add_cells(genotype, plan, c_out, num_classes, auxiliary, aux_stride=3)
+
+    def _add_cells(self, genotype, plan, c_out, num_classes, auxiliary, aux_stride) -> None:
         self.cells = nn.ModuleList()
-        self.aux_index = 2 * layers // 3
+        self.aux_index = 2 * len(plan) // 3
         aux_channels = None
         for i, (c_pp, c_p, c, red, red_prev) in enumerate(plan):
             cell = EvalCell(genotype, c_pp, c_p, c, red, red_prev)
             self.cells.append(cell)
             if i == self.aux_index:
                 aux_channels = len(cell.concat) * c
-        self.auxiliary = AuxiliaryHead(aux_channels, num_classes) if auxiliary else None
+        self.auxiliary = AuxiliaryHead(aux_channels, num_classes, aux_stride) if auxiliary else None
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_out, num_classes)
         self.drop_path_prob = 0.0
 
+    def stems(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two inputs of the first cell."""
+        s = self.stem(x)
+        return s, s
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stems(x)
         aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_index and self.auxiliary is not None and self.training:
                 aux = self.auxiliary(s1)
         return self.classifier(self.pool(s1).flatten(1)), aux
+
+
+class MobileNetwork(EvalNetwork):
+    """DARTS' ImageNet evaluation network in the mobile setting (224×224 inputs): a
+    two-stage strided stem (3×3 convolutions of stride 2 to 56×56, then one more to
+    28×28), 14 cells with reductions at 1/3 and 2/3 of the depth (to 14×14 and 7×7), 48
+    initial channels, and the auxiliary head after the second reduction. With DARTS_V2
+    it has 4.7 M parameters and about 574 M multiply-adds (Liu et al., 2019, Table 3)."""
+
+    def __init__(
+        self,
+        genotype: Genotype,
+        num_classes: int = 1000,
+        layers: int = 14,
+        init_channels: int = 48,
+        auxiliary: bool = True,
+        in_channels: int = 3,
+    ) -> None:
+        nn.Module.__init__(self)
+        c = init_channels
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+        )
+        _, plan, c_out = cell_channels(layers, c, stem_multiplier=1, stem_reduces=True)
+        self._add_cells(genotype, plan, c_out, num_classes, auxiliary, aux_stride=2)
+
+    def stems(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)
 
 
 def count_parameters(model: nn.Module, exclude_auxiliary: bool = True) -> int:

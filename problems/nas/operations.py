@@ -152,13 +152,17 @@ def preprocess(
     return first, second
 
 
-def cell_channels(layers: int, init_channels: int, stem_multiplier: int = 3):
+def cell_channels(
+    layers: int, init_channels: int, stem_multiplier: int = 3, stem_reduces: bool = False
+):
     """Yield ``(c_prev_prev, c_prev, c, reduction, reduction_prev)`` for each cell, and the
     final channel count, following the DARTS layout: the channels double at the reduction
-    cells placed at 1/3 and 2/3 of the depth."""
+    cells placed at 1/3 and 2/3 of the depth. ``stem_reduces``: the stem's two outputs
+    differ in size (ImageNet's two-stage strided stem), so the first cell reduces its
+    first input as if it followed a reduction cell."""
     c_stem = stem_multiplier * init_channels
     c_pp, c_p, c = c_stem, c_stem, init_channels
-    reduction_prev = False
+    reduction_prev = stem_reduces
     plan = []
     for i in range(layers):
         reduction = i in (layers // 3, 2 * layers // 3)
