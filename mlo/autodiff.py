@@ -57,7 +57,8 @@ class SecondOrder:
 
     Built once (one backward pass with ``create_graph=True``); then each Hessian-vector
     product ``H v = d²f/dx² v`` and each mixed product ``d²f/dy dx v`` costs one more
-    backward pass through the stored gradient graph.
+    backward pass through the stored gradient graph. With ``create_graph`` the products
+    are differentiable in turn (third derivatives, for nested levels above).
     """
 
     def __init__(
@@ -65,8 +66,10 @@ class SecondOrder:
         objective: Tensor,
         params: Sequence[Tensor],
         average: Callable[[Vector], Vector] | None = None,
+        create_graph: bool = False,
     ) -> None:
         self.params = list(params)
+        self.create_graph = create_graph
         self.grad = gradient(objective, self.params, create_graph=True)
         self._differentiable = [g.requires_grad for g in self.grad]
         self._average = average
@@ -80,7 +83,8 @@ class SecondOrder:
             outputs,
             list(inputs),
             grad_outputs=vectors,
-            retain_graph=retain,
+            retain_graph=retain or self.create_graph,
+            create_graph=self.create_graph,
             allow_unused=True,
             materialize_grads=True,
         )

@@ -38,10 +38,33 @@ class ProblemConfig(BaseModel):
         "own data, so that two levels see the same examples (the problem's data must be None)",
     )
 
+    jacobian: Literal["total", "partial"] | None = Field(
+        None,
+        description="for a level whose objective reads its own lower levels: 'total' "
+        "differentiates the nested problem the engine trains (exact; the default where "
+        "the solver allows it), 'partial' holds the lower levels fixed in this level's "
+        "Jacobian (cheaper; Betty's behaviour, an approximation). None: 'total' unless "
+        "the solver is 'unroll' or 'explicit'. No effect on other levels.",
+    )
+
     @field_validator("solver", mode="before")
     @classmethod
     def _resolve_solver(cls, value: Any) -> Solver:
         return resolve(value)
+
+    @model_validator(mode="after")
+    def _total_needs_a_capable_solver(self) -> ProblemConfig:
+        if self.jacobian == "total" and not self.solver.supports_total:
+            raise ValueError(
+                f"jacobian='total' is not available with the {self.solver.name!r} solver "
+                "(its Jacobian does not come from second-order products of the level's "
+                "objective); use jacobian='partial', or the 'cg', 'neumann' or 'darts' solver"
+            )
+        return self
+
+    def uses_total(self) -> bool:
+        """Whether this level's Jacobian is the total one when it reads its lower levels."""
+        return self.jacobian != "partial" and self.solver.supports_total
 
 
 class EngineConfig(BaseModel):

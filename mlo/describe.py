@@ -26,6 +26,7 @@ def describe(engine: Engine, ticks: int = 1) -> str:
                 if engine.graph.children[name]
                 else ""
             )
+            + _jacobian(engine, name)
         )
     lines.append("edges (upper → lower):")
     edges = engine.graph.edges()
@@ -43,6 +44,22 @@ def describe(engine: Engine, ticks: int = 1) -> str:
         lines.append(f"tick {engine.tick + t + 1}: " + _compress(simulation.tick()))
     text = "\n".join(lines)
     return text
+
+
+def _jacobian(engine: Engine, name: str) -> str:
+    """How the level's best-response Jacobian treats its own lower levels (only said of a
+    level that has parents and lower levels, where the choice matters)."""
+    if not engine.graph.parents[name] or not engine.graph.children[name]:
+        return ""
+    cfg = engine.problems[name].config
+    if not cfg.uses_total():
+        why = "as configured" if cfg.jacobian == "partial" else f"{cfg.solver.name} has no total"
+        return f" jacobian=partial ({why})"
+    if name in engine._partial_because:
+        return f" jacobian=partial ({engine._partial_because[name]})"
+    if engine._nested(name):
+        return " jacobian=total (it reads its lower levels)"
+    return " jacobian=partial (it reads none of its lower levels: the same)"
 
 
 def _compress(actions: list[Action]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .adjoint import propagate
 from .autodiff import gradient, gradient_or_none
 from .checkpoint import read, save_atomic, seal
 from .config import EngineConfig
@@ -19,8 +20,9 @@ from .describe import describe
 from .distributed import Reducer
 from .errors import LevelError, MLOError, NonFiniteError, SetupError
 from .graph import LevelGraph
-from .linalg import Vector, add
+from .linalg import Vector
 from .monitor import MetricsWriter, RunMonitor
+from .nested import TotalSecondOrder
 from .observe import cuda_devices, observing
 from .parameters import BufferGuard
 from .problem import Problem
@@ -94,6 +96,8 @@ class Engine:
             if p.config.solver.needs_trajectory and self.graph.parents[n]
         }
         self._descendants = {n: self.graph.descendants(n) for n in self.graph.names}
+        self._reads_below: dict[str, bool] = {}  # see _nested
+        self._partial_because: dict[str, str] = {}  # see _fall_back
         # Any objective may read any module, so re-evaluations guard all buffers.
         self._buffers = BufferGuard([p.module for p in problems])
         self.tick = 0
@@ -230,9 +234,41 @@ class Engine:
             )
         return loss.reshape(())
 
-    def _level(self, name: str) -> Level:
+    def _total_unavailable(self, name: str, error: BaseException) -> None:
+        """Level ``name``'s total Jacobian failed in autograd (an operation without the
+        third derivative it needs, such as batch norm's)."""
+        self._fall_back(
+            name,
+            "its exact (total) Jacobian needs third derivatives through its lower levels, "
+            f"which autograd could not take ({type(error).__name__}: {_first_line(error)})",
+            "total needs third derivatives that autograd lacks here",
+            error,
+        )
+
+    def _fall_back(
+        self, name: str, why: str, short: str, error: BaseException | None = None
+    ) -> None:
+        """Level ``name`` reads its lower levels but cannot have its total Jacobian
+        (``why``): with the default ``jacobian`` it uses the partial one from now on, with
+        a warning (and ``describe()`` says ``short``); asked for explicitly, an error."""
+        if self.problems[name].config.jacobian == "total":
+            raise SetupError(
+                f"problem {name!r}: jacobian='total' is not available: {why}; use "
+                "jacobian='partial' on it (the approximation Betty makes)"
+            ) from error
+        self._partial_because[name] = short
+        logger.warning(
+            "problem %r reads its lower levels, but %s; it uses the partial Jacobian from "
+            "now on (set ProblemConfig(jacobian='partial') on it to say so and silence this)",
+            name,
+            why,
+        )
+
+    def _level(self, name: str, parents: Sequence[str] = (), create_graph: bool = False) -> Level:
+        """What level ``name``'s solver sees, for a product with ``parents``' parameters."""
         problem = self.problems[name]
         lr = None if problem.optimizer is None else float(problem.optimizer.param_groups[0]["lr"])
+        nested = self._nested(name)
         return Level(
             name=name,
             params=list(problem.params.tensors),
@@ -244,6 +280,11 @@ class Engine:
             average=(
                 self._reducer.mean if self._reducer is not None and self._replicated[name] else None
             ),
+            second_order=(
+                (lambda: TotalSecondOrder(self, name, parents, create_graph)) if nested else None
+            ),
+            total=nested,
+            create_graph=create_graph,
         )
 
     def _response(self, name: str) -> list[Tensor]:
@@ -265,67 +306,42 @@ class Engine:
     # ------------------------------------------------------------------ adjoint propagation
 
     def _total_gradient(self, name: str, loss: Tensor) -> Vector:
-        """``d f_P / d θ_P`` with every descendant at its best response (DESIGN §2).
-
-        An adjoint that is zero by the structure of the graph (no objective on the way
-        reads that level) is kept as ``None`` and its solver is not called: a level whose
-        objective reads none of its descendants updates as fast as a plain one. Likewise a
-        level whose every way up to P crosses a zero Jacobian (``first_order``) is skipped.
-        """
+        """``d f_P / d θ_P`` with every descendant at its best response (DESIGN §2), by
+        adjoint propagation (:func:`mlo.adjoint.propagate`)."""
         problem = self.problems[name]
-        below = self._descendants[name]
-        if not below:
+        if not self._descendants[name]:
             return self._mean(name, gradient(loss, problem.params.tensors))
-        # A level's adjoint matters only if it can still reach P: through a parent whose
-        # adjoint matters, across its own solver, unless that solver's Jacobian is zero.
-        # The loss is not differentiated w.r.t. a level that cannot.
-        reaches = {name: True}
-        for level in below:
-            reaches[level] = not self.problems[level].config.solver.zero_jacobian and any(
-                reaches[u] for u in self.graph.parents[level] if u in reaches
-            )
-        levels = [name, *(n for n in below if reaches[n])]
-        flat = gradient_or_none(loss, [t for n in levels for t in self.problems[n].params.tensors])
-        adjoint: dict[str, Vector | None] = {}
-        start = 0
-        for n in levels:
-            params = self.problems[n].params.tensors
-            part = flat[start : start + len(params)]
-            start += len(params)
-            if all(g is None for g in part):
-                adjoint[n] = None
-            else:
-                adjoint[n] = [torch.zeros_like(p) if g is None else g for g, p in zip(part, params)]
-        inside = set(levels)
         with self._buffers.preserved():
-            for lower in reversed(below):
-                if not reaches[lower] or adjoint[lower] is None:
-                    continue
-                parents = [u for u in self.graph.parents[lower] if u in inside]
-                solver = self.problems[lower].config.solver
-                # Under data parallelism an adjoint sums local contributions; it is
-                # averaged once, here, where it is complete and used.
-                result = solver.vjp(
-                    self._level(lower),
-                    self._mean(lower, adjoint[lower]),
-                    [self.problems[u].params.tensors for u in parents],
-                )
-                contributions = [t for group in result.vjps for t in group]
-                if contributions:
-                    self._watch(
-                        name,
-                        f"hypergradient from level {lower!r} (its {solver.name!r} solver)",
-                        contributions,
-                    )
-                for upper, vjp in zip(parents, result.vjps):
-                    current = adjoint[upper]
-                    adjoint[upper] = vjp if current is None else add(current, vjp)
-                if result.diagnostics:
-                    self._diagnostics[lower] = result.diagnostics
-        own = adjoint[name]
+            own = propagate(self, loss, name, [name], watch=True)[name]
         if own is None:
             return [torch.zeros_like(p) for p in problem.params.tensors]
         return self._mean(name, own)
+
+    def _nested(self, name: str) -> bool:
+        """Whether level ``name``'s Jacobian is built from its total gradient: it reads
+        one of its own lower levels (a structural fact of its objective, found once by
+        differentiating it) and its configuration allows it (``jacobian``)."""
+        if name not in self._reads_below:
+            problem = self.problems[name]
+            below = list(self._descendants[name])
+            solver = problem.config.solver
+            if not below or not problem.config.uses_total() or solver.zero_jacobian:
+                self._reads_below[name] = False
+            else:
+                tensors = [t for n in below for t in self.problems[n].params.tensors]
+                devices = cuda_devices([problem.module])
+                with torch.random.fork_rng(devices=devices), self._buffers.preserved():
+                    grads = gradient_or_none(self._objective(name), tensors)
+                self._reads_below[name] = any(g is not None for g in grads)
+        nested = self._reads_below[name] and name not in self._partial_because
+        if nested and self._reducer is not None:
+            self._fall_back(
+                name,
+                "the total Jacobian is not built under distributed='ddp' yet",
+                "total is not built under distributed='ddp'",
+            )
+            return False
+        return nested
 
     def hypergradient(self, name: str) -> dict[str, Tensor]:
         """The total derivative of ``name``'s objective w.r.t. its own parameters.

@@ -38,11 +38,15 @@ def axpy(alpha: Tensor | float, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> V
     """``alpha * x + y``, returning new tensors."""
     if isinstance(alpha, (int, float)):
         return list(torch._foreach_add(list(ys), list(xs), alpha=alpha))
+    if alpha.requires_grad:  # differentiated again (nested levels): plain ops, whose
+        return [y + alpha * x for x, y in zip(xs, ys)]  # double backward torch supports
     return list(torch._foreach_add(list(ys), torch._foreach_mul(list(xs), alpha)))
 
 
 def scale(alpha: Tensor | float, xs: Sequence[Tensor]) -> Vector:
     """``alpha * x``, returning new tensors."""
+    if isinstance(alpha, Tensor) and alpha.requires_grad:
+        return [alpha * x for x in xs]
     return list(torch._foreach_mul(list(xs), alpha))
 
 

@@ -52,6 +52,23 @@ class Level:
     every such product of D's objective through it (``SecondOrder`` does, for ``H v``), so
     that it works with the global batch's Hessian; its results for the parents need no
     averaging (the engine averages adjoints where they are used)."""
+    second_order: Callable[[], SecondOrder] | None = None
+    """The level's Hessian-vector and mixed products (a fresh object per call): of
+    ``f_D``'s partial gradient, or, for a level trained by its total gradient
+    (``ProblemConfig(jacobian="total")`` on a level that reads its own lower levels), of
+    that total gradient (:class:`mlo.nested.TotalSecondOrder`). ``None``: the partial
+    products of ``objective``."""
+    total: bool = False
+    """Whether ``second_order`` gives the products of D's total gradient."""
+    create_graph: bool = False
+    """Whether the products a solver returns must be differentiable in turn (an upper
+    level that is itself nested differentiates through them)."""
+
+    def products(self) -> SecondOrder:
+        """D's second-order products (see ``second_order``)."""
+        if self.second_order is not None:
+            return self.second_order()
+        return SecondOrder(self.objective(), self.params, self.average, self.create_graph)
 
     def default_step(self, value: float | None, solver: str, knob: str) -> float:
         """``value`` if given, else D's learning rate (which an explicit level lacks)."""
@@ -81,6 +98,9 @@ class Solver(BaseModel, ABC):
     name: ClassVar[str] = ""
     needs_trajectory: ClassVar[bool] = False
     zero_jacobian: ClassVar[bool] = False  # True: vjp is always zero (nothing propagates)
+    # True: the solver works from Level.products(), so it is exact for a nested level
+    # when those are the total gradient's products (ProblemConfig(jacobian="total")).
+    supports_total: ClassVar[bool] = False
     needs_best_response: ClassVar[bool] = False  # True: only for levels with best_response
 
     @abstractmethod
@@ -98,8 +118,11 @@ class ImplicitSolver(Solver):
     ``J_{D,U}ᵀ v = −∂²f_D/∂θ_U∂θ_D · w`` with ``w ≈ H_D⁻¹ v``.
 
     Subclasses supply ``w``. The mixed product for all parents comes from one backward
-    pass, so ``w`` is shared by all of them.
+    pass, so ``w`` is shared by all of them. For a nested level the products are those
+    of its total gradient (``Level.products()``), which makes the solver exact there too.
     """
+
+    supports_total: ClassVar[bool] = True
 
     @abstractmethod
     def inverse_hvp(
@@ -108,7 +131,7 @@ class ImplicitSolver(Solver):
         """Approximate ``H_D⁻¹ v``."""
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
-        hessian = SecondOrder(level.objective(), level.params, level.average)
+        hessian = level.products()
         w, diagnostics = self.inverse_hvp(hessian, v, level)
         flat = [t for group in parents for t in group]
         mixed = hessian.mixed(w, flat)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -21,23 +22,35 @@ class Darts(Solver):
         J_{D,U}ᵀ v ≈ −ξ · [∇_U f_D(θ_D + r v) − ∇_U f_D(θ_D − r v)] / (2r),  r = ε / ‖v‖
 
     ``xi`` defaults to D's learning rate. The perturbed objectives are evaluated with
-    substituted tensors, so D's parameters are never written.
+    substituted tensors, so D's parameters are never written. On a nested level
+    (``ProblemConfig(jacobian="total")``, reading its own lower levels) the mixed product
+    is that of D's total gradient, computed exactly; ``ξ`` stays.
     """
 
     epsilon: float = Field(0.01, gt=0, description="finite-difference step, divided by ‖v‖")
     xi: float | None = Field(None, gt=0, description="look-ahead scale; None = D's lr")
 
+    supports_total: ClassVar[bool] = True
+
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         xi = level.default_step(self.xi, "darts", "xi")
         flat = [t for group in parents for t in group]
+        if level.total:
+            # A nested level: the mixed product of its total gradient, taken exactly (a
+            # finite difference of total gradients would cost two nested propagations).
+            mixed = level.products().mixed(v, flat)
+            return SolverResult(_split([-xi * m for m in mixed], parents))
         r = self.epsilon / norm(v).clamp_min(1e-30)
         theta = [p.detach() for p in level.params]
         step = scale(r, v)
         perturbed = add(theta, step)  # θ + r v
-        plus = gradient(level.objective(perturbed), flat)
-        # The plus graph is freed: the same storage becomes θ − r v (no new allocation).
-        torch._foreach_copy_(perturbed, theta)
-        torch._foreach_sub_(perturbed, step)
-        minus = gradient(level.objective(perturbed), flat)
+        create = level.create_graph
+        plus = gradient(level.objective(perturbed), flat, create_graph=create)
+        if create:  # differentiable: a fresh θ − r v
+            perturbed = [t - s for t, s in zip(theta, step)]
+        else:  # the plus graph is freed: the same storage becomes θ − r v
+            torch._foreach_copy_(perturbed, theta)
+            torch._foreach_sub_(perturbed, step)
+        minus = gradient(level.objective(perturbed), flat, create_graph=create)
         coef = -xi / (2 * r)
         return SolverResult(_split([coef * (a - b) for a, b in zip(plus, minus)], parents))

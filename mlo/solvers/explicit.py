@@ -37,6 +37,7 @@ class Explicit(Solver):
             [o for o, _ in pairs],
             flat,
             grad_outputs=[vi for _, vi in pairs],
+            create_graph=level.create_graph,
             allow_unused=True,
             materialize_grads=True,
         )

@@ -17,6 +17,7 @@ class FirstOrder(Solver):
     """
 
     zero_jacobian = True
+    supports_total = True  # zero in either mode
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs) -> None:

@@ -48,7 +48,12 @@ class Unroll(Solver):
         if outputs:
             vjp = list(
                 torch.autograd.grad(
-                    outputs, flat, grad_outputs=vectors, allow_unused=True, materialize_grads=True
+                    outputs,
+                    flat,
+                    grad_outputs=vectors,
+                    create_graph=level.create_graph,
+                    allow_unused=True,
+                    materialize_grads=True,
                 )
             )
         else:

@@ -5,7 +5,9 @@ Level X has parameters ``x`` and objective
     f_X = ½ xᵀA_X x + Σ_{U parent of X} xᵀB_{X,U} u + c_Xᵀx
           + Σ_{D below X} (½ dᵀQ_{X,D} d + q_{X,D}ᵀd)
 
-so ``∂f_X/∂x`` does not involve X's lower levels and the best response is the linear map
+so ``∂f_X/∂x`` does not involve X's lower levels and the best response — with X's lower
+levels held fixed, the partial semantics (``ProblemConfig(jacobian="partial")``) — is the
+linear map
 ``x*(parents) = −A_X⁻¹ (Σ_U B_{X,U} u + c_X)`` with Jacobian ``−A_X⁻¹ B_{X,U}``. The true
 total derivative is autograd through those explicit solutions. Replacing ``A_X⁻¹`` by
 another linear map gives the closed form of what an approximate solver must return.
@@ -109,7 +111,17 @@ class QuadraticSpec:
         f = self.objective(top, live)
         return torch.autograd.grad(f, live[top])[0]
 
-    def build(self, solver, init: dict[str, torch.Tensor], lr: float = 0.1, **engine_config):
+    def build(
+        self,
+        solver,
+        init: dict[str, torch.Tensor],
+        lr: float | dict[str, float] = 0.1,
+        jacobian: str | None = "partial",
+        **engine_config,
+    ):
+        """An engine of these levels. Its Jacobians are the partial ones by default, the
+        semantics this spec's closed forms have (a level's best response holds its lower
+        levels fixed); ``tests/mlo/nested_quadratic.py`` has the nested truth."""
         spec = self
 
         class Level(mlo.Problem):
@@ -121,12 +133,13 @@ class QuadraticSpec:
         problems = []
         for n in self.dims:
             module = Vector(init[n])
+            rate = lr[n] if isinstance(lr, dict) else lr
             problems.append(
                 Level(
                     n,
                     module,
-                    torch.optim.SGD(module.parameters(), lr=lr),
-                    config=mlo.ProblemConfig(solver=solver),
+                    torch.optim.SGD(module.parameters(), lr=rate),
+                    config=mlo.ProblemConfig(solver=solver, jacobian=jacobian),
                 )
             )
         return mlo.Engine(problems, self.deps, mlo.EngineConfig(progress=False, **engine_config))

@@ -35,7 +35,7 @@ def explicit_engine(spec: QuadraticSpec, values, explicit: set[str]):
                     n,
                     module,
                     torch.optim.SGD(module.parameters(), lr=0.1),
-                    config=mlo.ProblemConfig(solver=mlo.solvers.CG(tol=0)),
+                    config=mlo.ProblemConfig(solver=mlo.solvers.CG(tol=0), jacobian="partial"),
                 )
             )
     return mlo.Engine(problems, spec.deps, mlo.EngineConfig(progress=False))

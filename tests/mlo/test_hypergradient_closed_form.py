@@ -102,11 +102,16 @@ def test_first_order_equals_direct_gradient(graph):
 def test_solvers_can_differ_per_level():
     """CG on one level and Neumann on another compose through the adjoint."""
     spec, values, engine = setup("four_level_chain", "cg")
-    engine.problems["b"].config = mlo.ProblemConfig(solver=mlo.solvers.CG(iterations=10, tol=0))
-    engine.problems["c"].config = mlo.ProblemConfig(
-        solver=mlo.solvers.Neumann(iterations=200, alpha=0.3)
+    partial = {"jacobian": "partial"}  # this spec's semantics (see quadratic.py)
+    engine.problems["b"].config = mlo.ProblemConfig(
+        solver=mlo.solvers.CG(iterations=10, tol=0), **partial
     )
-    engine.problems["d"].config = mlo.ProblemConfig(solver=mlo.solvers.CG(iterations=10, tol=0))
+    engine.problems["c"].config = mlo.ProblemConfig(
+        solver=mlo.solvers.Neumann(iterations=200, alpha=0.3), **partial
+    )
+    engine.problems["d"].config = mlo.ProblemConfig(
+        solver=mlo.solvers.CG(iterations=10, tol=0), **partial
+    )
     got = engine.hypergradient("a")["x"]
     assert relative_error(got, spec.total_derivative("a", values)) < 1e-8
 

@@ -1,0 +1,188 @@
+"""Depth: ms per tick of a dense chain of n levels, mlo against Betty, n = 2 … 7.
+
+Level k (0 = top) has a vector ``x_k`` of ``--dim`` entries and the quadratic objective
+
+    f_k = ½‖x_k‖² + x_kᵀ Σ_{j≠k} B_kj x_j / n
+
+so every level reads every other level; the graph is dense (each level is an upper of
+every level below it), so the top reaches level k along 2^(k−1) paths. Every lower level
+uses ``darts`` (ε = 0.01) and SGD. mlo uses ``jacobian="partial"`` here, the Jacobian
+Betty computes, so both compute the same kind of hypergradient: mlo by adjoint
+propagation (one solver call per edge group), Betty by enumerating paths. Rounds
+alternate between the two at each depth; the script prints the median ms per tick, the
+median of the paired ratios Betty / mlo, and writes a log-scale plot.
+
+    python benchmarks/depth.py [--max-levels 7] [--rounds 15] [--plot docs/depth.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import mlo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import quiet_betty
+
+LR, EPSILON = 0.05, 0.01
+
+
+class Vec(nn.Module):
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.v = nn.Parameter(value.clone())
+
+
+def coefficients(n: int, dim: int):
+    gen = torch.Generator().manual_seed(n)
+    b = {
+        (k, j): torch.randn(dim, dim, generator=gen) / dim**0.5 for k in range(n) for j in range(n)
+    }
+    start = [torch.randn(dim, generator=gen) for _ in range(n)]
+    return b, start
+
+
+def objective(k: int, values: list[torch.Tensor], b) -> torch.Tensor:
+    n = len(values)
+    x = values[k]
+    coupled = sum(b[(k, j)] @ values[j] for j in range(n) if j != k)
+    return 0.5 * x @ x + x @ coupled / n
+
+
+def names(n: int) -> list[str]:
+    return [f"l{k}" for k in range(n)]
+
+
+def mlo_step(n: int, dim: int):
+    b, start = coefficients(n, dim)
+    level_names = names(n)
+
+    class Level(mlo.Problem):
+        index = 0
+
+        def training_step(self, batch):
+            values = [
+                self.module.v if m == self.name else getattr(self, m).module.v for m in level_names
+            ]
+            return objective(self.index, values, b)
+
+    problems = []
+    for k, name in enumerate(level_names):
+        module = Vec(start[k])
+        config = mlo.ProblemConfig(solver=mlo.solvers.Darts(epsilon=EPSILON), jacobian="partial")
+        p = Level(name, module, torch.optim.SGD(module.parameters(), lr=LR), config=config)
+        p.index = k
+        problems.append(p)
+    deps = {level_names[k]: level_names[k + 1 :] for k in range(n - 1)}
+    engine = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False))
+    return engine.step
+
+
+def betty_step(n: int, dim: int):
+    from betty.configs import Config, EngineConfig
+    from betty.engine import Engine
+    from betty.problems import ImplicitProblem
+
+    quiet_betty()
+    b, start = coefficients(n, dim)
+    level_names = names(n)
+    problems = {}
+
+    class Level(ImplicitProblem):
+        index = 0
+
+        def training_step(self, batch):
+            values = [problems[m].module.v for m in level_names]
+            return objective(self.index, values, b)
+
+    data = [torch.zeros(1)]
+    for k, name in enumerate(level_names):
+        module = Vec(start[k])
+        config = (
+            Config(first_order=True, retain_graph=True)
+            if k == 0
+            else Config(type="darts", darts_alpha=EPSILON, retain_graph=True)
+        )
+        p = Level(
+            name,
+            config,
+            module=module,
+            optimizer=torch.optim.SGD(module.parameters(), lr=LR),
+            train_data_loader=data,
+            device="cpu",
+        )
+        p.index = k
+        problems[name] = p
+    ordered = [problems[m] for m in level_names]
+    u2l = {ordered[k]: ordered[k + 1 :] for k in range(n - 1)}
+    l2u = {ordered[j]: ordered[:j] for j in range(1, n)}
+    engine = Engine(
+        ordered,
+        config=EngineConfig(train_iters=1, logger_type="none"),
+        dependencies={"u2l": u2l, "l2u": l2u},
+    )
+
+    def step() -> None:
+        engine.global_step += 1
+        engine.train_step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--max-levels", type=int, default=7)
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--plot", type=Path, help="write a log-scale PNG of both curves")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"dense chain, dim {args.dim}, darts, {args.rounds} rounds, torch {torch.__version__}, "
+        f"{args.threads} thread(s)"
+    )
+    print("levels   mlo ms/tick   Betty ms/tick   Betty / mlo")
+    rows = []
+    for n in range(2, args.max_levels + 1):
+        versions = {"mlo": mlo_step(n, args.dim), "Betty": betty_step(n, args.dim)}
+        times: dict[str, list[float]] = {k: [] for k in versions}
+        for i in range(args.warmup + args.rounds):
+            for name, step in versions.items():
+                start = time.perf_counter()
+                step()
+                if i >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+        ratio = statistics.median(b / m for b, m in zip(times["Betty"], times["mlo"]))
+        row = (n, 1e3 * statistics.median(times["mlo"]), 1e3 * statistics.median(times["Betty"]))
+        rows.append(row)
+        print(f"{n:6d}   {row[1]:11.2f}   {row[2]:13.2f}   {ratio:11.2f}", flush=True)
+    if args.plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        levels = [r[0] for r in rows]
+        ax.plot(levels, [r[1] for r in rows], "o-", label="mlo (adjoints)")
+        ax.plot(levels, [r[2] for r in rows], "s-", label="Betty 0.1.1 (paths)")
+        ax.set_yscale("log")
+        ax.set_xlabel("levels in the dense chain")
+        ax.set_ylabel("ms per tick")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Adjoint propagation over the level graph (DESIGN §2): the total derivative of a scalar
+with every descendant of one level at its best response.
+
+The engine uses it for each update's gradient (the scalar is the level's loss, the target
+the level itself); the nested products of :mod:`mlo.nested` use it for Hessian-vector and
+mixed products of a level's total gradient (the scalar is ``wᵀ g_D``, the targets ``D``
+or D's parents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from . import rng
+from .linalg import Vector, add
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+def propagate(
+    engine: Engine,
+    scalar: Tensor,
+    owner: str,
+    targets: Sequence[str],
+    *,
+    create_graph: bool = False,
+    retain_graph: bool = False,
+    watch: bool = False,
+) -> dict[str, Vector | None]:
+    """``d scalar / d θ_T`` for each level ``T`` in ``targets``, where every descendant of
+    ``owner`` is a function of its parents through its best response.
+
+    1. ``adj[X] = ∂scalar/∂θ_X`` for the targets and the descendants (one autograd call);
+    2. deepest descendant first, ``adj[U] += J_{L,U}ᵀ adj[L]`` for each parent ``U`` of
+       ``L`` among the targets and the descendants (L's solver gives the product);
+    3. the targets' adjoints are the result.
+
+    An adjoint that is zero by the structure of the graph (nothing on the way reads that
+    level) is ``None`` and its solver is not called; likewise a level whose every way up
+    to a target crosses a zero Jacobian (``first_order``). ``create_graph`` makes the result
+    differentiable (every solver builds its products with ``create_graph``);
+    ``retain_graph`` keeps the scalar's graph for another call; ``watch`` queues the
+    solvers' contributions for the engine's finiteness check, blamed on ``owner``.
+    """
+    below = engine._descendants[owner]
+    reaches = dict.fromkeys(targets, True)
+    for level in below:
+        reaches[level] = not engine.problems[level].config.solver.zero_jacobian and any(
+            reaches.get(u, False) for u in engine.graph.parents[level]
+        )
+    levels = [*targets, *(n for n in below if reaches[n])]
+    tensors = [t for n in levels for t in engine.problems[n].params.tensors]
+    if scalar.requires_grad and tensors:
+        flat = torch.autograd.grad(
+            scalar,
+            tensors,
+            allow_unused=True,
+            create_graph=create_graph,
+            retain_graph=retain_graph or create_graph,
+        )
+    else:
+        flat = [None] * len(tensors)
+    adjoint: dict[str, Vector | None] = {}
+    start = 0
+    for n in levels:
+        params = engine.problems[n].params.tensors
+        part = flat[start : start + len(params)]
+        start += len(params)
+        if all(g is None for g in part):
+            adjoint[n] = None
+        else:
+            adjoint[n] = [torch.zeros_like(p) if g is None else g for g, p in zip(part, params)]
+    inside = set(levels)
+    for lower in reversed(below):
+        if not reaches[lower] or adjoint[lower] is None:
+            continue
+        parents = [u for u in engine.graph.parents[lower] if u in inside]
+        solver = engine.problems[lower].config.solver
+        # Under data parallelism an adjoint sums local contributions; it is averaged once,
+        # here, where it is complete and used.
+        vector = engine._mean(lower, adjoint[lower])
+        groups = [engine.problems[u].params.tensors for u in parents]
+        level = engine._level(lower, parents, create_graph)
+        if level.total:
+            # Its total products need third derivatives through its lower levels, which
+            # some operations lack (batch norm): then the engine falls back to the
+            # partial Jacobian, or says why it cannot, as if the attempt never happened.
+            before = rng.capture()
+            try:
+                result = solver.vjp(level, vector, groups)
+            except (RuntimeError, NotImplementedError) as error:
+                rng.restore(before)
+                engine._total_unavailable(lower, error)
+                level = engine._level(lower, parents, create_graph)
+                result = solver.vjp(level, vector, groups)
+        else:
+            result = solver.vjp(level, vector, groups)
+        contributions = [t for group in result.vjps for t in group]
+        if watch and contributions:
+            engine._watch(
+                owner,
+                f"hypergradient from level {lower!r} (its {solver.name!r} solver)",
+                contributions,
+            )
+        for upper, vjp in zip(parents, result.vjps):
+            current = adjoint[upper]
+            adjoint[upper] = vjp if current is None else add(current, vjp)
+        if result.diagnostics and not create_graph:
+            engine._diagnostics[lower] = result.diagnostics
+    return {t: adjoint[t] for t in targets}
