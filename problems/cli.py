@@ -242,7 +242,10 @@ def print_config(config: BaseModel) -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
+def add_common_flags(
+    parser: argparse.ArgumentParser,
+    datasets: tuple[str, ...] = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic"),
+) -> None:
     """Flags shared by the search and evaluation commands (None = keep file/default)."""
     parser.add_argument("--config", type=Path, help="TOML file; flags override its values")
     parser.add_argument(
@@ -250,8 +253,10 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dataset",
-        choices=["cifar10", "cifar100", "imagefolder", "digits", "synthetic"],
-        help="digits: real 8×8 handwritten digits shipped with scikit-learn (works offline)",
+        choices=list(datasets),
+        help="digits: real 8×8 handwritten digits shipped with scikit-learn (works offline)"
+        if "digits" in datasets
+        else None,
     )
     parser.add_argument("--data-dir", type=Path, dest="data_dir")
     parser.add_argument(

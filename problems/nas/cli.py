@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from ..cli import add_common_flags, apply_threads, build_config, command_line, print_config
 from ..launch import lead
 from .config import EvalRun, SearchRun
+from .imagenet import ImageNetEvalRun, run_imagenet_evaluation
 from .retrain import run_evaluation
 from .runner import Wiring, genotype_rows, run_search, summary_table
 
@@ -44,7 +45,8 @@ def nas_main(
         "every flag; the common ones: --dataset {cifar10,cifar100,imagefolder,digits,\n"
         "synthetic}, --data-dir, --out, --epochs, --batch-size, --layers, --init-channels,\n"
         "--device, --workers, --threads, --resume, --config FILE.toml, --print-config;\n"
-        "search: --small, --max-steps; evaluate: --genotype, --short.",
+        "search: --small, --max-steps; evaluate: --genotype, --short;\n"
+        "evaluate-imagenet: --dataset {imagenet,imagefolder}, --genotype, --short.",
     )
     commands = parser.add_subparsers(dest="command")
     search = commands.add_parser("search", help="search a cell (default)")
@@ -79,8 +81,29 @@ def nas_main(
         help="short budget, a few minutes on a CPU: 1 epoch of at most 100 updates, 6 cells, "
         "16 channels (flags given explicitly win)",
     )
+    imagenet = commands.add_parser(
+        "evaluate-imagenet",
+        help="train a genotype's mobile-setting network on ImageNet (PC-DARTS recipe)",
+    )
+    add_common_flags(imagenet, datasets=("imagenet", "imagefolder"))
+    imagenet.add_argument("--genotype", help="genotype.json or a published name (DARTS_V2)")
+    imagenet.add_argument("--lr", type=float, help="SGD lr (default 0.5 × global batch / 1024)")
+    imagenet.add_argument("--warmup-epochs", type=float, dest="warmup_epochs")
+    imagenet.add_argument("--decay", choices=["linear", "cosine"], help="after the warm-up")
+    imagenet.add_argument("--label-smoothing", type=float, dest="label_smoothing")
+    imagenet.add_argument("--drop-path", type=float, dest="drop_path", help="final drop-path")
+    imagenet.add_argument(
+        "--auxiliary-weight", type=float, dest="auxiliary_weight", help="0: no auxiliary head"
+    )
+    imagenet.add_argument(
+        "--short",
+        action="store_const",
+        const=True,
+        help="a check in minutes on a CPU: at most 20 updates, 2 cells, 8 channels, batch 8, "
+        "64-pixel crops (flags given explicitly win)",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("search", "evaluate", "-h", "--help"):
+    if not argv or argv[0] not in ("search", "evaluate", "evaluate-imagenet", "-h", "--help"):
         argv = ["search", *argv]
     args = parser.parse_args(argv)
 
@@ -99,8 +122,10 @@ def nas_main(
         flags = translate(flags) if translate else flags
         config = build_config(search_model, args.config, flags, search_defaults)
         config = config.effective() if hasattr(config, "effective") else config
-    else:
+    elif args.command == "evaluate":
         config = build_config(EvalRun, args.config, flags, eval_defaults).effective()
+    else:
+        config = build_config(ImageNetEvalRun, args.config, flags).effective()
     if args.print_config:
         print_config(config)
         return 0
@@ -128,6 +153,24 @@ def nas_main(
                     "accuracies": "BatchNorm with batch statistics, as the search trains",
                     **genotype_rows(result.genotype),
                     **{f"outputs: {k}": str(v) for k, v in result.files.items()},
+                },
+            )
+        )
+    elif args.command == "evaluate-imagenet":
+        result = run_imagenet_evaluation(config, console=console)
+        if not lead():
+            return 0
+        Console().print(
+            summary_table(
+                "ImageNet evaluation (mobile setting)",
+                {
+                    "genotype": config.genotype,
+                    "top-1 error": f"{100 * result.top1_error:.2f} %",
+                    "top-5 error": f"{100 * result.top5_error:.2f} %",
+                    "parameters": f"{result.params_millions:.3f} M",
+                    "multiply-adds": f"{result.multiply_adds_millions:.4g} M",
+                    "steps": str(result.steps),
+                    "time": f"{result.seconds:.1f} s",
                 },
             )
         )

@@ -234,8 +234,16 @@ def _remove_if_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
-def _imagefolder(root: Path, cutout: int, image_size: int) -> ImageData:
+def _imagefolder(root: Path, cutout: int, image_size: int, transforms=None) -> ImageData:
+    """``root/train/<class>/*`` and ``root/test`` or ``root/val``, checked; ``transforms``
+    (train, test) replaces the default CIFAR-style ones (ImageNet's, in imagenet.py)."""
     from torchvision import datasets
+
+    if transforms is None:
+        transforms = (
+            transforms_for("imagefolder", True, cutout, image_size),
+            transforms_for("imagefolder", False, 0, image_size),
+        )
 
     train_dir = root / "train"
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
@@ -246,17 +254,9 @@ def _imagefolder(root: Path, cutout: int, image_size: int) -> ImageData:
             "and pass --data-dir DATA_DIR."
         )
     try:
-        train = datasets.ImageFolder(
-            str(train_dir),
-            transform=transforms_for("imagefolder", True, cutout, image_size),
-            loader=read_image,
-        )
+        train = datasets.ImageFolder(str(train_dir), transform=transforms[0], loader=read_image)
         if test_dir is not None:
-            test = datasets.ImageFolder(
-                str(test_dir),
-                transform=transforms_for("imagefolder", False, 0, image_size),
-                loader=read_image,
-            )
+            test = datasets.ImageFolder(str(test_dir), transform=transforms[1], loader=read_image)
         else:
             logger.warning("imagefolder: no test/ or val/ folder; there is no test set")
             test = Subset(train, [])

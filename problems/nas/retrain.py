@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -40,15 +41,17 @@ class Retrain(ImageLevel):
     auxiliary_weight: float = 0.4
     drop_path: float = 0.2
     epochs: int = 600
+    label_smoothing: float = 0.0
 
     def training_step(self, batch):
         x, y = self.images(batch)
         self.module.drop_path_prob = self.drop_path * self.stream.epoch / self.epochs
         with self.autocast():
             logits, aux = self.module(x)
-        loss = cross_entropy(logits, y)
+        smoothing = self.label_smoothing
+        loss = cross_entropy(logits, y, smoothing)
         if aux is not None:
-            loss = loss + self.auxiliary_weight * cross_entropy(aux, y)
+            loss = loss + self.auxiliary_weight * cross_entropy(aux, y, smoothing)
         return loss
 
 
@@ -125,6 +128,21 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
     total = config.epochs * per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
+    engine, seconds = train_one_level(level, config, out, total, "evaluate", console)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
+    error = test_error(model, data.test, config, device, amp) if len(data.test) else float("nan")
+    writer = MetricsWriter(out / "metrics.jsonl" if lead() else None)
+    writer.write({"step": engine.tick, "test_error": error, "params_millions": params})
+    writer.close()
+    return EvalResult(error, params, seconds, engine.tick / per_epoch, engine.tick)
+
+
+def train_one_level(
+    level: Retrain, config, out: Path, total: int, title: str, console: Console
+) -> tuple[mlo.Engine, float]:
+    """Train ``level`` alone on the engine until update ``total`` (data-parallel under
+    torchrun), resuming from ``OUT/checkpoint.pt`` with ``--resume``; returns the engine
+    and the seconds trained. Each record carries the epoch and the learning rate."""
     engine = mlo.Engine(
         [level],
         config=mlo.EngineConfig(
@@ -133,16 +151,15 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
             distributed="ddp" if mlo.distributed.initialized() else "none",
         ),
     )
-    checkpoint = out / "checkpoint.pt"
     if config.resume:
         resume_engine(engine, config, out)
-        console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
+        console.print(f"resumed from {out / 'checkpoint.pt'} at step {engine.tick} of {total}")
     elif config.overwrite and lead():
         remove_previous_run(out)
     seconds = train(
         engine,
         total,
-        title="evaluate",
+        title=title,
         out=out,
         images_per_tick=config.batch_size,
         log_every=config.log_every,
@@ -151,16 +168,11 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
         console=console,
         record=lambda: {
             "epoch": level.stream.epoch,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": level.optimizer.param_groups[0]["lr"],
         },
         checkpoint_extra=lambda: {"settings": settings(config)},
     )
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
-    error = test_error(model, data.test, config, device, amp) if len(data.test) else float("nan")
-    writer = MetricsWriter(out / "metrics.jsonl" if lead() else None)
-    writer.write({"step": engine.tick, "test_error": error, "params_millions": params})
-    writer.close()
-    return EvalResult(error, params, seconds, engine.tick / per_epoch, engine.tick)
+    return engine, seconds
 
 
 def test_error(model: EvalNetwork, dataset, config: EvalRun, device: torch.device, amp) -> float:

@@ -29,12 +29,14 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return x, y.to(device, non_blocking=True)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy computed in at least float32: logits from a bfloat16/float16 autocast
     region are upcast, float64 ones are kept (so that float64 checks stay exact)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 class SearchHyper(BaseModel):
