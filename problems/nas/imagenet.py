@@ -32,9 +32,8 @@ from .data import STATS, ImageData, NasDataError, _imagefolder, loader
 from .evaluation import MobileNetwork, count_parameters
 from .flops import multiply_adds
 from .genotype import genotype_from
-from .retrain import Retrain, train_one_level
+from .retrain import Retrain, topk_errors, train_one_level
 from .runner import claim_if_lead, resolve_device, seed_everything
-from .search import to_device
 
 IMAGENET_HELP = (
     "ImageNet cannot be downloaded automatically: register at https://image-net.org, "
@@ -229,34 +228,3 @@ def run_imagenet_evaluation(
         writer.write({"step": engine.tick, "top1_error": top1, "top5_error": top5})
         writer.close()
     return ImageNetResult(top1, top5, params, madds, seconds, engine.tick)
-
-
-def topk_errors(model, dataset, config, device: torch.device, amp) -> tuple[float, float]:
-    """Top-1 and top-5 error on ``dataset`` in eval mode, observed without side effects;
-    ``nan`` for an empty set (top-5 with fewer than 5 classes counts every class)."""
-    if len(dataset) == 0:
-        return float("nan"), float("nan")
-    data = loader(
-        dataset,
-        config.batch_size,
-        shuffle=False,
-        seed=0,
-        workers=config.workers,
-        drop_last=False,
-        pin_memory=device.type == "cuda",
-        shard=False,
-    )
-    hits = torch.zeros(2, dtype=torch.long, device=device)
-    total = 0
-    with mlo.observing([model]):
-        model.eval()
-        for batch in data:
-            x, y = to_device(batch, device, config.channels_last)
-            with amp:
-                logits, _ = model(x)
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            found = top == y[:, None]
-            hits += torch.stack([found[:, 0].sum(), found.any(1).sum()])
-            total += len(y)
-    top1, top5 = (1.0 - int(h) / total for h in hits.tolist())
-    return top1, top5

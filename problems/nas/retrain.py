@@ -178,6 +178,14 @@ def train_one_level(
 def test_error(model: EvalNetwork, dataset, config: EvalRun, device: torch.device, amp) -> float:
     """Top-1 error in eval mode (running BatchNorm statistics, no drop-path), observed
     without side effects (:func:`mlo.observing`)."""
+    return topk_errors(model, dataset, config, device, amp)[0]
+
+
+def topk_errors(model, dataset, config, device: torch.device, amp) -> tuple[float, float]:
+    """Top-1 and top-5 error on ``dataset`` in eval mode, observed without side effects;
+    ``nan`` for an empty set (top-5 with fewer than 5 classes counts every class)."""
+    if len(dataset) == 0:
+        return float("nan"), float("nan")
     data = loader(
         dataset,
         config.batch_size,
@@ -188,14 +196,17 @@ def test_error(model: EvalNetwork, dataset, config: EvalRun, device: torch.devic
         pin_memory=device.type == "cuda",
         shard=False,
     )
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    hits = torch.zeros(2, dtype=torch.long, device=device)
     total = 0
     with mlo.observing([model]):
         model.eval()
         for batch in data:
-            x, y = to_device(batch, device)
+            x, y = to_device(batch, device, config.channels_last)
             with amp:
                 logits, _ = model(x)
-            correct += mlo.observe.correct(logits, y)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            found = top == y[:, None]
+            hits += torch.stack([found[:, 0].sum(), found.any(1).sum()])
             total += len(y)
-    return 1.0 - int(correct) / max(total, 1)
+    top1, top5 = (1.0 - h / total for h in hits.tolist())
+    return top1, top5
