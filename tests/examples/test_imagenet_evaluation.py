@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from ..mlo.test_state_untouched import assert_identical
@@ -33,11 +34,22 @@ def imagenet_layout(root: Path) -> Path:
     return root
 
 
-def args(data: Path, out: Path, *extra: str) -> list[str]:
+def unpacked_imagenet(root: Path) -> Path:
+    """The layout torchvision's ImageNet leaves after unpacking the official archives:
+    train/ and val/ by WordNet id, and meta.bin (the devkit's class names)."""
+    imagenet_layout(root)
+    wnids = sorted(p.name for p in (root / "train").iterdir())
+    classes = {wnid: (f"class {i}",) for i, wnid in enumerate(wnids)}
+    val_wnids = [p.parent.name for p in sorted((root / "val").rglob("*.JPEG"))]
+    torch.save((classes, val_wnids), root / "meta.bin")
+    return root
+
+
+def args(data: Path, out: Path, *extra: str, dataset: str = "imagefolder") -> list[str]:
     return [
         "evaluate-imagenet",
         "--dataset",
-        "imagefolder",
+        dataset,
         "--data-dir",
         str(data),
         "--short",
@@ -100,3 +112,13 @@ def test_the_learning_rate_scales_with_the_global_batch():
     assert ImageNetEvalRun(batch_size=1024).learning_rate() == pytest.approx(0.5)
     assert ImageNetEvalRun(batch_size=256).learning_rate() == pytest.approx(0.125)
     assert ImageNetEvalRun(batch_size=256, lr=0.3).learning_rate() == 0.3
+
+
+@pytest.mark.slow
+def test_the_official_imagenet_loader_reads_the_unpacked_archives(tmp_path):
+    data = unpacked_imagenet(tmp_path / "imagenet")
+    out = tmp_path / "run"
+    main = load_script(SCRIPT).main
+    assert main(args(data, out, "--max-steps", "1", dataset="imagenet")) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and 0.0 <= record["top1_error"] <= 1.0
