@@ -19,12 +19,16 @@ of the fixed point), the small MLP with a logistic inner problem, and Betty's so
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import mlo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import log_plot
 
 DTYPE = torch.float64
 RHO = 0.1
@@ -98,21 +102,8 @@ def main() -> None:
     for i, k in enumerate(budgets):
         print(f"{k:8d} " + "".join(f"{curves[name][i]:12.3e}" for name in curves))
     if args.plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for name, values in curves.items():
-            ax.plot(budgets, [max(v, 1e-17) for v in values], "o-", label=f"mlo {name}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("Hessian-vector products")
-        ax.set_ylabel("relative error")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        floor = {f"mlo {k}": [max(v, 1e-17) for v in values] for k, values in curves.items()}
+        log_plot(args.plot, budgets, floor, "Hessian-vector products", "relative error", True)
         print(f"plot: {args.plot}")
 
 

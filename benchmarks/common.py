@@ -33,3 +33,24 @@ def betty_problem(cls: type, name: str, config: Any, module, optimizer, data) ->
     return cls(
         name, config, module=module, optimizer=optimizer, train_data_loader=data, device="cpu"
     )
+
+
+def log_plot(path, x, curves: dict[str, list[float]], xlabel: str, ylabel: str, logx=False):
+    """Write a PNG of ``curves`` against ``x`` with a logarithmic y axis (and x axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for (label, values), marker in zip(curves.items(), "os^v"):
+        ax.plot(x, values, f"{marker}-", label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

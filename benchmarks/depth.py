@@ -29,7 +29,7 @@ from torch import nn
 import mlo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import quiet_betty
+from common import log_plot, quiet_betty
 
 LR, EPSILON = 0.05, 0.01
 
@@ -166,21 +166,13 @@ def main() -> None:
         rows.append(row)
         print(f"{n:6d}   {row[1]:11.2f}   {row[2]:13.2f}   {ratio:11.2f}", flush=True)
     if args.plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        levels = [r[0] for r in rows]
-        ax.plot(levels, [r[1] for r in rows], "o-", label="mlo (adjoints)")
-        ax.plot(levels, [r[2] for r in rows], "s-", label="Betty 0.1.1 (paths)")
-        ax.set_yscale("log")
-        ax.set_xlabel("levels in the dense chain")
-        ax.set_ylabel("ms per tick")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        curves = {
+            "mlo (adjoints)": [r[1] for r in rows],
+            "Betty 0.1.1 (paths)": [r[2] for r in rows],
+        }
+        log_plot(
+            args.plot, [r[0] for r in rows], curves, "levels in the dense chain", "ms per tick"
+        )
         print(f"plot: {args.plot}")
 
 

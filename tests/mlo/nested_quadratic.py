@@ -39,14 +39,9 @@ class NestedQuadraticSpec(QuadraticSpec):
         }
 
     def objective(self, name: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = values[name]
-        f = 0.5 * x @ self.A[name] @ x + self.c[name] @ x
-        for up in self.graph.parents[name]:
-            f = f + x @ self.B[(name, up)] @ values[up]
+        f = super().objective(name, values)
         for d in self.graph.descendants(name):
-            v = values[d]
-            f = f + 0.5 * v @ self.Q[(name, d)] @ v + self.q[(name, d)] @ v
-            f = f + v @ self.C[(name, d)] @ x
+            f = f + values[d] @ self.C[(name, d)] @ values[name]
         return f
 
     def solve_below(self, name: str, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
