@@ -35,6 +35,10 @@ Forward = Callable[[Tensor], Tensor]
 
 
 class ExplanationConfig(BaseModel):
+    """How the explain level computes an explanation of the explainer's predictions: the
+    method (a PGD attack's perturbation, or input-gradient saliency), whether gradients
+    flow through it back to the explainer, and the attack's radius, step and units."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["pgd", "saliency"] = "pgd"
@@ -127,6 +131,9 @@ def explanation_mask(
     config: ExplanationConfig,
     pixel_std: Tensor,
 ) -> Tensor:
+    """The explanation mask of ``forward``'s predictions on ``(x, y)`` by
+    ``config.method``: ``pgd`` from the random ``start``, or ``saliency``; differentiable
+    with respect to the model's parameters when ``config.differentiable``."""
     if config.method == "pgd":
         return pgd_mask(forward, x, y, start, config, pixel_std)
     return saliency_mask(forward, x, y, config)

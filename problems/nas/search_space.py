@@ -120,6 +120,9 @@ class MixedOp(nn.Module):
 
 
 class SearchCell(nn.Module):
+    """A DARTS search cell: two preprocessed inputs, four nodes, and on every edge the
+    mixed operation of all candidates weighted by the architecture's softmax."""
+
     def __init__(
         self,
         c_prev_prev: int,
