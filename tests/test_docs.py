@@ -12,7 +12,7 @@ import mlo.solvers
 import problems.lease
 import problems.nas
 
-from .scripts import ROOT, subprocess_env
+from .scripts import ROOT, load_script, subprocess_env
 
 SURFACES = {
     mlo: mlo.__all__,
@@ -47,3 +47,10 @@ def test_the_site_builds_strictly(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "api" / "mlo" / "index.html").exists()
     assert "hypergradient" in (tmp_path / "api" / "mlo" / "index.html").read_text()
+
+
+def test_the_first_tutorial_runs_and_draws_its_plot(tmp_path):
+    tutorial = load_script(ROOT / "docs" / "tutorials" / "first_bilevel.py")
+    losses = tutorial.main(tmp_path, steps=3)
+    assert (tmp_path / "validation_loss.png").stat().st_size > 0
+    assert all(0.0 < value < 10.0 for value in losses.values())
