@@ -54,3 +54,10 @@ def test_the_first_tutorial_runs_and_draws_its_plot(tmp_path):
     losses = tutorial.main(tmp_path, steps=3)
     assert (tmp_path / "validation_loss.png").stat().st_size > 0
     assert all(0.0 < value < 10.0 for value in losses.values())
+
+
+def test_the_second_tutorial_prints_the_nested_and_the_partial_answer():
+    tutorial = load_script(ROOT / "docs" / "tutorials" / "three_levels.py")
+    answers = tutorial.main()
+    assert abs(answers["total"] - (-0.75)) < 1e-12
+    assert abs(answers["partial"] - (-1.5)) < 1e-12

@@ -65,7 +65,7 @@ def main(out: Path, steps: int = 60) -> dict[str, float]:
     engine = mlo.Engine(
         [upper, classifier], {"penalty": ["classifier"]}, mlo.EngineConfig(progress=False)
     )
-    print(engine.describe())  # the graph, the solvers, the update order of a tick
+    engine.describe()  # prints the graph, the solvers, the update order of a tick
 
     losses = []
     for _ in range(steps):
