@@ -10,6 +10,7 @@ the data (``--batch-size`` is per rank) and rank 0 alone writes files and report
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -38,7 +39,16 @@ def start(device: torch.device) -> tuple[torch.device, bool]:
             "nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(minutes=minutes),
         )
+        # Shut the group down before the interpreter exits: a backend's threads still
+        # running at exit can abort the process ("terminate called without an active
+        # exception") after a run that otherwise succeeded.
+        atexit.register(_shutdown)
     return device, True
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def lead() -> bool:
