@@ -210,14 +210,7 @@ def run_imagenet_evaluation(
             ),
             config=mlo.ProblemConfig(grad_clip=config.grad_clip),
         )
-        level.auxiliary_weight, level.drop_path, level.epochs = (
-            config.auxiliary_weight,
-            config.drop_path,
-            config.epochs,
-        )
-        level.label_smoothing = config.label_smoothing
-        level.amp_dtype = torch.bfloat16 if config.amp else None
-        level.channels_last = config.channels_last
+        level.configure(config)
         steps = total if config.max_steps is None else min(total, config.max_steps)
         engine, seconds = train_one_level(
             level, config, out, steps, "evaluate on ImageNet", console

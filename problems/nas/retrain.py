@@ -43,6 +43,18 @@ class Retrain(ImageLevel):
     epochs: int = 600
     label_smoothing: float = 0.0
 
+    def configure(self, config) -> None:
+        """Take the loss and precision settings of a retraining configuration (CIFAR's
+        ``EvalRun`` or ImageNet's ``ImageNetEvalRun``)."""
+        self.auxiliary_weight, self.drop_path, self.epochs = (
+            config.auxiliary_weight,
+            config.drop_path,
+            config.epochs,
+        )
+        self.label_smoothing = getattr(config, "label_smoothing", 0.0)
+        self.amp_dtype = torch.bfloat16 if config.amp else None
+        self.channels_last = config.channels_last
+
     def training_step(self, batch):
         x, y = self.images(batch)
         self.module.drop_path_prob = self.drop_path * self.stream.epoch / self.epochs
@@ -118,13 +130,7 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
         scheduler=epoch_cosine(optimizer, config.epochs, per_epoch),
         config=mlo.ProblemConfig(grad_clip=config.grad_clip),
     )
-    level.auxiliary_weight, level.drop_path, level.epochs = (
-        config.auxiliary_weight,
-        config.drop_path,
-        config.epochs,
-    )
-    level.amp_dtype = torch.bfloat16 if config.amp else None
-    level.channels_last = config.channels_last
+    level.configure(config)
     total = config.epochs * per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
