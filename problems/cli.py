@@ -60,12 +60,17 @@ def command_line(main: Callable[..., int | None]) -> Callable[..., int]:
     exit status 2: an :class:`mlo.MLOError` (every mistake mlo and the examples
     detect), a configuration that fails validation, or an operating-system refusal such
     as a full disk or a read-only folder. Anything else is a bug and keeps its
-    traceback."""
+    traceback. A run that returns normally under torchrun ends with
+    :func:`problems.launch.finish`: no rank leaves while another still works."""
+    from .launch import finish
 
     @functools.wraps(main)
     def run(argv: list[str] | None = None, *args: Any, **kwargs: Any) -> int:
         try:
-            return main(argv, *args, **kwargs) or 0
+            status = main(argv, *args, **kwargs) or 0
+            if status == 0:
+                finish()  # under torchrun: the ranks end together
+            return status
         except MLOError as exc:
             fail(_user_message(exc))
         except ValidationError as exc:

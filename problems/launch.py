@@ -46,6 +46,16 @@ def start(device: torch.device) -> tuple[torch.device, bool]:
     return device, True
 
 
+def finish() -> None:
+    """End a run launched by torchrun on every rank together: wait until all ranks get
+    here (rank 0 may still be writing its files), then shut the process group down.
+    Nothing happens without a process group. Call it only where every rank arrives; a
+    failing rank exits without it (its group is shut down at exit)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

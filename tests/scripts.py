@@ -12,10 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def subprocess_env() -> dict[str, str]:
     """The environment for a test's child process: one torch thread, so that parallel
-    children never oversubscribe the machine."""
+    children never oversubscribe the machine; a child that crashes (SIGSEGV, SIGABRT)
+    prints the Python stack of each thread."""
     import os
 
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return {**os.environ, **threads, "PYTHONFAULTHANDLER": "1"}
 
 
 def load_script(path: Path) -> ModuleType:

@@ -61,7 +61,11 @@ def test_a_killed_rank_stops_the_run_and_it_resumes_exactly(tmp_path):
     while single.tick < TICKS:
         single.step()
     for key, value in parameters(single).items():
-        assert torch.allclose(value, reference[key], rtol=0, atol=1e-12), key
+        # Equal to rounding, float64: a mean over 16 examples rounds differently from the
+        # average of two means over 8, and cg's solves amplify that by the conditioning
+        # over the remaining ticks (measured: 3.5e-11 after 5 ticks on one process,
+        # 3e-14 after 1), far below what another batch or step would change.
+        assert torch.allclose(value, reference[key], rtol=0, atol=1e-9), key
 
     # ... and on two ranks again: bit-identical to the run that was never killed.
     assert launch(killed, "--resume").wait(timeout=120) == 0
