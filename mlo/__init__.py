@@ -5,6 +5,7 @@ let the :class:`Engine` train every level through the levels below it.
 """
 
 import logging
+from typing import Any
 
 from . import checkpoint, data, observe, solvers
 from .config import EngineConfig, ProblemConfig
@@ -24,6 +25,15 @@ from .problem import Problem
 
 logging.getLogger("mlo").addHandler(logging.NullHandler())
 
+
+def from_betty(betty_engine: Any, **overrides: Any) -> Engine:
+    """Run a constructed Betty engine's program on mlo's engine; see
+    :func:`mlo.compat.betty.from_betty` (needs ``pip install "mlo[betty]"``)."""
+    from .compat.betty import from_betty as convert
+
+    return convert(betty_engine, **overrides)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -42,6 +52,7 @@ __all__ = [
     "__version__",
     "checkpoint",
     "data",
+    "from_betty",
     "observe",
     "observing",
     "solvers",

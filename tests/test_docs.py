@@ -61,3 +61,21 @@ def test_the_second_tutorial_prints_the_nested_and_the_partial_answer():
     answers = tutorial.main()
     assert abs(answers["total"] - (-0.75)) < 1e-12
     assert abs(answers["partial"] - (-1.5)) < 1e-12
+
+
+def test_the_betty_tutorial_trains_to_bettys_parameters():
+    tutorial = load_script(ROOT / "docs" / "tutorials" / "from_betty.py")
+    result = tutorial.main(iterations=20, valid_step=10)
+    assert result["difference"] < 1e-12  # the same neumann math on the same data
+    assert result["ticks"] == 4  # 20 classifier updates, 5 per hyper update
+    assert 0.5 < result["val_accuracy"] <= 1.0
+
+
+def test_the_solver_tutorial_converges_to_the_closed_form():
+    tutorial = load_script(ROOT / "docs" / "tutorials" / "own_solver.py")
+    errors = tutorial.main()
+    sweep = [errors[f"steepest_descent({k})"] for k in (2, 10, 50, 200)]
+    assert sweep == sorted(sweep, reverse=True) and sweep[-1] < 1e-13
+    assert errors["by name"] == errors["steepest_descent(50)"] < 1e-10
+    assert errors["cg(8)"] < 1e-14
+    assert 1e-3 < errors["residual after 2"] < 1.0
