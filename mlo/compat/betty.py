@@ -251,8 +251,10 @@ def _check_problem(betty: Any, problem: Any) -> None:
     if not isinstance(problem, betty.problems.ImplicitProblem):
         raise SetupError(
             f"Betty problem {name!r} is a {type(problem).__name__}; from_betty converts "
-            "ImplicitProblem levels. For unrolled differentiation, write the level as an "
-            "ImplicitProblem and pass problems={name: {'solver': 'unroll'}} to the lower level"
+            "ImplicitProblem levels (betty-ml 0.1.1's IterativeProblem replaces the module's "
+            "optimizer by its functorch-patched one, and cannot step on torch 2.x). For "
+            "differentiation through the unrolled steps, make it an ImplicitProblem and pass "
+            f"problems={{{name!r}: {{'solver': 'unroll'}}}}"
         )
     config = problem.config
     if config.fp16:

@@ -6,6 +6,7 @@ three-level chain; what has no counterpart is refused by name, and nothing is co
 from __future__ import annotations
 
 import sys
+import warnings
 
 import pytest
 import torch
@@ -220,4 +221,42 @@ def test_without_betty_installed_the_error_says_how_to_install_it(monkeypatch):
     for name in [m for m in sys.modules if m == "betty" or m.startswith("betty.")]:
         monkeypatch.setitem(sys.modules, name, None)  # "import betty" now fails
     with pytest.raises(mlo.SetupError, match=r"mlo\[betty\]"):
+        mlo.from_betty(engine)
+
+
+def test_an_iterative_problem_is_refused_with_the_alternative():
+    from betty.configs import Config, EngineConfig
+    from betty.engine import Engine
+    from betty.problems import IterativeProblem
+
+    class Inner(IterativeProblem):
+        def training_step(self, batch):
+            return self(batch[0]).sum()
+
+    hyper = programs.LogL2(16)
+    outer = programs.Hyperparameters(
+        name="outer",
+        module=hyper,
+        optimizer=torch.optim.Adam(hyper.parameters(), lr=0.05),
+        train_data_loader=[(torch.zeros(2, 16, dtype=torch.float64), torch.zeros(2))],
+        config=Config(),
+        device="cpu",
+    )
+    net = torch.nn.Linear(16, 1).double()
+    inner = Inner(
+        name="inner",
+        module=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        train_data_loader=[(torch.zeros(2, 16, dtype=torch.float64),)],
+        config=Config(),
+        device="cpu",
+    )
+    with warnings.catch_warnings():  # Betty's deprecated functorch call, at construction
+        warnings.simplefilter("ignore")
+        engine = Engine(
+            problems=[outer, inner],
+            config=EngineConfig(train_iters=2),
+            dependencies={"u2l": {outer: [inner]}, "l2u": {inner: [outer]}},
+        )
+    with pytest.raises(mlo.SetupError, match=r"IterativeProblem.*'solver': 'unroll'"):
         mlo.from_betty(engine)
