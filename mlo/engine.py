@@ -459,13 +459,15 @@ class Engine:
         pending, self._pending_checks = self._pending_checks, []
         if not pending:
             return
-        # One norm per tensor (non-finite iff the tensor has a non-finite entry), then one
-        # reduction and one synchronisation for all of them.
+        # One norm per tensor (non-finite when the tensor has a non-finite entry), then
+        # one reduction and one synchronisation for all of them: on one process their sum
+        # (a sum that overflows is looked into below, like a non-finite one); across
+        # ranks a flag that every rank agrees on.
         norms = torch._foreach_norm([t for *_, group in pending for t in group])
-        ok = _all_finite(norms)
-        if self._reducer is not None:
-            ok = self._reducer.all_true(ok.reshape(1))[0]  # every rank decides the same
-        if bool(ok):
+        if self._reducer is None:
+            if math.isfinite(_sum_of(norms)):
+                return
+        elif bool(self._reducer.all_true(_all_finite(norms).reshape(1))[0]):
             return
         # The rare path: name the first non-finite value.
         culprits = [
@@ -474,6 +476,8 @@ class Engine:
             if not all(bool(torch.isfinite(t).all()) for t in group)
         ]
         if not culprits:
+            if self._reducer is None:
+                return  # the norms' sum overflowed; every value is finite
             raise NonFiniteError(
                 f"another data-parallel rank produced a non-finite value at step "
                 f"{pending[0][0]}; its own error names the problem"
@@ -502,6 +506,11 @@ class Engine:
         self.tick += 1
         if self._reducer is not None:
             self._buffers.broadcast(self._reducer)
+        if self.check_finite_every == 1 and self.config.on_nonfinite == "raise":
+            # Checked before every optimizer step: the parameters this tick's last step
+            # wrote are checked with the next update's values (or by run() at its end,
+            # by save(), by the next tick), still blamed on this tick and this level.
+            return
         if self.tick % self.check_finite_every == 0:
             self._check_finite()
 
@@ -709,13 +718,22 @@ class Engine:
         return text
 
 
-def _all_finite(values: Sequence[Tensor]) -> Tensor:
-    """Whether every entry of every tensor is finite: one concatenation and one reduction
-    per device (the common case is one device)."""
+def _sum_of(norms: Sequence[Tensor]) -> float:
+    """The sum of these 0-dim tensors as a Python float: one stack and one sum per device,
+    one synchronisation each (the common case is one device)."""
     by_device: dict[torch.device, list[Tensor]] = {}
-    for v in values:
-        by_device.setdefault(v.device, []).append(v.detach().reshape(-1))
-    flags = [torch.isfinite(torch.cat(group)).all() for group in by_device.values()]
+    for v in norms:
+        by_device.setdefault(v.device, []).append(v)
+    return sum(float(torch.stack(group).sum()) for group in by_device.values())
+
+
+def _all_finite(norms: Sequence[Tensor]) -> Tensor:
+    """Whether every one of these 0-dim tensors (norms) is finite: one stack and one
+    reduction per device (the common case is one device)."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for v in norms:
+        by_device.setdefault(v.device, []).append(v)
+    flags = [torch.isfinite(torch.stack(group)).all() for group in by_device.values()]
     if len(flags) == 1:
         return flags[0]
     return torch.stack([f.cpu() for f in flags]).all()

@@ -25,6 +25,8 @@ def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     """``sum_i <x_i, y_i>`` as a 0-dim tensor."""
     if not xs:
         raise ValueError("dot() of empty vectors")
+    if len(xs) == 1:  # one tensor: no stack and sum around the one product
+        return reduce_sum(torch.vdot(xs[0].reshape(-1), ys[0].reshape(-1)))
     total = torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).sum()
     return reduce_sum(total)
 

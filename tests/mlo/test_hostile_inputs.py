@@ -306,3 +306,24 @@ def test_a_non_finite_value_among_several_tensors_is_reported_with_its_value():
         r"step \(-inf\) at step 1",
     ):
         engine([p], {}, steps=2).run()
+
+
+def test_finite_values_whose_norms_overflow_when_summed_pass_the_check():
+    """The check sums the tensors' norms; a sum that overflows (float32: two norms of
+    2e38) is looked into value by value, and finite values pass."""
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.tensor([2e38]))
+            self.b = nn.Parameter(torch.tensor([2e38]))
+
+    class Flat(mlo.Problem):
+        def training_step(self, batch):
+            return (self.module.a * 0.0).sum() + (self.module.b * 0.0).sum()
+
+    module = Pair()
+    e = engine([Flat("flat", module, torch.optim.SGD(module.parameters(), lr=0.1))], {}, steps=3)
+    e.run()  # loss 0, gradients 0, parameters 2e38: all finite
+    assert e.tick == 3 and float(module.a.detach()) == float(torch.tensor(2e38))
+    assert not math.isfinite(float(torch.stack([module.a[0], module.b[0]]).sum().detach()))
