@@ -1,0 +1,202 @@
+"""Run the CPU benchmark suite and write its page, ``docs/benchmarks.md``.
+
+Each benchmark is its own script (run here as a child process, as a user would run it):
+it runs the compared versions interleaved in one process and prints medians of paired
+ratios, so that a noisy machine does not decide a result. This script runs them one after
+the other, then writes one page with the machine, the library versions, the date, the
+command that reproduces each table, each script's output as printed, and the plots.
+Nothing is written unless every script succeeds.
+
+    python benchmarks/suite.py                 # the full suite, about an hour on 2 cores
+    python benchmarks/suite.py --only overhead depth
+    python benchmarks/suite.py --quick --out /tmp/bench   # a smoke run in a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str
+    script: str
+    what: str
+    args: list[str] = field(default_factory=list)
+    quick: list[str] = field(default_factory=list)
+    plot: str | None = None  # the file name of its PNG, written with --plot
+
+
+SUITE = [
+    Benchmark(
+        "overhead",
+        "Per-update overhead: a tiny two-level tick",
+        "overhead.py",
+        "Two 2000-dimensional quadratic levels, one SGD step each per tick, every solver: "
+        "the engine's bookkeeping shows here, since the arithmetic is cheap. Floor: the same "
+        "math hand-written with the same autograd calls.",
+        ["--rounds", "200"],
+        ["--rounds", "3", "--n", "64"],
+    ),
+    Benchmark(
+        "depth",
+        "Depth: dense chains of 2 to 7 levels",
+        "depth.py",
+        "Every level reads every other, `darts` everywhere: mlo's adjoint propagation "
+        "against Betty's path enumeration, ms per tick and peak memory.",
+        ["--rounds", "15"],
+        ["--max-levels", "3", "--rounds", "2", "--warmup", "0", "--dim", "8"],
+        plot="depth.png",
+    ),
+    Benchmark(
+        "accuracy",
+        "Hypergradient accuracy against Hessian-vector products",
+        "accuracy.py",
+        "A 200-dimensional SPD quadratic (condition number 50), float64, against a dense solve.",
+        [],
+        ["--n", "20"],
+        plot="accuracy.png",
+    ),
+    Benchmark(
+        "darts_step",
+        "One DARTS iteration on a small CNN",
+        "darts_step.py",
+        "A mixed-operation CNN: mlo, the same step by hand, and Betty.",
+        [],
+        ["--rounds", "2", "--warmup", "0", "--batch", "4", "--size", "8"],
+    ),
+    Benchmark(
+        "nas_search_step",
+        "One supernet search step",
+        "nas_search_step.py",
+        "The DARTS supernet of `problems.nas`: mlo against the hand-written step.",
+        [],
+        ["--rounds", "2", "--warmup", "0", "--batch", "2", "--layers", "3", "--channels", "4"],
+    ),
+    Benchmark(
+        "lease_step",
+        "One LeaSE iteration",
+        "lease_step.py",
+        "LeaSE's four levels: mlo, by hand, and Betty's wiring of the same program.",
+        [],
+        ["--rounds", "1", "--pgd-steps", "1", "--layers", "3", "--channels", "4"],
+    ),
+    Benchmark(
+        "nested",
+        "What exact nested Jacobians cost",
+        "nested.py",
+        "A three-level chain whose middle level reads its lower level: `jacobian='total'` "
+        "against `'partial'`.",
+        [],
+        ["--rounds", "2", "--warmup", "0", "--width", "4"],
+    ),
+    Benchmark(
+        "checkpoint",
+        "Checkpoints",
+        "checkpoint.py",
+        "Size and write time of a default LeaSE search checkpoint.",
+        [],
+        ["--rounds", "1", "--batch", "2"],
+    ),
+]
+
+
+def run(bench: Benchmark, quick: bool, out: Path) -> str:
+    """The script's standard output; raises naming the script when it fails."""
+    args = list(bench.quick if quick else bench.args)
+    if bench.plot:
+        args += ["--plot", str(out / bench.plot)]
+    command = [sys.executable, str(HERE / bench.script), *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"error: benchmarks/{bench.script} failed (exit {done.returncode}):\n"
+            + done.stderr[-2000:]
+        )
+    return done.stdout.strip()
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    try:
+        betty = version("betty-ml")
+    except PackageNotFoundError:
+        betty = "not installed"
+    return f"torch {torch.__version__}, betty-ml {betty}, Python {platform.python_version()}"
+
+
+def page(results: list[tuple[Benchmark, str, list[str]]], quick: bool) -> str:
+    today = datetime.date.today().isoformat()
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured on {today}: {os.cpu_count()} CPU cores ({cpu}, {platform.system()}), "
+        f"{versions()}. Every script runs its compared versions interleaved in one process "
+        "and prints medians of paired ratios. Rerun all of them and rewrite this page with "
+        "`python benchmarks/suite.py` (about an hour on 2 cores), or one with "
+        "`python benchmarks/suite.py --only NAME`. GPU figures come from "
+        "`python benchmarks/gpu.py` on a GPU machine and are quoted in the README.",
+        "",
+    ]
+    if quick:
+        lines += ["**Quick smoke run: tiny sizes, not measurements.**", ""]
+    for bench, output, args in results:
+        command = " ".join(["python", f"benchmarks/{bench.script}", *args])
+        lines += [f"## {bench.title}", "", bench.what, "", f"`{command}`", "", "```text"]
+        lines += [output, "```", ""]
+        if bench.plot:
+            lines += [f"![{bench.title}]({bench.plot})", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    names = [b.name for b in SUITE]
+    parser.add_argument("--only", nargs="+", choices=names, help="run these only")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "docs", help="folder for benchmarks.md and plots"
+    )
+    args = parser.parse_args()
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder")
+    chosen = [b for b in SUITE if not args.only or b.name in args.only]
+    with tempfile.TemporaryDirectory() as scratch:
+        results = []
+        for bench in chosen:
+            print(f"running benchmarks/{bench.script} ...", flush=True)
+            output = run(bench, args.quick, Path(scratch))
+            shown = list(bench.quick if args.quick else bench.args)
+            if bench.plot:
+                shown += ["--plot", f"docs/{bench.plot}"]
+            results.append((bench, output, shown))
+        # Every script succeeded: now write the page and move the plots beside it.
+        args.out.mkdir(parents=True, exist_ok=True)
+        for bench in chosen:
+            if bench.plot:
+                os.replace(Path(scratch) / bench.plot, args.out / bench.plot)
+        target = args.out / "benchmarks.md"
+        partial = target.with_suffix(".md.tmp")
+        partial.write_text(page(results, args.quick) + "\n")
+        os.replace(partial, target)
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

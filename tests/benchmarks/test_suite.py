@@ -1,0 +1,42 @@
+"""The benchmark suite's runner: it runs the scripts as a user would, writes one page with
+their output and plots, and writes nothing when a script fails."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from ..scripts import ROOT, load_script
+
+PATH = ROOT / "benchmarks" / "suite.py"
+
+
+def run_suite(monkeypatch, *argv: str):
+    """The suite's module, with ``argv`` as its command line."""
+    suite = load_script(PATH)
+    monkeypatch.setattr(sys, "argv", ["suite.py", *argv])
+    return suite
+
+
+@pytest.mark.slow
+def test_a_quick_run_writes_the_page_with_outputs_and_plots(monkeypatch, tmp_path):
+    only = ["--only", "overhead", "accuracy"]
+    suite = run_suite(monkeypatch, "--quick", *only, "--out", str(tmp_path))
+    suite.main()
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert "Quick smoke run" in text and "torch" in text
+    assert "`python benchmarks/overhead.py --rounds 3 --n 64`" in text
+    assert "first_order" in text and "cg" in text  # the overhead table, every solver
+    assert "![Hypergradient accuracy against Hessian-vector products](accuracy.png)" in text
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png", "benchmarks.md"]
+
+
+def test_a_failing_script_stops_the_suite_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    suite = run_suite(monkeypatch, "--quick", "--out", str(tmp_path / "out"))
+    broken = suite.Benchmark("broken", "Broken", "no_such_script.py", "fails", [], [])
+    monkeypatch.setattr(suite, "SUITE", [broken])
+    with pytest.raises(SystemExit, match=r"error: benchmarks/no_such_script.py failed"):
+        suite.main()
+    assert not (tmp_path / "out").exists()
