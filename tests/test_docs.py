@@ -7,6 +7,9 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+import torch
+
 import mlo
 import mlo.solvers
 import problems.lease
@@ -79,3 +82,25 @@ def test_the_solver_tutorial_converges_to_the_closed_form():
     assert errors["by name"] == errors["steepest_descent(50)"] < 1e-10
     assert errors["cg(8)"] < 1e-14
     assert 1e-3 < errors["residual after 2"] < 1.0
+
+
+@pytest.mark.slow
+def test_the_lease_tutorial_searches_extends_and_evaluates(tmp_path):
+    tutorial = load_script(ROOT / "docs" / "tutorials" / "lease.py")
+    result = tutorial.main(tmp_path, steps=2)
+    for run in ("shipped", "extended"):
+        files = result[run].files
+        for name in ("genotype", "cells", "alphas", "checkpoint"):
+            assert files[name].stat().st_size > 0, (run, name)
+        assert result[run].steps == 2
+    saved = torch.load(tmp_path / "extended" / "checkpoint.pt", weights_only=True)
+    assert saved["extra"]["settings"]["lease.explanation.method"] == "gradient_x_input"
+    assert saved["extra"]["settings"].get("lease.explanation.method") != (
+        torch.load(tmp_path / "pgd" / "checkpoint.pt", weights_only=True)["extra"]["settings"][
+            "lease.explanation.method"
+        ]
+    )
+    # The extended search's audience is the tutorial's CNN, not a ResNet.
+    audience = saved["engine"]["problems"]["audience"]["module"]
+    assert any(key.startswith("features.") for key in audience)
+    assert 0.0 <= result["evaluation"].test_error <= 1.0

@@ -8,7 +8,7 @@ choices made where the paper is silent.
 from .audience import ResNet
 from .build import DEPENDENCIES, build
 from .config import AudienceHyper, LeaseHyper, LeaseRun
-from .explanations import ExplanationConfig, explanation_mask
+from .explanations import ExplanationConfig, explanation_mask, register_explanation
 from .levels import Audience, Explain, Explainer, Explanations, Relearn
 from .search import wire_search
 
@@ -26,5 +26,6 @@ __all__ = [
     "ResNet",
     "build",
     "explanation_mask",
+    "register_explanation",
     "wire_search",
 ]

@@ -14,6 +14,9 @@ of the input's shape; the explained input the audience sees is ``x̃ = x ⊙ m``
 - ``saliency``: ``m = |∇_x ℓ(f(x), y)|``, normalised to a maximum of 1 per example
   (differentiable through the double backward unless ``differentiable=False``).
 
+More methods plug in with :func:`register_explanation` and are then chosen by name,
+``ExplanationConfig(method="mine")`` (``docs/tutorials/lease.md``).
+
 Inputs are normalised images; ε and the step are given in pixel units and divided by each
 channel's standard deviation, so the ball is the usual 8/255 one in pixel space. With
 ``units="normalized"`` (the authors' public code) they are used on the normalised inputs
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from problems.nas.search import cross_entropy
@@ -41,7 +44,9 @@ class ExplanationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Literal["pgd", "saliency"] = "pgd"
+    method: str = Field(
+        "pgd", description="a registered explanation method: pgd, saliency, or your own"
+    )
     differentiable: bool = Field(
         True, description="let gradients flow from the audience back to A and W"
     )
@@ -54,6 +59,17 @@ class ExplanationConfig(BaseModel):
         description="pixel: ε and the step are in pixel units (divided by the channels' std); "
         "normalized: used on the normalised inputs as they are (the authors' code)",
     )
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in _METHODS:
+            raise ValueError(
+                f"unknown explanation method {value!r}; registered: "
+                f"{', '.join(sorted(_METHODS))} (add one with "
+                "problems.lease.explanations.register_explanation)"
+            )
+        return value
 
     def input_scale(self, pixel_std: Tensor) -> Tensor:
         """Per-channel factor from ε's units to the inputs' units."""
@@ -131,9 +147,39 @@ def explanation_mask(
     config: ExplanationConfig,
     pixel_std: Tensor,
 ) -> Tensor:
-    """The explanation mask of ``forward``'s predictions on ``(x, y)`` by
-    ``config.method``: ``pgd`` from the random ``start``, or ``saliency``; differentiable
-    with respect to the model's parameters when ``config.differentiable``."""
-    if config.method == "pgd":
-        return pgd_mask(forward, x, y, start, config, pixel_std)
-    return saliency_mask(forward, x, y, config)
+    """The explanation mask of ``forward``'s predictions on ``(x, y)`` by the method
+    registered as ``config.method``: ``pgd`` from the random ``start``, ``saliency``, or
+    one of yours; differentiable with respect to the model's parameters when
+    ``config.differentiable``."""
+    return _METHODS[config.method](forward, x, y, start, config, pixel_std)
+
+
+ExplanationMethod = Callable[[Forward, Tensor, Tensor, Tensor, ExplanationConfig, Tensor], Tensor]
+_METHODS: dict[str, ExplanationMethod] = {}
+
+
+def register_explanation(name: str) -> Callable[[ExplanationMethod], ExplanationMethod]:
+    """Decorator: make ``method(forward, x, y, start, config, pixel_std) -> mask`` the
+    explanation method ``name``.
+
+    ``forward`` maps inputs to the explainer's logits; the mask has ``x``'s shape and the
+    audience sees ``x ⊙ mask``. Keep the mask a differentiable function of the explainer
+    when ``config.differentiable`` and gradients are enabled (``create_graph`` in any
+    inner ``autograd.grad``), so that the audience's loss reaches ``A`` and ``W``; under
+    ``torch.no_grad()`` compute only its value. ``start`` is the random start of ``pgd``
+    (zeros for other methods); ``pixel_std`` the inputs' per-channel standard deviation.
+    """
+
+    def decorate(method: ExplanationMethod) -> ExplanationMethod:
+        if name in _METHODS and _METHODS[name] is not method:
+            raise ValueError(f"an explanation method named {name!r} is already registered")
+        _METHODS[name] = method
+        return method
+
+    return decorate
+
+
+register_explanation("pgd")(pgd_mask)
+register_explanation("saliency")(
+    lambda forward, x, y, start, config, pixel_std: saliency_mask(forward, x, y, config)
+)

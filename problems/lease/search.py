@@ -12,9 +12,11 @@ from .build import build
 from .config import LeaseRun
 
 
-def wire_search(setup: SearchSetup):
+def wire_search(setup: SearchSetup, audience: torch.nn.Module | None = None):
     """The levels of a search from ``examples/lease_cifar.py``'s configuration
-    (:class:`LeaseRun`): LeaSE's (``build``), or DARTS' with ``baseline='darts'``."""
+    (:class:`LeaseRun`): LeaSE's (``build``), or DARTS' with ``baseline='darts'``.
+    ``audience``: your own audience network in place of ``lease.audience.arch``'s ResNet
+    (bind it with ``functools.partial(wire_search, audience=net)``)."""
     config: LeaseRun = setup.config
     if config.baseline == "darts":
         return darts_levels(setup, config.lease.explainer_solver)
@@ -41,4 +43,5 @@ def wire_search(setup: SearchSetup):
         hyper=config.lease,
         search=config.hyper,
         seed=config.seed,
+        audience=audience,
     )
