@@ -43,8 +43,9 @@ def log_plot(path, x, curves: dict[str, list[float]], xlabel: str, ylabel: str, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for (label, values), marker in zip(curves.items(), "os^v"):
-        ax.plot(x, values, f"{marker}-", label=label)
+    for (label, values), marker in zip(curves.items(), "os^vDxP<>"):
+        style = "--" if label.startswith("Betty") else "-"  # Betty's curves dashed
+        ax.plot(x, values, f"{marker}{style}", label=label)
     if logx:
         ax.set_xscale("log")
     ax.set_yscale("log")

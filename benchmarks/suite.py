@@ -7,8 +7,8 @@ the other, then writes one page with the machine, the library versions, the date
 command that reproduces each table, each script's output as printed, and the plots.
 Nothing is written unless every script succeeds.
 
-    python benchmarks/suite.py                 # the full suite, about an hour on 2 cores
-    python benchmarks/suite.py --only overhead depth
+    python benchmarks/suite.py                 # the full suite, about 7 minutes on 2 cores
+    python benchmarks/suite.py --only overhead depth   # rerun two; the other sections stay
     python benchmarks/suite.py --quick --out /tmp/bench   # a smoke run in a minute
 """
 
@@ -36,7 +36,7 @@ class Benchmark:
     what: str
     args: list[str] = field(default_factory=list)
     quick: list[str] = field(default_factory=list)
-    plot: str | None = None  # the file name of its PNG, written with --plot
+    plots: tuple[str, ...] = ()  # its PNGs: --plot names the first, the script the rest
 
 
 SUITE = [
@@ -58,16 +58,18 @@ SUITE = [
         "against Betty's path enumeration, ms per tick and peak memory.",
         ["--rounds", "15"],
         ["--max-levels", "3", "--rounds", "2", "--warmup", "0", "--dim", "8"],
-        plot="depth.png",
+        plots=("depth.png",),
     ),
     Benchmark(
         "accuracy",
         "Hypergradient accuracy against Hessian-vector products",
         "accuracy.py",
-        "A 200-dimensional SPD quadratic (condition number 50), float64, against a dense solve.",
+        "mlo's and Betty's solvers on a 200-dimensional SPD quadratic (condition number 50) "
+        "and on a logistic-regression inner problem over a small MLP's features, float64, "
+        "against dense solves.",
         [],
         ["--n", "20"],
-        plot="accuracy.png",
+        plots=("accuracy.png", "accuracy_mlp.png"),
     ),
     Benchmark(
         "darts_step",
@@ -116,8 +118,8 @@ SUITE = [
 def run(bench: Benchmark, quick: bool, out: Path) -> str:
     """The script's standard output; raises naming the script when it fails."""
     args = list(bench.quick if quick else bench.args)
-    if bench.plot:
-        args += ["--plot", str(out / bench.plot)]
+    if bench.plots:
+        args += ["--plot", str(out / bench.plots[0])]
     command = [sys.executable, str(HERE / bench.script), *args]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -125,7 +127,8 @@ def run(bench: Benchmark, quick: bool, out: Path) -> str:
             f"error: benchmarks/{bench.script} failed (exit {done.returncode}):\n"
             + done.stderr[-2000:]
         )
-    return done.stdout.strip()
+    # The plots are written to a scratch folder first; the page names where they end up.
+    return done.stdout.strip().replace(f"{out}/", "docs/")
 
 
 def versions() -> str:
@@ -140,29 +143,49 @@ def versions() -> str:
     return f"torch {torch.__version__}, betty-ml {betty}, Python {platform.python_version()}"
 
 
-def page(results: list[tuple[Benchmark, str, list[str]]], quick: bool) -> str:
-    today = datetime.date.today().isoformat()
+def section(bench: Benchmark, output: str, args: list[str], quick: bool) -> str:
+    """One benchmark's part of the page: what it measures, when, the command, the output."""
+    command = " ".join(["python", f"benchmarks/{bench.script}", *args])
+    lines = [f"## {bench.title}", "", bench.what, ""]
+    if quick:
+        lines += ["**Quick smoke run: tiny sizes, not measurements.**", ""]
+    lines += [f"Measured {datetime.date.today().isoformat()}: `{command}`", "", "```text"]
+    lines += [output, "```", ""]
+    for plot in bench.plots:
+        lines += [f"![{bench.title}]({plot})", ""]
+    return "\n".join(lines)
+
+
+def page(sections: dict[str, str]) -> str:
+    """The page: the machine and versions, how to rerun, then the sections in suite order."""
     cpu = platform.processor() or platform.machine()
-    lines = [
+    header = [
         "# Benchmarks",
         "",
-        f"Measured on {today}: {os.cpu_count()} CPU cores ({cpu}, {platform.system()}), "
-        f"{versions()}. Every script runs its compared versions interleaved in one process "
-        "and prints medians of paired ratios. Rerun all of them and rewrite this page with "
-        "`python benchmarks/suite.py` (about an hour on 2 cores), or one with "
-        "`python benchmarks/suite.py --only NAME`. GPU figures come from "
+        f"Machine: {os.cpu_count()} CPU cores ({cpu}, {platform.system()}), {versions()}. "
+        "Every script runs its compared versions interleaved in one process and prints "
+        "medians of paired ratios, so that a noisy machine does not decide a result. Rerun "
+        "them all and rewrite this page with `python benchmarks/suite.py` (about 7 "
+        "minutes on 2 cores), or rerun some with `python benchmarks/suite.py --only NAME ...` "
+        "(their sections are replaced, the others kept). GPU figures come from "
         "`python benchmarks/gpu.py` on a GPU machine and are quoted in the README.",
         "",
     ]
-    if quick:
-        lines += ["**Quick smoke run: tiny sizes, not measurements.**", ""]
-    for bench, output, args in results:
-        command = " ".join(["python", f"benchmarks/{bench.script}", *args])
-        lines += [f"## {bench.title}", "", bench.what, "", f"`{command}`", "", "```text"]
-        lines += [output, "```", ""]
-        if bench.plot:
-            lines += [f"![{bench.title}]({bench.plot})", ""]
-    return "\n".join(lines)
+    order = [b.title for b in SUITE]
+    titles = sorted(sections, key=lambda t: order.index(t) if t in order else len(order))
+    return "\n".join(header) + "\n" + "\n".join(sections[t] for t in titles)
+
+
+def existing_sections(path: Path) -> dict[str, str]:
+    """The sections of a page written before, by title (none when there is no page)."""
+    if not path.is_file():
+        return {}
+    parts = path.read_text().split("\n## ")[1:]
+    out = {}
+    for part in parts:
+        title = part.split("\n", 1)[0].strip()
+        out[title] = ("## " + part).rstrip("\n") + "\n"
+    return out
 
 
 def main() -> None:
@@ -177,23 +200,23 @@ def main() -> None:
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give a folder")
     chosen = [b for b in SUITE if not args.only or b.name in args.only]
+    target = args.out / "benchmarks.md"
     with tempfile.TemporaryDirectory() as scratch:
-        results = []
+        sections = existing_sections(target) if args.only else {}
         for bench in chosen:
             print(f"running benchmarks/{bench.script} ...", flush=True)
             output = run(bench, args.quick, Path(scratch))
             shown = list(bench.quick if args.quick else bench.args)
-            if bench.plot:
-                shown += ["--plot", f"docs/{bench.plot}"]
-            results.append((bench, output, shown))
+            if bench.plots:
+                shown += ["--plot", f"docs/{bench.plots[0]}"]
+            sections[bench.title] = section(bench, output, shown, args.quick)
         # Every script succeeded: now write the page and move the plots beside it.
         args.out.mkdir(parents=True, exist_ok=True)
         for bench in chosen:
-            if bench.plot:
-                os.replace(Path(scratch) / bench.plot, args.out / bench.plot)
-        target = args.out / "benchmarks.md"
+            for plot in bench.plots:
+                os.replace(Path(scratch) / plot, args.out / plot)
         partial = target.with_suffix(".md.tmp")
-        partial.write_text(page(results, args.quick) + "\n")
+        partial.write_text(page(sections))
         os.replace(partial, target)
     print(f"wrote {target}")
 

@@ -20,17 +20,20 @@ def run_suite(monkeypatch, *argv: str):
 
 
 @pytest.mark.slow
-def test_a_quick_run_writes_the_page_with_outputs_and_plots(monkeypatch, tmp_path):
-    only = ["--only", "overhead", "accuracy"]
-    suite = run_suite(monkeypatch, "--quick", *only, "--out", str(tmp_path))
-    suite.main()
+def test_a_quick_run_writes_the_page_and_a_rerun_replaces_only_its_section(monkeypatch, tmp_path):
+    run_suite(monkeypatch, "--quick", "--only", "overhead", "--out", str(tmp_path)).main()
+    run_suite(monkeypatch, "--quick", "--only", "accuracy", "--out", str(tmp_path)).main()
     text = (tmp_path / "benchmarks.md").read_text()
-    assert "Quick smoke run" in text and "torch" in text
-    assert "`python benchmarks/overhead.py --rounds 3 --n 64`" in text
+    assert text.startswith("# Benchmarks") and "torch" in text
+    assert "Quick smoke run" in text
+    assert ": `python benchmarks/overhead.py --rounds 3 --n 64`" in text  # kept
     assert "first_order" in text and "cg" in text  # the overhead table, every solver
+    assert text.index("## Per-update overhead") < text.index("## Hypergradient accuracy")
     assert "![Hypergradient accuracy against Hessian-vector products](accuracy.png)" in text
     assert (tmp_path / "accuracy.png").stat().st_size > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png", "benchmarks.md"]
+    assert (tmp_path / "accuracy_mlp.png").stat().st_size > 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["accuracy.png", "accuracy_mlp.png", "benchmarks.md"]
 
 
 def test_a_failing_script_stops_the_suite_and_writes_nothing(monkeypatch, tmp_path, capsys):
