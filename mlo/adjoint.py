@@ -10,6 +10,7 @@ or D's parents).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,44 +48,33 @@ def propagate(
     ``retain_graph`` keeps the scalar's graph for another call; ``watch`` queues the
     solvers' contributions for the engine's finiteness check, blamed on ``owner``.
     """
-    below = engine._descendants[owner]
-    reaches = dict.fromkeys(targets, True)
-    for level in below:
-        reaches[level] = not engine.problems[level].config.solver.zero_jacobian and any(
-            reaches.get(u, False) for u in engine.graph.parents[level]
-        )
-    levels = [*targets, *(n for n in below if reaches[n])]
-    tensors = [t for n in levels for t in engine.problems[n].params.tensors]
-    if scalar.requires_grad and tensors:
+    plan = _plan(engine, owner, targets)
+    if scalar.requires_grad and plan.tensors:
         flat = torch.autograd.grad(
             scalar,
-            tensors,
+            plan.tensors,
             allow_unused=True,
             create_graph=create_graph,
             retain_graph=retain_graph or create_graph,
         )
     else:
-        flat = [None] * len(tensors)
+        flat = [None] * len(plan.tensors)
     adjoint: dict[str, Vector | None] = {}
     start = 0
-    for n in levels:
-        params = engine.problems[n].params.tensors
+    for n, params in zip(plan.levels, plan.params):
         part = flat[start : start + len(params)]
         start += len(params)
         if all(g is None for g in part):
             adjoint[n] = None
         else:
             adjoint[n] = [torch.zeros_like(p) if g is None else g for g, p in zip(part, params)]
-    inside = set(levels)
-    for lower in reversed(below):
-        if not reaches[lower] or adjoint[lower] is None:
+    for lower, parents, groups in plan.steps:
+        if adjoint[lower] is None:
             continue
-        parents = [u for u in engine.graph.parents[lower] if u in inside]
         solver = engine.problems[lower].config.solver
         # Under data parallelism an adjoint sums local contributions; it is averaged once,
         # here, where it is complete and used.
         vector = engine._mean(lower, adjoint[lower])
-        groups = [engine.problems[u].params.tensors for u in parents]
         level = engine._level(lower, parents, create_graph)
         if level.total:
             # Its total products need third derivatives through its lower levels, which
@@ -113,3 +103,43 @@ def propagate(
         if result.diagnostics and not create_graph:
             engine._diagnostics[lower] = result.diagnostics
     return {t: adjoint[t] for t in targets}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the static level graph decides for one propagation: the levels whose adjoints
+    are taken (the targets, then the descendants a target is reached from), their
+    parameters, and the solver steps deepest first: each lower level, its parents among
+    those levels, and their parameters."""
+
+    levels: list[str]
+    params: list[list[Tensor]]
+    tensors: list[Tensor]
+    steps: list[tuple[str, list[str], list[list[Tensor]]]]
+
+
+def _plan(engine: Engine, owner: str, targets: Sequence[str]) -> _Plan:
+    """The propagation plan for ``owner`` and ``targets``, computed once per graph and
+    solver choice (a level given another solver gets a new plan)."""
+    below = engine._descendants[owner]
+    problems = engine.problems
+    key = (owner, tuple(targets), tuple(id(problems[n].config.solver) for n in below))
+    plan = engine._plans.get(key)
+    if plan is not None:
+        return plan
+    reaches = dict.fromkeys(targets, True)
+    for level in below:
+        reaches[level] = not problems[level].config.solver.zero_jacobian and any(
+            reaches.get(u, False) for u in engine.graph.parents[level]
+        )
+    levels = [*targets, *(n for n in below if reaches[n])]
+    params = [list(problems[n].params.tensors) for n in levels]
+    inside = set(levels)
+    steps = []
+    for lower in reversed(below):
+        if reaches[lower]:
+            parents = [u for u in engine.graph.parents[lower] if u in inside]
+            steps.append((lower, parents, [problems[u].params.tensors for u in parents]))
+    plan = _Plan(levels, params, [t for group in params for t in group], steps)
+    engine._plans[key] = plan
+    return plan

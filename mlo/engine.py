@@ -105,6 +105,7 @@ class Engine:
         self._losses: dict[str, Tensor | None] = {}
         self._diagnostics: dict[str, dict[str, Tensor]] = {}
         self._pending_checks: list[tuple[int, str, str, list[Tensor]]] = []
+        self._plans: dict[tuple, Any] = {}  # adjoint propagation plans (mlo.adjoint)
         self._warned: set[str] = set()
         on_cpu = all(t.device.type == "cpu" for p in problems for t in p.params.tensors)
         self.check_finite_every = self.config.check_finite_every or (
@@ -216,6 +217,8 @@ class Engine:
                 f"({type(error).__name__}: {_first_line(error)}); check that every batch of "
                 "its data fits its model (shapes, label range)"
             ) from error
+        if type(loss) is Tensor and loss.dim() == 0 and loss.dtype.is_floating_point:
+            return loss  # the common case, checked in three cheap reads
         if not isinstance(loss, Tensor):
             raise SetupError(
                 f"{type(problem).__name__}.training_step of problem {name!r} returned "
@@ -375,7 +378,8 @@ class Engine:
                 "numbers, or computed under torch.no_grad()), so the level would never "
                 "train; return the loss tensor autograd built from the module's output"
             )
-        self._watch(name, "loss", [loss.detach()])
+        detached = loss.detach()
+        self._watch(name, "loss", [detached])
         grads = self._total_gradient(name, loss)
         params = problem.params.tensors
         for p, g in zip(params, grads):
@@ -383,7 +387,7 @@ class Engine:
         self._watch(name, "gradient", grads)
         if problem.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, problem.config.grad_clip)
-        self._losses[name] = loss.detach()
+        self._losses[name] = detached
         if self.check_finite_every == 1 and not self._finite_or_skip(name):
             return
         trajectory = self.trajectories.get(name)
@@ -423,9 +427,10 @@ class Engine:
         every update is checked the tensors are kept as they are (checked moments later,
         before anything changes them); otherwise their norms are kept, a snapshot."""
         if self.check_finite_every == 1:
-            group = [t.detach() for t in tensors]
+            group = list(tensors)  # read under no_grad moments later
         else:
-            group = [torch.stack(torch._foreach_norm([t.detach() for t in tensors]))]
+            with torch.no_grad():
+                group = [torch.stack(torch._foreach_norm(list(tensors)))]
         self._pending_checks.append((self.tick + 1, name, what, group))
 
     def _finite_or_skip(self, name: str) -> bool:
@@ -463,7 +468,8 @@ class Engine:
         # one reduction and one synchronisation for all of them: on one process their sum
         # (a sum that overflows is looked into below, like a non-finite one); across
         # ranks a flag that every rank agrees on.
-        norms = torch._foreach_norm([t for *_, group in pending for t in group])
+        with torch.no_grad():
+            norms = torch._foreach_norm([t for *_, group in pending for t in group])
         if self._reducer is None:
             if math.isfinite(_sum_of(norms)):
                 return
@@ -721,6 +727,12 @@ class Engine:
 def _sum_of(norms: Sequence[Tensor]) -> float:
     """The sum of these 0-dim tensors as a Python float: one stack and one sum per device,
     one synchronisation each (the common case is one device)."""
+    if len(norms) == 1:
+        return float(norms[0])
+    try:
+        return float(torch.stack(list(norms)).sum())
+    except RuntimeError:  # on several devices
+        pass
     by_device: dict[torch.device, list[Tensor]] = {}
     for v in norms:
         by_device.setdefault(v.device, []).append(v)
