@@ -56,7 +56,7 @@ SUITE = [
         "depth.py",
         "Every level reads every other, `darts` everywhere: mlo's adjoint propagation "
         "against Betty's path enumeration, ms per tick and peak memory.",
-        ["--rounds", "15"],
+        ["--rounds", "40"],
         ["--max-levels", "3", "--rounds", "2", "--warmup", "0", "--dim", "8"],
         plots=("depth.png",),
     ),
