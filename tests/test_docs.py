@@ -95,10 +95,13 @@ def test_the_lease_tutorial_searches_extends_and_evaluates(tmp_path):
         assert result[run].steps == 2
     saved = torch.load(tmp_path / "extended" / "checkpoint.pt", weights_only=True)
     assert saved["extra"]["settings"]["lease.explanation.method"] == "gradient_x_input"
-    assert saved["extra"]["settings"].get("lease.explanation.method") != (
-        torch.load(tmp_path / "pgd" / "checkpoint.pt", weights_only=True)["extra"]["settings"][
-            "lease.explanation.method"
-        ]
+    assert (
+        saved["extra"]["settings"].get("lease.explanation.method")
+        != (
+            torch.load(tmp_path / "pgd" / "checkpoint.pt", weights_only=True)["extra"]["settings"][
+                "lease.explanation.method"
+            ]
+        )
     )
     # The extended search's audience is the tutorial's CNN, not a ResNet.
     audience = saved["engine"]["problems"]["audience"]["module"]

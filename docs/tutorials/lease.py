@@ -55,9 +55,7 @@ def gradient_x_input(forward, x, y, start, config, pixel_std):
     graph = config.differentiable and torch.is_grad_enabled()
     with torch.enable_grad():
         inputs = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(
-            cross_entropy(forward(inputs), y), inputs, create_graph=graph
-        )
+        (grad,) = torch.autograd.grad(cross_entropy(forward(inputs), y), inputs, create_graph=graph)
     contribution = (x * grad).abs()
     mask = contribution / (contribution.amax(dim=(1, 2, 3), keepdim=True) + 1e-12)
     return mask if graph else mask.detach()
