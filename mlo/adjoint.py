@@ -47,21 +47,29 @@ def propagate(
     differentiable (every solver builds its products with ``create_graph``);
     ``retain_graph`` keeps the scalar's graph for another call; ``watch`` queues the
     solvers' contributions for the engine's finiteness check, blamed on ``owner``.
+    Levels whose parameters are replaced for the moment (``engine._values``, see
+    ``Engine._replaced``) are differentiated by their replacements.
     """
     plan = _plan(engine, owner, targets)
-    if scalar.requires_grad and plan.tensors:
+    values = engine._values
+    params_of = plan.params
+    tensors = plan.tensors
+    if values:
+        params_of = [values.get(n, ps) for n, ps in zip(plan.levels, plan.params)]
+        tensors = [t for group in params_of for t in group]
+    if scalar.requires_grad and tensors:
         flat = torch.autograd.grad(
             scalar,
-            plan.tensors,
+            tensors,
             allow_unused=True,
             create_graph=create_graph,
             retain_graph=retain_graph or create_graph,
         )
     else:
-        flat = [None] * len(plan.tensors)
+        flat = [None] * len(tensors)
     adjoint: dict[str, Vector | None] = {}
     start = 0
-    for n, params in zip(plan.levels, plan.params):
+    for n, params in zip(plan.levels, params_of):
         part = flat[start : start + len(params)]
         start += len(params)
         if all(g is None for g in part):
@@ -71,6 +79,8 @@ def propagate(
     for lower, parents, groups in plan.steps:
         if adjoint[lower] is None:
             continue
+        if values:
+            groups = [values.get(u, g) for u, g in zip(parents, groups)]
         solver = engine.problems[lower].config.solver
         # Under data parallelism an adjoint sums local contributions; it is averaged once,
         # here, where it is complete and used.

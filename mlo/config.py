@@ -44,7 +44,7 @@ class ProblemConfig(BaseModel):
         "differentiates the nested problem the engine trains (exact; the default where "
         "the solver allows it), 'partial' holds the lower levels fixed in this level's "
         "Jacobian (cheaper; Betty's behaviour, an approximation). None: 'total' unless "
-        "the solver is 'unroll' or 'explicit'. No effect on other levels.",
+        "the solver is 'explicit'. No effect on other levels.",
     )
 
     @field_validator("solver", mode="before")
@@ -58,7 +58,8 @@ class ProblemConfig(BaseModel):
             raise ValueError(
                 f"jacobian='total' is not available with the {self.solver.name!r} solver "
                 "(its Jacobian does not come from second-order products of the level's "
-                "objective); use jacobian='partial', or the 'cg', 'neumann' or 'darts' solver"
+                "objective); use jacobian='partial', or the 'cg', 'neumann', 'darts' or "
+                "'unroll' solver"
             )
         return self
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,7 @@ class Engine:
         self._diagnostics: dict[str, dict[str, Tensor]] = {}
         self._pending_checks: list[tuple[int, str, str, list[Tensor]]] = []
         self._plans: dict[tuple, Any] = {}  # adjoint propagation plans (mlo.adjoint)
+        self._values: dict[str, list[Tensor]] = {}  # parameters replaced (_replaced)
         self._warned: set[str] = set()
         on_cpu = all(t.device.type == "cpu" for p in problems for t in p.params.tensors)
         self.check_finite_every = self.config.check_finite_every or (
@@ -274,7 +275,7 @@ class Engine:
         nested = self._nested(name)
         return Level(
             name=name,
-            params=list(problem.params.tensors),
+            params=list(self._values.get(name, problem.params.tensors)),
             objective=lambda params=None, batch=CURRENT_BATCH: self._objective(name, params, batch),
             learning_rate=lr,
             grad_clip=problem.config.grad_clip,
@@ -287,6 +288,11 @@ class Engine:
                 (lambda: TotalSecondOrder(self, name, parents, create_graph)) if nested else None
             ),
             total=nested,
+            total_gradient=(
+                (lambda params, batch: self._total_gradient_at(name, params, batch))
+                if nested
+                else None
+            ),
             create_graph=create_graph,
         )
 
@@ -319,6 +325,39 @@ class Engine:
         if own is None:
             return [torch.zeros_like(p) for p in problem.params.tensors]
         return self._mean(name, own)
+
+    def _total_gradient_at(self, name: str, params: Sequence[Tensor], batch: Any) -> Vector:
+        """Level ``name``'s total gradient with its parameters replaced by ``params`` (its
+        lower levels see them too), on ``batch``, differentiable in ``params`` and in
+        every other level's parameters: a training step of a nested level, as ``unroll``
+        replays it."""
+        params = list(params)
+        # D's lower levels compute with fresh aliases of their parameters: derivatives by
+        # them are then those at this θ_D, not also through the history of θ_D (earlier
+        # replayed steps, which read the same lower levels).
+        values = {name: params}
+        for lower in self._descendants[name]:
+            values[lower] = [p.view_as(p) for p in self.problems[lower].params.tensors]
+        with self._replaced(values), self._buffers.preserved():
+            loss = self._objective(name, batch=batch)
+            own = propagate(self, loss, name, [name], create_graph=True)
+        if own[name] is None:
+            return [torch.zeros_like(p) for p in params]
+        return own[name]
+
+    @contextmanager
+    def _replaced(self, values: dict[str, list[Tensor]]) -> Iterator[None]:
+        """Levels compute with ``values`` in place of their parameters, and the adjoint
+        propagation and solvers differentiate by those, until the block ends."""
+        previous = self._values
+        with ExitStack() as stack:
+            for level, tensors in values.items():
+                stack.enter_context(self.problems[level].params.substitute(tensors))
+            self._values = {**previous, **values}
+            try:
+                yield
+            finally:
+                self._values = previous
 
     def _nested(self, name: str) -> bool:
         """Whether level ``name``'s Jacobian is built from its total gradient: it reads

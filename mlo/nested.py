@@ -54,7 +54,7 @@ class TotalSecondOrder:
         self.engine, self.name, self.parents = engine, name, list(parents)
         self.create_graph = create_graph
         problem = engine.problems[name]
-        self.params = list(problem.params.tensors)
+        self.params = list(engine._values.get(name, problem.params.tensors))
         loss = engine._objective(name)
         g = propagate(engine, loss, name, [name], create_graph=True)[name]
         self.grad = [torch.zeros_like(p) for p in self.params] if g is None else g
@@ -84,7 +84,7 @@ class TotalSecondOrder:
         products = self._total(vector, self.parents)
         out: Vector = []
         for name, product in zip(self.parents, products):
-            params = self.engine.problems[name].params.tensors
+            params = self.engine._values.get(name, self.engine.problems[name].params.tensors)
             out.extend([torch.zeros_like(p) for p in params] if product is None else product)
         if len(out) != len(others) or any(a.shape != b.shape for a, b in zip(out, others)):
             raise RuntimeError(

@@ -60,6 +60,11 @@ class Level:
     products of ``objective``."""
     total: bool = False
     """Whether ``second_order`` gives the products of D's total gradient."""
+    total_gradient: Callable[[list[Tensor], Any], Vector] | None = None
+    """For a level trained by its total gradient: ``total_gradient(params, batch)`` is
+    that gradient with D's parameters replaced by ``params`` (D's descendants at their
+    current values and best responses), differentiable in ``params`` and in the other
+    levels' parameters; what ``unroll`` replays D's steps with. ``None`` otherwise."""
     create_graph: bool = False
     """Whether the products a solver returns must be differentiable in turn (an upper
     level that is itself nested differentiates through them)."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -20,13 +21,18 @@ class Unroll(Solver):
     steps with differentiable SGD/Adam/AdamW steps, from the oldest recorded state, with
     the parents' parameters as they are now, and returns ``(∂θ_D^{(K)}/∂θ_U)ᵀ v``.
 
-    Each replayed step uses D's own gradient ``∂f_D/∂θ_D`` (with D's lower levels held at
-    their current values). Diagnostic ``unroll_replay_error``: ‖θ_D^{(K)} − θ_D‖/‖θ_D‖,
-    the distance between the replayed end point and D's actual parameters; it is 0 up to
-    rounding unless the parents changed during the window.
+    Each replayed step uses the gradient D was trained by: ``∂f_D/∂θ_D`` for a level that
+    does not read its lower levels (or with ``jacobian="partial"``), and for a nested level
+    its total gradient ``g_D`` (:attr:`Level.total_gradient`, D's lower levels at their
+    current values and best responses), so that the replay differentiates the training
+    procedure through those total gradients. Diagnostic ``unroll_replay_error``:
+    ‖θ_D^{(K)} − θ_D‖/‖θ_D‖, the distance between the replayed end point and D's actual
+    parameters; it is 0 up to rounding unless the parents (or, for a nested level, its
+    lower levels) changed during the window.
     """
 
     needs_trajectory = True
+    supports_total: ClassVar[bool] = True
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         trajectory = level.trajectory
@@ -38,8 +44,11 @@ class Unroll(Solver):
         params = [p.clone().requires_grad_(True) for p in first.params]
         state = [dict(s) for s in first.optimizer_state]
         for record in records:
-            loss = level.objective(params, batch=record.batch)
-            grads = gradient(loss, params, create_graph=True)
+            if level.total_gradient is not None:
+                grads = level.total_gradient(params, record.batch)
+            else:
+                loss = level.objective(params, batch=record.batch)
+                grads = gradient(loss, params, create_graph=True)
             if level.grad_clip is not None:
                 grads = _clip(grads, level.grad_clip)
             params, state = functional_optim.step(params, grads, state, record.rules)

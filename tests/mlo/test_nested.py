@@ -242,9 +242,10 @@ def test_describe_says_which_levels_use_which_jacobian():
 
 
 def test_total_is_refused_with_a_solver_that_cannot_give_it():
-    with pytest.raises(ValueError, match="jacobian='total' is not available with the 'unroll'"):
-        mlo.ProblemConfig(solver="unroll", jacobian="total")
-    assert not mlo.ProblemConfig(solver="unroll").uses_total()
+    with pytest.raises(ValueError, match="jacobian='total' is not available with the 'explicit'"):
+        mlo.ProblemConfig(solver="explicit", jacobian="total")
+    assert not mlo.ProblemConfig(solver="explicit").uses_total()
+    assert mlo.ProblemConfig(solver="unroll").uses_total()  # it replays total gradients
 
 
 def batchnorm_net(seed: int) -> nn.Module:
@@ -268,3 +269,75 @@ def test_without_third_derivatives_an_explicit_total_is_an_error():
     engine = smooth_engine("total", batchnorm_net)
     with pytest.raises(mlo.SetupError, match="problem 'middle': jacobian='total' is not avail"):
         engine.hypergradient("top")
+
+
+def test_unroll_on_a_nested_level_differentiates_its_training_through_total_gradients():
+    """b reads its lower level c, so the engine trains b by its total gradient
+    g_b = ∂f_b/∂b + J_cbᵀ ∂f_b/∂c (J_cb = −H_c⁻¹ ∂²f_c/∂c∂b by c's cg, exact here). With
+    ``unroll`` on b, a's hypergradient differentiates b's last K steps taken with g_b. The
+    truth writes those K steps out by hand with dense Jacobians (c held still: its
+    learning rate is 0, so the replay sees the c that training saw)."""
+    dims, deps = GRAPHS["three_level_chain"]
+    spec = NestedQuadraticSpec(dims, deps, seed=3)
+    gen = torch.Generator().manual_seed(7)
+    init = {n: torch.randn(d, generator=gen, dtype=DTYPE) for n, d in dims.items()}
+    steps, lr_b = 3, 0.1
+
+    class Level(mlo.Problem):
+        def training_step(self, batch):
+            values = {n: getattr(self, n).module.x for n in spec.dims if n != self.name}
+            return spec.objective(self.name, {**values, self.name: self.module.x})
+
+    def build(jacobian):
+        modules = {n: Vector(init[n]) for n in dims}
+        unroll = mlo.ProblemConfig(solver="unroll", unroll_steps=steps, jacobian=jacobian)
+        configs = {
+            "a": (0.0, mlo.ProblemConfig(solver="first_order")),
+            "b": (lr_b, unroll),
+            "c": (0.0, mlo.ProblemConfig(solver=mlo.solvers.CG(iterations=2, tol=0.0))),
+        }
+        problems = [
+            Level(n, modules[n], torch.optim.SGD(modules[n].parameters(), lr=lr), config=config)
+            for n, (lr, config) in configs.items()
+        ]
+        return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)), modules
+
+    engine, modules = build(None)
+    assert "b: solver=unroll() unroll_steps=3 lowers=[c] jacobian=total" in engine.describe()
+    engine.step()
+    theta0 = engine.trajectories["b"].records[0].params[0].detach()
+    a_now, b_now, c_now = (modules[n].x.detach() for n in "abc")
+
+    def f(name):
+        return lambda a, b, c: spec.objective(name, {"a": a, "b": b, "c": c})
+
+    def j_cb(a, b, c):
+        """∂c*/∂b = −H_c⁻¹ ∂²f_c/∂c∂b, densely."""
+        hess = torch.func.hessian(f("c"), argnums=2)(a, b, c)
+        mixed = torch.func.jacrev(torch.func.grad(f("c"), argnums=2), argnums=1)(a, b, c)
+        return -torch.linalg.solve(hess, mixed)
+
+    def total_gradient_b(theta, a):
+        grad_b, grad_c = torch.func.grad(f("b"), argnums=(1, 2))(a, theta, c_now)
+        return grad_b + j_cb(a, theta, c_now).T @ grad_c
+
+    a = a_now.clone().requires_grad_(True)
+    theta = theta0.clone().requires_grad_(True)
+    for _ in range(steps):
+        theta = theta - lr_b * total_gradient_b(theta, a)
+    # The replayed steps are the steps training took.
+    assert torch.allclose(theta.detach(), b_now, rtol=0, atol=1e-12)
+    # a's total derivative: ∂f_a/∂a + (∂θ_K/∂a)ᵀ adj_b, adj_b = ∂f_a/∂b + J_cbᵀ ∂f_a/∂c.
+    direct, adj_b, adj_c = torch.func.grad(f("a"), argnums=(0, 1, 2))(a_now, b_now, c_now)
+    adj_b = adj_b + j_cb(a_now, b_now, c_now).T @ adj_c
+    (through_b,) = torch.autograd.grad(theta, a, grad_outputs=adj_b)
+    truth = direct + through_b
+    ours = engine.hypergradient("a")["x"]
+    assert relative_error(ours, truth) < 1e-10
+    assert engine.diagnostics()["b"]["unroll_replay_error"] < 1e-12  # it replayed training
+    # Replaying b's partial gradient instead (jacobian="partial", the old behaviour)
+    # differentiates another procedure than the one that trained b.
+    partial, _ = build("partial")
+    partial.step()
+    assert relative_error(partial.hypergradient("a")["x"], truth) > 1e-3
+    assert partial.diagnostics()["b"]["unroll_replay_error"] > 1e-4
