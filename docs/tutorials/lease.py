@@ -26,8 +26,9 @@ from problems.nas.search import cross_entropy
 # --------------------------------------------------------------- 1. a search, as it ships
 
 
-def search(out: Path, steps: int, **lease) -> object:
-    """A LeaSE search on digits: 3 cells of 4 channels, ``steps`` architecture updates."""
+def search(out: Path, steps: int, wire=wire_search, **explanation) -> object:
+    """A LeaSE search on digits: 3 cells of 4 channels, ``steps`` architecture updates,
+    2-step explanations (``explanation`` adds to them), levels wired by ``wire``."""
     config = LeaseRun(
         dataset="digits",
         out=out,
@@ -39,9 +40,9 @@ def search(out: Path, steps: int, **lease) -> object:
         workers=0,
         progress=False,
         overwrite=True,
-        lease={"audience": {"arch": "resnet_tiny"}, "explanation": {"steps": 2}, **lease},
+        lease={"audience": {"arch": "resnet_tiny"}, "explanation": {"steps": 2, **explanation}},
     )
-    return run_search(config, wire_search, title="LeaSE")
+    return run_search(config, wire, title="LeaSE")
 
 
 # ------------------------------------------- 2. your own explanation method, by name
@@ -90,21 +91,11 @@ def main(out: Path = Path("runs/tutorial_lease"), steps: int = 4) -> dict[str, o
     print("pictures:", shipped.files["cells"], shipped.files["alphas"])
 
     # 2 and 3. The same search with the new explanation method and the new audience.
-    extended_config = LeaseRun(
-        dataset="digits",
-        out=out / "extended",
-        layers=3,
-        init_channels=4,
-        batch_size=16,
-        max_steps=steps,
-        epochs=1,
-        workers=0,
-        progress=False,
-        overwrite=True,
-        lease={"explanation": {"method": "gradient_x_input"}},
-    )
-    extended = run_search(
-        extended_config, partial(wire_search, audience=SmallCNN()), title="LeaSE (extended)"
+    extended = search(
+        out / "extended",
+        steps,
+        wire=partial(wire_search, audience=SmallCNN()),
+        method="gradient_x_input",
     )
     print("genotype (gradient × input, small CNN audience):", extended.genotype)
 
