@@ -170,6 +170,9 @@ def test_steps_count_bettys_upper_updates_with_unrolling_and_warmup():
     assert (inner.unroll_steps, inner.warmup_steps) == (2, 2)
     program.run()
     assert program.updates == {"outer": 5, "inner": 12}
+    betty = programs.logistic_hpo(iterations=12, unroll_steps=2, warmup_steps=3)
+    betty.run()  # Betty's own count of the same program
+    assert {p.name: p.count for p in betty.problems} == program.updates
 
 
 @pytest.mark.parametrize(
