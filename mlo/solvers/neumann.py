@@ -34,17 +34,22 @@ class Neumann(ImplicitSolver):
         alpha = level.default_step(self.alpha, "neumann", "alpha")
         term = list(v)
         total = list(v)
-        term_norm = norm(term)
-        zero = torch.zeros((), dtype=term_norm.dtype, device=term_norm.device)
-        growth, alpha_h = zero, zero
+        # The norms are kept (scalars on the device) and the diagnostics formed from them
+        # once, after the loop: two reductions per product instead of eight operations.
+        term_norms = [norm(term)]
+        step_norms = []
         for _ in range(self.iterations):
             step = scale(alpha, hessian.hvp(term))
-            alpha_h = torch.maximum(alpha_h, norm(step) / term_norm.clamp_min(1e-30))
+            step_norms.append(norm(step))
             term = sub(term, step)
             total = add(total, term)
-            new_norm = norm(term)
-            growth = torch.maximum(growth, new_norm / term_norm.clamp_min(1e-30))
-            term_norm = new_norm
+            term_norms.append(norm(term))
+        if not step_norms:
+            zero = torch.zeros_like(term_norms[0])
+            return scale(alpha, total), {"neumann_growth": zero, "neumann_alpha_h": zero}
+        before = torch.stack(term_norms[:-1]).clamp_min(1e-30)
+        alpha_h = (torch.stack(step_norms) / before).max()
+        growth = (torch.stack(term_norms[1:]) / before).max()
         return scale(alpha, total), {"neumann_growth": growth, "neumann_alpha_h": alpha_h}
 
     def warnings(self, diagnostics: dict[str, float]) -> list[str]:
