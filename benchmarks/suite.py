@@ -115,12 +115,17 @@ SUITE = [
 ]
 
 
-def run(bench: Benchmark, quick: bool, out: Path) -> str:
-    """The script's standard output; raises naming the script when it fails."""
+def arguments(bench: Benchmark, quick: bool, plots: str) -> list[str]:
+    """The script's command-line arguments, its plot written into the folder ``plots``."""
     args = list(bench.quick if quick else bench.args)
     if bench.plots:
-        args += ["--plot", str(out / bench.plots[0])]
-    command = [sys.executable, str(HERE / bench.script), *args]
+        args += ["--plot", f"{plots}/{bench.plots[0]}"]
+    return args
+
+
+def run(bench: Benchmark, quick: bool, out: Path) -> str:
+    """The script's standard output; raises naming the script when it fails."""
+    command = [sys.executable, str(HERE / bench.script), *arguments(bench, quick, str(out))]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(
@@ -206,9 +211,7 @@ def main() -> None:
         for bench in chosen:
             print(f"running benchmarks/{bench.script} ...", flush=True)
             output = run(bench, args.quick, Path(scratch))
-            shown = list(bench.quick if args.quick else bench.args)
-            if bench.plots:
-                shown += ["--plot", f"docs/{bench.plots[0]}"]
+            shown = arguments(bench, args.quick, "docs")  # as a user reruns it
             sections[bench.title] = section(bench, output, shown, args.quick)
         # Every script succeeded: now write the page and move the plots beside it.
         args.out.mkdir(parents=True, exist_ok=True)

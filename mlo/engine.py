@@ -109,6 +109,7 @@ class Engine:
         self._values: dict[str, list[Tensor]] = {}  # parameters replaced (_replaced)
         self._warned: set[str] = set()
         on_cpu = all(t.device.type == "cpu" for p in problems for t in p.params.tensors)
+        self._on_cpu = on_cpu  # the checks read CPU scalars one by one (free there)
         self.check_finite_every = self.config.check_finite_every or (
             1 if on_cpu else self.config.log_every
         )
@@ -510,7 +511,7 @@ class Engine:
         with torch.no_grad():
             norms = torch._foreach_norm([t for *_, group in pending for t in group])
         if self._reducer is None:
-            if math.isfinite(_sum_of(norms)):
+            if math.isfinite(_sum_of(norms, self._on_cpu)):
                 return
         elif bool(self._reducer.all_true(_all_finite(norms).reshape(1))[0]):
             return
@@ -763,33 +764,29 @@ class Engine:
         return text
 
 
-def _sum_of(norms: Sequence[Tensor]) -> float:
-    """The sum of these 0-dim tensors as a Python float: one stack and one sum per device,
-    one synchronisation each (the common case is one device)."""
-    if len(norms) == 1:
-        return float(norms[0])
-    if all(n.device.type == "cpu" for n in norms):  # reading a CPU scalar is free
+def _sum_of(norms: Sequence[Tensor], on_cpu: bool) -> float:
+    """The sum of these 0-dim tensors as a Python float: read one by one on the CPU (a
+    free read each), else one stack, one sum and one synchronisation per device."""
+    if on_cpu:
         return sum(n.item() for n in norms)
-    try:
-        return float(torch.stack(list(norms)).sum())
-    except RuntimeError:  # on several devices
-        pass
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for v in norms:
-        by_device.setdefault(v.device, []).append(v)
-    return sum(float(torch.stack(group).sum()) for group in by_device.values())
+    return sum(float(torch.stack(group).sum()) for group in _by_device(norms))
 
 
 def _all_finite(norms: Sequence[Tensor]) -> Tensor:
     """Whether every one of these 0-dim tensors (norms) is finite: one stack and one
     reduction per device (the common case is one device)."""
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for v in norms:
-        by_device.setdefault(v.device, []).append(v)
-    flags = [torch.isfinite(torch.stack(group)).all() for group in by_device.values()]
+    flags = [torch.isfinite(torch.stack(group)).all() for group in _by_device(norms)]
     if len(flags) == 1:
         return flags[0]
     return torch.stack([f.cpu() for f in flags]).all()
+
+
+def _by_device(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
+    """``tensors`` grouped by device, in order of first appearance."""
+    groups: dict[torch.device, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return list(groups.values())
 
 
 def _first_line(error: BaseException) -> str:

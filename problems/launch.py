@@ -53,7 +53,7 @@ def finish() -> None:
     failing rank exits without it (its group is shut down at exit)."""
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        _shutdown()
 
 
 def _shutdown() -> None:

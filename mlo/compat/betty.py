@@ -48,7 +48,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .. import solvers
@@ -192,10 +191,11 @@ def from_betty(betty_engine: Any, **overrides: Any) -> BettyProgram:
             f"this engine ({names})"
         )
     uppers, lowers = _edges(betty_engine, names)
+    by_name = {p.name: p for p in problems}
     configs = {}
     for problem in problems:
         _check_problem(betty, problem)
-        settings = _problem_settings(problem, [_by_name(problems, u) for u in uppers[problem.name]])
+        settings = _problem_settings(problem, [by_name[u] for u in uppers[problem.name]])
         settings.update(problem_overrides.get(problem.name, {}))
         configs[problem.name] = ProblemConfig(**settings)
     leaves = [n for n in names if not lowers[n]]
@@ -289,10 +289,6 @@ def _edges(engine: Any, names: list[str]) -> tuple[dict[str, set[str]], dict[str
             uppers[low.name].add(upper.name)
             lowers[upper.name].add(low.name)
     return uppers, lowers
-
-
-def _by_name(problems: list[Any], name: str) -> Any:
-    return next(p for p in problems if p.name == name)
 
 
 def _problem_settings(problem: Any, uppers: list[Any]) -> dict[str, Any]:
@@ -409,8 +405,9 @@ class _BettyBatches:
         return next(self._others[i])
 
     def _convert(self, batch: Any) -> tuple[Any, ...]:
-        device = self.problem.device
-        return tuple(item.to(device) if isinstance(item, torch.Tensor) else item for item in batch)
+        from betty.utils import convert_tensor  # Betty's own conversion of a batch's items
+
+        return tuple(convert_tensor(item, self.problem.device) for item in batch)
 
 
 def _overrides(problem: Any, method: str) -> bool:
