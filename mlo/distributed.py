@@ -24,6 +24,7 @@ PyTorch's DDP.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -61,15 +62,17 @@ class Reducer:
         self.rank = dist.get_rank()
 
     def mean(self, tensors: Sequence[Tensor]) -> list[Tensor]:
-        """The average over ranks of each tensor (one all-reduce per dtype and device)."""
+        """The average over ranks of each tensor (one all-reduce per dtype and device).
+
+        Differentiable when a tensor requires grad (under grad mode): the derivative of
+        the average is the average of the ranks' derivatives (see :class:`_Mean`), so that
+        a computation differentiated through it, such as ``unroll``'s replay of steps
+        taken with averaged gradients, gives on every rank a local share whose average
+        over ranks is the derivative of the global computation."""
         tensors = list(tensors)
-        out: list[Tensor] = [torch.empty(0)] * len(tensors)
-        for indices, flat in _flat_groups(tensors):
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat.div_(self.world)
-            for i, part in zip(indices, _unflatten(flat, [tensors[i] for i in indices])):
-                out[i] = part
-        return out
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return list(_Mean.apply(self.world, *tensors))
+        return _mean(tensors, self.world)
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Overwrite each tensor with rank 0's (one broadcast per dtype and device)."""
@@ -94,6 +97,37 @@ class Reducer:
         values = flags.to(torch.int32)
         dist.all_reduce(values, op=dist.ReduceOp.MIN)
         return values.bool()
+
+
+def _mean(tensors: list[Tensor], world: int) -> list[Tensor]:
+    out: list[Tensor] = [torch.empty(0)] * len(tensors)
+    for indices, flat in _flat_groups(tensors):
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world)
+        for i, part in zip(indices, _unflatten(flat, [tensors[i] for i in indices])):
+            out[i] = part
+    return out
+
+
+class _Mean(torch.autograd.Function):
+    """The average over ranks as an autograd operation.
+
+    Seen as one computation spread over the ranks, ``m = (1/N) Σ_r x_r`` is held by every
+    rank, so the adjoint that reaches ``x_r`` is the average of the adjoints the ranks
+    hold for their copies of ``m``: the backward is the same average (it is self-adjoint),
+    and applying this function again keeps higher derivatives available."""
+
+    @staticmethod
+    def forward(ctx: Any, world: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+        ctx.world = world
+        return tuple(_mean(list(tensors), world))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Any, ...]:
+        grads = tuple(g.contiguous() for g in grads)
+        if torch.is_grad_enabled() and any(g.requires_grad for g in grads):
+            return (None, *_Mean.apply(ctx.world, *grads))
+        return (None, *_mean(list(grads), ctx.world))
 
 
 def _flat_groups(tensors: list[Tensor]) -> list[tuple[list[int], Tensor]]:

@@ -132,14 +132,6 @@ class Engine:
         }
         if self.config.distributed == "none":
             return None
-        for name, p in self.problems.items():
-            if p.config.solver.needs_trajectory:
-                raise SetupError(
-                    f"problem {name!r} uses the {p.config.solver.name!r} solver, which does "
-                    "not support distributed='ddp' yet (its replay would need the global "
-                    "batch's gradient at every replayed step); use darts, neumann, cg or "
-                    "first_order"
-                )
         return Reducer()
 
     def _mean(self, name: str, vector: Vector) -> Vector:

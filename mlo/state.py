@@ -103,41 +103,58 @@ def engine_state(engine: Engine) -> dict[str, Any]:
         mine = {
             "rng": state["rng"],
             "batches": {n: state["problems"][n]["batch"] for n in engine.problems},
+            "recorded": {n: [r["batch"] for r in t] for n, t in state["trajectories"].items()},
         }
         gathered: list[Any] = reducer.gather(mine)
         state["ranks"] = {
             "world": reducer.world,
             "rng": [g["rng"] for g in gathered],
             "batches": {n: [g["batches"][n] for g in gathered] for n in engine.problems},
+            # unroll's recorded batches: per level, per record, every rank's shard
+            "recorded": {
+                n: [[g["recorded"][n][i] for g in gathered] for i in range(len(t))]
+                for n, t in state["trajectories"].items()
+            },
         }
     return state
 
 
-def _this_rank(engine: Engine, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """This rank's random state and current batches from a checkpoint written on any
-    number of ranks: its own when the number is the same; otherwise the saved global
-    batches re-split evenly (the global batch is unchanged), and rank 0's random state."""
+def _this_rank(
+    engine: Engine, state: dict[str, Any]
+) -> tuple[Any, dict[str, Any], dict[str, list[Any]]]:
+    """This rank's random state, current batches and ``unroll``'s recorded batches from a
+    checkpoint written on any number of ranks: its own when the number is the same;
+    otherwise the saved global batches re-split evenly (the global batch is unchanged),
+    and rank 0's random state."""
     rank = 0 if engine._reducer is None else engine._reducer.rank
     world = 1 if engine._reducer is None else engine._reducer.world
     saved = state.get("ranks")
     if saved is None:
         per_rank = {n: [state["problems"][n]["batch"]] for n in engine.problems}
         rngs, saved_world = [state["rng"]], 1
+        recorded = {n: [[r["batch"]] for r in t] for n, t in state["trajectories"].items()}
     else:
         per_rank, rngs, saved_world = saved["batches"], saved["rng"], saved["world"]
-    if saved_world == world:
-        return rngs[rank], {n: batches[rank] for n, batches in per_rank.items()}
-    batches = {}
-    for name, parts in per_rank.items():
+        recorded = saved.get("recorded", {})
+
+    def mine(parts: list[Any], what: str) -> Any:
+        if saved_world == world:
+            return parts[rank]
         try:
-            batches[name] = _split_batch(_join_batches(parts), world)[rank]
+            return _split_batch(_join_batches(parts), world)[rank]
         except (TypeError, ValueError) as error:
             raise CheckpointError(
                 f"the checkpoint was written on {saved_world} rank(s) and this run has "
-                f"{world}: problem {name!r}'s current batch cannot be re-split ({error}). "
-                f"Resume on {saved_world} rank(s)"
+                f"{world}: {what} cannot be re-split ({error}). Resume on {saved_world} "
+                "rank(s)"
             ) from None
-    return rngs[0], batches
+
+    batches = {n: mine(parts, f"problem {n!r}'s current batch") for n, parts in per_rank.items()}
+    replayed = {
+        n: [mine(parts, f"a batch recorded for problem {n!r}'s unroll") for parts in records]
+        for n, records in recorded.items()
+    }
+    return rngs[rank] if saved_world == world else rngs[0], batches, replayed
 
 
 def _join_batches(parts: list[Any]) -> Any:
@@ -172,7 +189,7 @@ def restore_engine_state(
     hyperparameters given to this engine's optimizers are kept (a learning rate under a
     scheduler is rescaled, so that the schedule continues from the new base rate)."""
     commits = _validate(engine, state, keep_current_hyperparameters)
-    own_rng, own_batches = _this_rank(engine, state)
+    own_rng, own_batches, own_recorded = _this_rank(engine, state)
     for name, p in engine.problems.items():
         saved = state["problems"][name]
         p.module.load_state_dict(saved["module"])
@@ -187,7 +204,11 @@ def restore_engine_state(
         p.batch, p.has_batch = own_batches[name], saved["has_batch"]
     engine.schedule.load_state_dict(state["schedule"])
     for name, trajectory in engine.trajectories.items():
-        trajectory.load_state_dict(state["trajectories"].get(name, []))
+        records = state["trajectories"].get(name, [])
+        batches = own_recorded.get(name) or [r["batch"] for r in records]
+        trajectory.load_state_dict(
+            [r if r.get("current_batch") else {**r, "batch": b} for r, b in zip(records, batches)]
+        )
     rng.restore(own_rng)
     engine.tick = state["tick"]
     # A run resumed into another checkpoint folder never deletes files outside it.

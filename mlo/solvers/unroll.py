@@ -25,7 +25,10 @@ class Unroll(Solver):
     does not read its lower levels (or with ``jacobian="partial"``), and for a nested level
     its total gradient ``g_D`` (:attr:`Level.total_gradient`, D's lower levels at their
     current values and best responses), so that the replay differentiates the training
-    procedure through those total gradients. Diagnostic ``unroll_replay_error``:
+    procedure through those total gradients. Under data parallelism each rank replays
+    its own shard of every recorded batch and the replayed gradients are averaged over
+    the ranks (differentiably, :meth:`mlo.distributed.Reducer.mean`), as D's steps were.
+    Diagnostic ``unroll_replay_error``:
     ‖θ_D^{(K)} − θ_D‖/‖θ_D‖, the distance between the replayed end point and D's actual
     parameters; it is 0 up to rounding unless the parents (or, for a nested level, its
     lower levels) changed during the window.
@@ -49,6 +52,9 @@ class Unroll(Solver):
             else:
                 loss = level.objective(params, batch=record.batch)
                 grads = gradient(loss, params, create_graph=True)
+            if level.average is not None:
+                # Under data parallelism D was trained by the global batch's gradient.
+                grads = level.average(grads)
             if level.grad_clip is not None:
                 grads = _clip(grads, level.grad_clip)
             params, state = functional_optim.step(params, grads, state, record.rules)

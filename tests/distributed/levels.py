@@ -15,10 +15,12 @@ FEATURES = 6
 
 
 def datasets(dtype: torch.dtype):
+    # The same examples in every dtype (drawn in float64, then rounded)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(96, FEATURES, generator=gen, dtype=dtype)
-    w = torch.randn(FEATURES, 1, generator=gen, dtype=dtype)
-    y = x @ w + 0.3 * torch.randn(96, 1, generator=gen, dtype=dtype)
+    x = torch.randn(96, FEATURES, generator=gen, dtype=torch.float64)
+    w = torch.randn(FEATURES, 1, generator=gen, dtype=torch.float64)
+    y = x @ w + 0.3 * torch.randn(96, 1, generator=gen, dtype=torch.float64)
+    x, y = x.to(dtype), y.to(dtype)
     return TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:])
 
 
@@ -147,7 +149,7 @@ def _two(solver: str):
 
 
 CASES = {
-    **{f"two-{s}": _two(s) for s in ["first_order", "darts", "neumann", "cg"]},
+    **{f"two-{s}": _two(s) for s in ["first_order", "darts", "neumann", "cg", "unroll"]},
     "three-cg": three_levels,
     "two-cg-ddp-wrapped": lambda batch, distributed="none", dtype=torch.float64: two_levels(
         "cg", batch, distributed, dtype, wrap=True

@@ -46,10 +46,13 @@ def close(a: dict, b: dict, atol: float) -> None:
         )
 
 
-# float64 checks the semantics (the same update up to the order of sums); in float32 that
-# order's rounding (~1e-7) is amplified by darts' finite difference (÷ 2ε/‖v‖) and by
-# CG on an ill-conditioned inner problem, to a few 1e-6 after 5 ticks.
-TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
+# float64 checks the semantics (the same update up to the order of sums). In float32 the
+# order's rounding stays within 1e-6 after 5 ticks, except under darts, whose finite
+# difference divides the gradients' rounding by 2ε/‖v‖: there one process in float32 is
+# itself 2.9e-6 from the float64 run after 5 ticks (measured), and two ranks 1.8e-6 from
+# one process.
+TOLERANCE = {"float64": 1e-12, "float32": 1e-6}
+FLOAT32_DARTS = 5e-6
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -64,7 +67,8 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(case, dtype, two_ran
         for key, value in ranks[0][tick].items():
             assert torch.equal(value, ranks[1][tick][key]), (case, tick, key)
         # ... and the update of one process with the global batch.
-        close(parameters(engine), ranks[0][tick], atol=TOLERANCE[dtype])
+        atol = FLOAT32_DARTS if (dtype, case) == ("float32", "two-darts") else TOLERANCE[dtype]
+        close(parameters(engine), ranks[0][tick], atol=atol)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -73,15 +77,17 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_with_the_doubled_batch(case, t
     engine = CASES[case](16)
     engine.load(two_ranks / f"{case}-float64.pt")
     assert engine.tick == SAVE_AT
+    # The top level's hypergradient right after loading reads the restored global batches
+    # (the current ones re-split, and those unroll recorded): that of one process there.
+    reference = CASES[case](16)
+    for _ in range(SAVE_AT):
+        reference.step()
+    top = next(iter(engine.problems))
+    close(engine.hypergradient(top), reference.hypergradient(top), atol=1e-10)
     for _ in range(TICKS - SAVE_AT):
         engine.step()
     final = torch.load(two_ranks / f"{case}-float64.rank0.pt")[-1]
     close(parameters(engine), final, atol=TOLERANCE["float64"])
-
-
-def test_unroll_is_refused_with_the_supported_solvers_named():
-    with pytest.raises(mlo.SetupError, match=r"'unroll' solver.*distributed='ddp'.*darts"):
-        two_levels("unroll", 8, "ddp")
 
 
 def test_ddp_without_a_process_group_says_how_to_start_one():
