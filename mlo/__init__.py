@@ -22,6 +22,7 @@ from .errors import (
 from .graph import LevelGraph
 from .observe import observing
 from .problem import Problem
+from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 logging.getLogger("mlo").addHandler(logging.NullHandler())
 
@@ -49,8 +50,10 @@ __all__ = [
     "Problem",
     "ProblemConfig",
     "SetupError",
+    "SyncBatchNorm",
     "__version__",
     "checkpoint",
+    "convert_sync_batchnorm",
     "data",
     "from_betty",
     "observe",

@@ -21,11 +21,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
 
 from .parameters import BufferGuard
+
+_OBSERVING: ContextVar[bool] = ContextVar("mlo_observing", default=False)
+
+
+def active() -> bool:
+    """Whether an :func:`observing` block is open (in this thread or task): layers that
+    would otherwise communicate across data-parallel ranks (:class:`mlo.SyncBatchNorm`)
+    compute locally then, since an observation may run on one rank only."""
+    return _OBSERVING.get()
 
 
 def cuda_devices(modules: Iterable[nn.Module]) -> list[int]:
@@ -51,8 +61,12 @@ def observing(modules: Iterable[nn.Module], guard: BufferGuard | None = None) ->
     flags = [(m, m.training) for module in modules for m in module.modules()]
     with torch.random.fork_rng(devices=cuda_devices(modules)), guard.preserved():
         try:
-            with torch.no_grad():
-                yield
+            token = _OBSERVING.set(True)
+            try:
+                with torch.no_grad():
+                    yield
+            finally:
+                _OBSERVING.reset(token)
         finally:
             for m, training in flags:
                 m.training = training

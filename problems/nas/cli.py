@@ -58,6 +58,14 @@ def nas_main(
         help="PC-DARTS: each edge sees 1/k of the channels",
     )
     search.add_argument(
+        "--sync-bn",
+        action="store_const",
+        const=True,
+        dest="sync_batchnorm",
+        help="under torchrun: batch norm over all ranks' examples (mlo.SyncBatchNorm), so "
+        "that N ranks compute what one process does with the global batch",
+    )
+    search.add_argument(
         "--small",
         action="store_const",
         const=True,

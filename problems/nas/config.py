@@ -104,6 +104,10 @@ class SearchRun(RunBase):
     """A search in the DARTS space: what every search method's configuration shares."""
 
     partial_channels: int = Field(1, ge=1, description="PC-DARTS: 1/k of the channels per edge")
+    sync_batchnorm: bool = Field(
+        False,
+        description="under torchrun: batch norm over all ranks' examples (mlo.SyncBatchNorm)",
+    )
     hyper: SearchHyper = SearchHyper()
     small: bool = Field(
         False,

@@ -257,6 +257,8 @@ def _search(
     )
     problems, deps = wire(setup)
     for p in problems:
+        if config.sync_batchnorm:
+            mlo.convert_sync_batchnorm(p.module)
         p.amp_dtype = torch.bfloat16 if config.amp else None
         p.channels_last = config.channels_last
     engine = mlo.Engine(

@@ -1,0 +1,107 @@
+"""Batch normalisation over the global batch of all data-parallel ranks, differentiable to
+any order.
+
+Under ``EngineConfig(distributed="ddp")`` a plain ``BatchNorm`` normalises over each
+rank's own ``B`` examples, so N ranks compute a different function from one process with
+batch ``N·B``. :class:`SyncBatchNorm` normalises over all ``N·B`` examples instead: its
+batch mean and variance are averaged across ranks with :meth:`mlo.distributed.Reducer.mean`,
+whose derivative is again an average across ranks. Hessian-vector and mixed products
+through it (darts, neumann, cg, unroll, nested levels) are therefore those of the global
+batch's objective. PyTorch's ``torch.nn.SyncBatchNorm`` is not usable there: it runs on
+GPUs only and its backward cannot be differentiated again.
+
+Without a process group (or on one rank) it is ``BatchNorm``. Convert a model with
+:func:`convert_sync_batchnorm` before or after creating its optimizer (the parameters and
+buffers are kept).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from . import distributed, observe
+
+
+class SyncBatchNorm(_BatchNorm):
+    """``BatchNorm1d/2d/3d`` whose training-mode statistics are the global batch's.
+
+    The mean is the average of the ranks' sums divided by the average of their example
+    counts; the variance is computed about that mean in a second reduction (two
+    all-reduces per call, exact rather than ``E[x²] − μ²``). The running statistics are
+    updated with the global values (the unbiased variance over all ranks' examples), so
+    they are identical on every rank. Evaluation mode uses the running statistics, as
+    ``BatchNorm`` does; inside :func:`mlo.observing` it is ``BatchNorm`` on the observed
+    batch alone (an evaluation may run on one rank only, and must not wait for the
+    others).
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(
+                f"SyncBatchNorm expects a batch of shape (N, C, ...), got {input.dim()}D input"
+            )
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        batch_stats = self.training or self.running_mean is None
+        if not batch_stats or distributed.world_size() == 1 or observe.active():
+            return super().forward(input)
+        reducer = distributed.Reducer()
+        if input.dtype in (torch.float16, torch.bfloat16):
+            input = input.float()  # statistics in float32, as BatchNorm under autocast
+        channels = input.shape[1]
+        dims = [0, *range(2, input.dim())]
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        count = torch.full((1,), input.numel() // channels, dtype=input.dtype, device=input.device)
+        total, examples = reducer.mean([input.sum(dims), count])
+        mean = total / examples
+        centred = input - mean.reshape(shape)
+        (spread,) = reducer.mean([centred.square().sum(dims)])
+        var = spread / examples
+        if self.training and self.track_running_stats:
+            self._update_running(mean, var, examples * reducer.world)
+        normalised = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            normalised = normalised * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return normalised
+
+    def _update_running(self, mean: Tensor, var: Tensor, examples: Tensor) -> None:
+        assert self.num_batches_tracked is not None
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            factor: Tensor | float = self.momentum if self.momentum is not None else 0.0
+            if self.momentum is None:  # a cumulative moving average, as BatchNorm's
+                factor = self.num_batches_tracked.to(self.running_mean.dtype).reciprocal()
+            unbiased = var * examples / (examples - 1).clamp_min(1)
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), factor)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm1d/2d/3d`` in ``module`` by a :class:`SyncBatchNorm` that
+    holds the same parameters and buffers (an optimizer created before keeps working);
+    returns the module (a new one only when ``module`` is itself a batch norm)."""
+    if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+        converted = SyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
+        if module.affine:
+            converted.weight = module.weight
+            converted.bias = module.bias
+        if module.track_running_stats:
+            converted.running_mean = module.running_mean
+            converted.running_var = module.running_var
+            converted.num_batches_tracked = module.num_batches_tracked
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        replaced = convert_sync_batchnorm(child)
+        if replaced is not child:
+            setattr(module, name, replaced)
+    return module
