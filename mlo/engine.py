@@ -368,15 +368,7 @@ class Engine:
                 with torch.random.fork_rng(devices=devices), self._buffers.preserved():
                     grads = gradient_or_none(self._objective(name), tensors)
                 self._reads_below[name] = any(g is not None for g in grads)
-        nested = self._reads_below[name] and name not in self._partial_because
-        if nested and self._reducer is not None:
-            self._fall_back(
-                name,
-                "the total Jacobian is not built under distributed='ddp' yet",
-                "total is not built under distributed='ddp'",
-            )
-            return False
-        return nested
+        return self._reads_below[name] and name not in self._partial_because
 
     def hypergradient(self, name: str) -> dict[str, Tensor]:
         """The total derivative of ``name``'s objective w.r.t. its own parameters.

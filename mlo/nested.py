@@ -74,9 +74,13 @@ class TotalSecondOrder:
         return [found[t] for t in targets]
 
     def hvp(self, vector: Sequence[Tensor]) -> Vector:
-        """``(∂g_D/∂θ_D) x``, total: D's descendants respond to ``θ_D``."""
+        """``(∂g_D/∂θ_D) x``, total: D's descendants respond to ``θ_D``. Under data
+        parallelism it is averaged over the ranks, as the partial products are: each
+        rank's is its share of the global batch's (see :meth:`mlo.distributed.Reducer.mean`)."""
         (product,) = self._total(vector, [self.name])
-        return [torch.zeros_like(p) for p in self.params] if product is None else product
+        if product is None:
+            return [torch.zeros_like(p) for p in self.params]
+        return self.engine._mean(self.name, product)
 
     def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
         """``(∂g_D/∂θ_U)ᵀ w`` for the parents' parameters ``others`` (in the order of

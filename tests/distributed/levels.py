@@ -96,15 +96,19 @@ class Top(mlo.Problem):
 
 
 def three_levels(
-    batch: int, distributed: str = "none", dtype: torch.dtype = torch.float64
+    batch: int,
+    distributed: str = "none",
+    dtype: torch.dtype = torch.float64,
+    jacobian: str = "partial",
+    solver: str = "cg",
 ) -> mlo.Engine:
     train, val = datasets(dtype)
     torch.manual_seed(2)
     model = nn.Linear(FEATURES, 1).to(dtype)
     middle_scale, top_scale = Scale().to(dtype), Scale().to(dtype)
-    # The middle level reads the bottom one; under ddp its Jacobian is the partial one
-    # (the total one is not built there), so the one-process reference says so too.
-    cfg = mlo.ProblemConfig(solver="cg", jacobian="partial")
+    # The middle level reads the bottom one: with jacobian="total" its Jacobian is built
+    # from its total gradient (nested products), with "partial" the bottom is held.
+    cfg = mlo.ProblemConfig(solver=solver, jacobian=jacobian, unroll_steps=2)
     problems = [
         Top(
             "top",
@@ -151,6 +155,12 @@ def _two(solver: str):
 CASES = {
     **{f"two-{s}": _two(s) for s in ["first_order", "darts", "neumann", "cg", "unroll"]},
     "three-cg": three_levels,
+    **{
+        f"three-{s}-total": lambda batch, distributed="none", dtype=torch.float64, s=s: (
+            three_levels(batch, distributed, dtype, "total", s)
+        )
+        for s in ["cg", "darts", "unroll"]
+    },
     "two-cg-ddp-wrapped": lambda batch, distributed="none", dtype=torch.float64: two_levels(
         "cg", batch, distributed, dtype, wrap=True
     ),

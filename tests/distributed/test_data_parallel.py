@@ -51,8 +51,19 @@ def close(a: dict, b: dict, atol: float) -> None:
 # difference divides the gradients' rounding by 2ε/‖v‖: there one process in float32 is
 # itself 2.9e-6 from the float64 run after 5 ticks (measured), and two ranks 1.8e-6 from
 # one process.
+# In float64, CG on the 3-level chain's middle level (its Hessian is ill-conditioned)
+# amplifies the first tick's 3e-14 to 6e-12 by the second (measured).
 TOLERANCE = {"float64": 1e-12, "float32": 1e-6}
 FLOAT32_DARTS = 5e-6
+FLOAT64_THREE_CG = 1e-10
+
+
+def tolerance(case: str, dtype: str) -> float:
+    if (dtype, case) == ("float32", "two-darts"):
+        return FLOAT32_DARTS
+    if dtype == "float64" and case.startswith("three-cg"):
+        return FLOAT64_THREE_CG
+    return TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -67,8 +78,7 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(case, dtype, two_ran
         for key, value in ranks[0][tick].items():
             assert torch.equal(value, ranks[1][tick][key]), (case, tick, key)
         # ... and the update of one process with the global batch.
-        atol = FLOAT32_DARTS if (dtype, case) == ("float32", "two-darts") else TOLERANCE[dtype]
-        close(parameters(engine), ranks[0][tick], atol=atol)
+        close(parameters(engine), ranks[0][tick], atol=tolerance(case, dtype))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -87,7 +97,7 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_with_the_doubled_batch(case, t
     for _ in range(TICKS - SAVE_AT):
         engine.step()
     final = torch.load(two_ranks / f"{case}-float64.rank0.pt")[-1]
-    close(parameters(engine), final, atol=TOLERANCE["float64"])
+    close(parameters(engine), final, atol=tolerance(case, "float64"))
 
 
 def test_ddp_without_a_process_group_says_how_to_start_one():
