@@ -26,7 +26,10 @@ def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     if not xs:
         raise ValueError("dot() of empty vectors")
     if len(xs) == 1:  # one tensor: no stack and sum around the one product
-        return reduce_sum(torch.vdot(xs[0].reshape(-1), ys[0].reshape(-1)))
+        x, y = xs[0], ys[0]
+        if x.dim() != 1:
+            x, y = x.reshape(-1), y.reshape(-1)
+        return reduce_sum(torch.vdot(x, y))
     total = torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).sum()
     return reduce_sum(total)
 

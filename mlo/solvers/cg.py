@@ -37,21 +37,30 @@ class CG(ImplicitSolver):
         rr = dot(r, r)
         v_norm = rr.sqrt()
         threshold = (self.tol**2) * rr
-        negative = torch.zeros((), dtype=torch.bool, device=rr.device)
         tiny = torch.finfo(rr.dtype).tiny
+        actives, curvatures = [], []
         for _ in range(self.iterations):
             active = rr > threshold
             hp = matvec(p)
             php = dot(p, hp)
-            negative = negative | (active & (php <= 0))
+            actives.append(active)
+            curvatures.append(php)
             usable = active & (php != 0)
-            step = torch.where(usable, rr / torch.where(usable, php, 1.0), 0.0)
+            if php.requires_grad or rr.requires_grad:
+                # Differentiated again: every branch finite (where's unused branch gets a
+                # zero gradient, times an infinite derivative would be nan).
+                step = torch.where(usable, rr / torch.where(usable, php, 1.0), 0.0)
+            else:
+                step = torch.where(usable, rr / php, 0.0)
             w = axpy(step, p, w)
             r = axpy(-step, hp, r)
             rr_next = dot(r, r)
-            beta = torch.where(active, rr_next / rr.clamp_min(tiny), 0.0)
+            # Once inactive, the step is 0: w and r stay, and p (kept finite) is not used.
+            beta = rr_next / rr.clamp_min(tiny)
             p = axpy(beta, p, r)
             rr = rr_next
+        with torch.no_grad():  # a direction with pᵀ(H+ρI)p ≤ 0 met while still active
+            negative = (torch.stack(actives) & (torch.stack(curvatures) <= 0)).any()
         residual = rr.sqrt() / v_norm.clamp_min(tiny)
         return w, {"cg_residual": residual, "cg_negative_curvature": negative.to(rr.dtype)}
 
