@@ -8,6 +8,7 @@ script prints the median of the paired ratios.
 
     python benchmarks/distributed.py                 # layers 2, channels 8, batch 32, 16 px
     python benchmarks/distributed.py --repeats 5 --ticks 20
+    python benchmarks/distributed.py --sync-bn       # batch norm over the global batch
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def measure(args, rank: int, world: int) -> dict[str, float]:
 
     torch.manual_seed(0)
     net, arch = Supernet(10, args.layers, args.channels), ArchitectureWeights()
+    if args.sync_bn:
+        mlo.convert_sync_batchnorm(net)
     problems, deps = build_darts(net, arch, shard(train), shard(val), total_updates=10_000)
     engine = mlo.Engine(
         problems,
@@ -55,19 +58,23 @@ def measure(args, rank: int, world: int) -> dict[str, float]:
         mlo.EngineConfig(progress=False, distributed="ddp" if world > 1 else "none"),
     )
     spent = [0.0]
+
+    def timing(method):
+        def timed(*a, **k):
+            start = time.perf_counter()
+            try:
+                return method(*a, **k)
+            finally:
+                spent[0] += time.perf_counter() - start
+
+        return timed
+
     if engine._reducer is not None:
-        reducer = engine._reducer
-        for name in ("mean", "all_true", "broadcast_"):
-            method = getattr(reducer, name)
-
-            def timed(*a, _method=method, **k):
-                start = time.perf_counter()
-                try:
-                    return _method(*a, **k)
-                finally:
-                    spent[0] += time.perf_counter() - start
-
-            setattr(reducer, name, timed)
+        # Every average (the engine's and SyncBatchNorm's, forward and backward) goes
+        # through mlo.distributed._mean; agreements and broadcasts through the reducer.
+        mlo.distributed._mean = timing(mlo.distributed._mean)
+        for name in ("all_true", "broadcast_"):
+            setattr(engine._reducer, name, timing(getattr(engine._reducer, name)))
     times = []
     for tick in range(n):
         if tick == 2:
@@ -97,13 +104,17 @@ def two_ranks(args) -> dict[str, float]:
         result = Path(folder) / "result.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         command += ["--nproc_per_node", "2", __file__, "--worker", "--result", str(result)]
-        command += [f"--{k}={v}" for k, v in vars(args).items() if k in KNOBS]
+        command += [
+            f"--{k.replace('_', '-')}={v}" if k != "sync_bn" else "--sync-bn"
+            for k, v in vars(args).items()
+            if k in KNOBS and v is not False
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         subprocess.run(command, check=True, env=env, capture_output=True)
         return json.loads(result.read_text())
 
 
-KNOBS = ("ticks", "layers", "channels", "batch", "size")
+KNOBS = ("ticks", "layers", "channels", "batch", "size", "sync_bn")
 
 
 def main() -> None:
@@ -114,6 +125,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="global batch")
     parser.add_argument("--size", type=int, default=16, help="image side")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="batch norm over the global batch (mlo.convert_sync_batchnorm)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,6 +149,7 @@ def main() -> None:
     print(
         f"DARTS supernet step, layers {args.layers}, channels {args.channels}, global batch "
         f"{args.batch}, {args.size}×{args.size} images, {args.ticks} ticks × {args.repeats}"
+        + (", SyncBatchNorm" if args.sync_bn else "")
     )
     print(f"1 process, 2 threads   : {1 / statistics.median(one):6.2f} ticks/s")
     print(f"2 ranks, 1 thread each : {1 / statistics.median(two):6.2f} ticks/s")

@@ -27,9 +27,11 @@ from . import distributed, observe
 class SyncBatchNorm(_BatchNorm):
     """``BatchNorm1d/2d/3d`` whose training-mode statistics are the global batch's.
 
-    The mean is the average of the ranks' sums divided by the average of their example
-    counts; the variance is computed about that mean in a second reduction (two
-    all-reduces per call, exact rather than ``E[x²] − μ²``). The running statistics are
+    The mean and variance come from one all-reduce per call (and one in the backward) of
+    each rank's sums of ``x − c`` and ``(x − c)²`` and its example count, about a shift
+    ``c`` every rank holds (the running mean, which follows the batch mean, so the
+    one-pass variance loses little to cancellation; 0 without running statistics). The
+    running statistics are
     updated with the global values (the unbiased variance over all ranks' examples), so
     they are identical on every rank. Evaluation mode uses the running statistics, as
     ``BatchNorm`` does; inside :func:`mlo.observing` it is ``BatchNorm`` on the observed
@@ -55,13 +57,27 @@ class SyncBatchNorm(_BatchNorm):
         dims = [0, *range(2, input.dim())]
         shape = [1, channels] + [1] * (input.dim() - 2)
         count = torch.full((1,), input.numel() // channels, dtype=input.dtype, device=input.device)
-        total, examples = reducer.mean([input.sum(dims), count])
-        mean = total / examples
-        centred = input - mean.reshape(shape)
-        (spread,) = reducer.mean([centred.square().sum(dims)])
-        var = spread / examples
+        # One reduction of the sums about a shift every rank shares: the running mean
+        # when there is one (close to the batch mean, so E[(x-c)²] - (μ-c)² loses little
+        # to cancellation), else 0.
+        if self.running_mean is not None:
+            shift = self.running_mean.detach().to(input.dtype).reshape(shape)
+            shifted = input - shift
+        else:
+            shift, shifted = None, input
+        # The sums in float64 (as PyTorch's CPU batch norm accumulates), so that the
+        # one-pass variance keeps the precision of a two-pass one in float32.
+        wide = shifted.double()
+        first, second, examples = reducer.mean(
+            [wide.sum(dims), wide.square().sum(dims), count.double()]
+        )
+        offset = first / examples  # μ - c
+        var = (second / examples - offset.square()).clamp_min(0).to(input.dtype)
+        offset, examples = offset.to(input.dtype), examples.to(input.dtype)
+        mean = offset if shift is None else offset + shift.reshape(-1)
         if self.training and self.track_running_stats:
             self._update_running(mean, var, examples * reducer.world)
+        centred = shifted - offset.reshape(shape)
         normalised = centred * torch.rsqrt(var + self.eps).reshape(shape)
         if self.affine:
             normalised = normalised * self.weight.reshape(shape) + self.bias.reshape(shape)
