@@ -31,12 +31,11 @@ class SyncBatchNorm(_BatchNorm):
     each rank's sums of ``x − c`` and ``(x − c)²`` and its example count, about a shift
     ``c`` every rank holds (the running mean, which follows the batch mean, so the
     one-pass variance loses little to cancellation; 0 without running statistics). The
-    running statistics are
-    updated with the global values (the unbiased variance over all ranks' examples), so
-    they are identical on every rank. Evaluation mode uses the running statistics, as
-    ``BatchNorm`` does; inside :func:`mlo.observing` it is ``BatchNorm`` on the observed
-    batch alone (an evaluation may run on one rank only, and must not wait for the
-    others).
+    running statistics are updated with the global values (the unbiased variance over all
+    ranks' examples), so they are identical on every rank. Evaluation mode uses the
+    running statistics, as ``BatchNorm`` does; inside :func:`mlo.observing` it is
+    ``BatchNorm`` on the observed batch alone (an evaluation may run on one rank only, and
+    must not wait for the others).
     """
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -56,7 +55,9 @@ class SyncBatchNorm(_BatchNorm):
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
         shape = [1, channels] + [1] * (input.dim() - 2)
-        count = torch.full((1,), input.numel() // channels, dtype=input.dtype, device=input.device)
+        count = torch.full(
+            (1,), input.numel() // channels, dtype=torch.float64, device=input.device
+        )
         # One reduction of the sums about a shift every rank shares: the running mean
         # when there is one (close to the batch mean, so E[(x-c)²] - (μ-c)² loses little
         # to cancellation), else 0.
@@ -68,9 +69,7 @@ class SyncBatchNorm(_BatchNorm):
         # The sums in float64 (as PyTorch's CPU batch norm accumulates), so that the
         # one-pass variance keeps the precision of a two-pass one in float32.
         wide = shifted.double()
-        first, second, examples = reducer.mean(
-            [wide.sum(dims), wide.square().sum(dims), count.double()]
-        )
+        first, second, examples = reducer.mean([wide.sum(dims), wide.square().sum(dims), count])
         offset = first / examples  # μ - c
         var = (second / examples - offset.square()).clamp_min(0).to(input.dtype)
         offset, examples = offset.to(input.dtype), examples.to(input.dtype)
@@ -87,9 +86,11 @@ class SyncBatchNorm(_BatchNorm):
         assert self.num_batches_tracked is not None
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            factor: Tensor | float = self.momentum if self.momentum is not None else 0.0
+            factor: Tensor | float
             if self.momentum is None:  # a cumulative moving average, as BatchNorm's
                 factor = self.num_batches_tracked.to(self.running_mean.dtype).reciprocal()
+            else:
+                factor = self.momentum
             unbiased = var * examples / (examples - 1).clamp_min(1)
             self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
             self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), factor)
