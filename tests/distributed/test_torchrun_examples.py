@@ -110,9 +110,10 @@ def test_a_small_example_runs_on_two_ranks(tmp_path):
 
 @pytest.mark.slow
 def test_lease_with_pgd_explanations_on_two_ranks_is_one_process_in_float64(tmp_path):
-    # PGD without a random start is deterministic. In float32 two ranks and one process
-    # differ by 8 % on the audience's path of this tiny search (docs/concepts.md, not yet
-    # explained), so the definition is tested in float64.
+    # PGD without a random start is deterministic. In float32 the audience's path of this
+    # search moves by several per cent under any rounding-level change, distribution or
+    # not (docs/lease.md, "Precision ... in float32"), so the definition is tested in
+    # float64.
     config = tmp_path / "deterministic.toml"
     config.write_text("[lease.explanation]\nrandom_start = false\n")
     flags = [*TINY_NAS, "--audience", "resnet_tiny", "--pgd-steps", "1", "--sync-bn"]
