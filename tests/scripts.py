@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +19,26 @@ def subprocess_env() -> dict[str, str]:
 
     threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return {**os.environ, **threads, "PYTHONFAULTHANDLER": "1"}
+
+
+def torchrun_command(ranks: int = 2) -> list[str]:
+    """The start of a command that runs ``ranks`` local processes under torchrun."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc_per_node", str(ranks)]
+
+
+def run_child(command: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess:
+    """Run ``command`` from the project root with :func:`subprocess_env` (plus ``env``),
+    capturing its text output; a timeout raises, so a hang fails the test."""
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**subprocess_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def load_script(path: Path) -> ModuleType:

@@ -146,6 +146,16 @@ def parameters(engine: mlo.Engine) -> dict[str, torch.Tensor]:
     }
 
 
+def assert_close(a: dict, b: dict, atol: float) -> None:
+    """The same keys, and every tensor within ``atol`` (absolute) of the other's."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (
+            key,
+            (a[key] - b[key]).abs().max(),
+        )
+
+
 def _two(solver: str):
     return lambda batch, distributed="none", dtype=torch.float64: two_levels(
         solver, batch, distributed, dtype

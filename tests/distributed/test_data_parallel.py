@@ -4,8 +4,6 @@ parameters after every tick, and a checkpoint written on two ranks resumes on on
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,8 @@ import torch
 
 import mlo
 
-from ..scripts import ROOT, subprocess_env
-from .levels import CASES, DTYPES, parameters, two_levels
+from ..scripts import run_child, torchrun_command
+from .levels import CASES, DTYPES, assert_close, parameters, two_levels
 
 TICKS, SAVE_AT = 5, 3
 
@@ -22,35 +20,12 @@ TICKS, SAVE_AT = 5, 3
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", "-m", "tests.distributed.worker"]
-    result = subprocess.run(
-        [*command, str(out), str(TICKS), str(SAVE_AT)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    command = [*torchrun_command(), "-m", "tests.distributed.worker"]
+    result = run_child([*command, str(out), str(TICKS), str(SAVE_AT)], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
 
-def close(a: dict, b: dict, atol: float) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (
-            key,
-            (a[key] - b[key]).abs().max(),
-        )
-
-
-# float64 checks the semantics (the same update up to the order of sums). In float32 the
-# order's rounding stays within 1e-6 after 5 ticks, except under darts, whose finite
-# difference divides the gradients' rounding by 2ε/‖v‖: there one process in float32 is
-# itself 2.9e-6 from the float64 run after 5 ticks (measured), and two ranks 1.8e-6 from
-# one process.
 # In float64, CG on the 3-level chain's middle level (its Hessian is ill-conditioned)
 # amplifies the first tick's 3e-14 to 6e-12 by the second (measured).
 TOLERANCE = {"float64": 1e-12, "float32": 1e-6}
@@ -78,7 +53,7 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(case, dtype, two_ran
         for key, value in ranks[0][tick].items():
             assert torch.equal(value, ranks[1][tick][key]), (case, tick, key)
         # ... and the update of one process with the global batch.
-        close(parameters(engine), ranks[0][tick], atol=tolerance(case, dtype))
+        assert_close(parameters(engine), ranks[0][tick], atol=tolerance(case, dtype))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -93,11 +68,11 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_with_the_doubled_batch(case, t
     for _ in range(SAVE_AT):
         reference.step()
     top = next(iter(engine.problems))
-    close(engine.hypergradient(top), reference.hypergradient(top), atol=1e-10)
+    assert_close(engine.hypergradient(top), reference.hypergradient(top), atol=1e-10)
     for _ in range(TICKS - SAVE_AT):
         engine.step()
     final = torch.load(two_ranks / f"{case}-float64.rank0.pt")[-1]
-    close(parameters(engine), final, atol=tolerance(case, "float64"))
+    assert_close(parameters(engine), final, atol=tolerance(case, "float64"))
 
 
 def test_ddp_without_a_process_group_says_how_to_start_one():

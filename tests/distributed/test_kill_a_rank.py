@@ -7,21 +7,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from ..scripts import ROOT, subprocess_env
+from ..scripts import ROOT, subprocess_env, torchrun_command
 from .levels import parameters, two_levels
 
 TICKS = 6
 
 
 def launch(out, *extra: str, ranks: int = 2) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", str(ranks), "-m", "tests.distributed.killable"]
+    command = [*torchrun_command(ranks), "-m", "tests.distributed.killable"]
     return subprocess.Popen(
         [*command, str(out), str(TICKS), *extra],
         cwd=ROOT,

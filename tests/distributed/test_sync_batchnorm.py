@@ -4,25 +4,19 @@ without a process group it is BatchNorm."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
 
 import mlo
 
-from ..scripts import ROOT, subprocess_env
+from ..scripts import run_child, torchrun_command
 from .batchnorm import batch, network, products
 
 
 def test_two_ranks_normalise_over_the_global_batch_to_second_order(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", "-m", "tests.distributed.batchnorm", str(tmp_path)]
-    result = subprocess.run(
-        command, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=180
-    )
+    command = [*torchrun_command(), "-m", "tests.distributed.batchnorm", str(tmp_path)]
+    result = run_child(command, timeout=180)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 

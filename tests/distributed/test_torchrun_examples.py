@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from ..scripts import ROOT, subprocess_env, tiny_nas
+from ..scripts import ROOT, run_child, tiny_nas, torchrun_command
+from .levels import assert_close
 
 TINY_NAS = ["--small", *tiny_nas(max_steps=2, synthetic_size=64, threads=1)]
 
@@ -19,13 +20,9 @@ FLOAT64 = str(ROOT / "tests" / "distributed" / "float64_example.py")
 
 
 def torchrun(script: str, *args: str, float64: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", *([FLOAT64] if float64 else [])]
+    command = [*torchrun_command(), *([FLOAT64] if float64 else [])]
     command += [str(ROOT / "examples" / script), *args]
-    env = {**subprocess_env(), "MLO_DISTRIBUTED_TIMEOUT_MINUTES": "2"}
-    return subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False
-    )
+    return run_child(command, timeout=400, MLO_DISTRIBUTED_TIMEOUT_MINUTES="2")
 
 
 def replicated_parameters(checkpoint) -> dict[str, torch.Tensor]:
@@ -43,25 +40,8 @@ def replicated_parameters(checkpoint) -> dict[str, torch.Tensor]:
 
 def one_process(script: str, *args: str, float64: bool = False) -> None:
     command = [sys.executable, *([FLOAT64] if float64 else []), str(ROOT / "examples" / script)]
-    result = subprocess.run(
-        [*command, *args],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
+    result = run_child([*command, *args], timeout=400)
     assert result.returncode == 0, result.stderr[-8000:]
-
-
-def assert_close(ranks: dict, single: dict, atol: float) -> None:
-    assert ranks.keys() == single.keys()
-    for key, value in single.items():
-        assert torch.allclose(ranks[key], value, rtol=0, atol=atol), (
-            key,
-            (ranks[key] - value).abs().max(),
-        )
 
 
 @pytest.mark.slow
