@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cmath
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -104,6 +105,7 @@ class Engine:
         self.updates: dict[str, int] = dict.fromkeys(self.problems, 0)
         self._losses: dict[str, Tensor | None] = {}
         self._diagnostics: dict[str, dict[str, Tensor]] = {}
+        self._diagnose = True  # whether solvers compute diagnostics now (see step)
         self._pending_checks: list[tuple[int, str, str, list[Tensor]]] = []
         self._plans: dict[tuple, Any] = {}  # adjoint propagation plans (mlo.adjoint)
         self._values: dict[str, list[Tensor]] = {}  # parameters replaced (_replaced)
@@ -287,6 +289,7 @@ class Engine:
                 else None
             ),
             create_graph=create_graph,
+            diagnose=self._diagnose and not create_graph,
         )
 
     def _response(self, name: str) -> list[Tensor]:
@@ -422,7 +425,8 @@ class Engine:
             trajectory.record(problem.optimizer, params, CURRENT_BATCH if shared else batch)
         _check_learning_rates(name, problem.optimizer, self.tick + 1)
         problem.optimizer.step()
-        problem.optimizer.zero_grad(set_to_none=True)
+        for p in params:  # the gradients the engine set (zero_grad's work, without its hooks)
+            p.grad = None
         # Checked before any level reads them: a bad step is blamed on this level.
         self._watch(name, "parameter after its optimizer step", params)
         if problem.scheduler is not None:
@@ -492,13 +496,17 @@ class Engine:
         # one reduction and one synchronisation for all of them: on one process their sum
         # (a sum that overflows is looked into below, like a non-finite one); across
         # ranks a flag that every rank agrees on.
-        with torch.no_grad():
-            norms = torch._foreach_norm([t for *_, group in pending for t in group])
-        if self._reducer is None:
-            if math.isfinite(_sum_of(norms, self._on_cpu)):
+        if self._reducer is None and self._on_cpu:
+            if cmath.isfinite(_cpu_sum([t for *_, group in pending for t in group])):
                 return
-        elif bool(self._reducer.all_true(_all_finite(norms).reshape(1))[0]):
-            return
+        else:
+            with torch.no_grad():
+                norms = torch._foreach_norm([t for *_, group in pending for t in group])
+            if self._reducer is None:
+                if math.isfinite(_sum_of(norms)):
+                    return
+            elif bool(self._reducer.all_true(_all_finite(norms).reshape(1))[0]):
+                return
         # The rare path: name the first non-finite value.
         culprits = [
             i
@@ -528,11 +536,17 @@ class Engine:
 
     def step(self) -> None:
         """One engine tick: every top level updates once, its lower levels first."""
-        for action in self.schedule.tick():
-            if action.kind == "reset":
-                self._reset(action.problem)
-            else:
-                self._update(action.problem)
+        # Solver diagnostics are computed on the ticks that are reported (and the first).
+        done = self.tick + 1
+        self._diagnose = done == 1 or done % self.config.log_every == 0 or done == self.config.steps
+        try:
+            for action in self.schedule.tick():
+                if action.kind == "reset":
+                    self._reset(action.problem)
+                else:
+                    self._update(action.problem)
+        finally:
+            self._diagnose = True
         self.tick += 1
         if self._reducer is not None:
             self._buffers.broadcast(self._reducer)
@@ -737,7 +751,10 @@ class Engine:
         return extra if isinstance(extra, dict) else {}
 
     def diagnostics(self) -> dict[str, dict[str, float]]:
-        """The latest solver diagnostics of every level, as floats (synchronises)."""
+        """Every level's solver diagnostics, as floats (synchronises), as of the latest
+        computation that made them: :meth:`hypergradient`, or a tick that :meth:`run`
+        reports (the first, every ``log_every``-th and the last; other ticks skip the
+        arithmetic that only diagnostics need)."""
         return {n: {k: float(v) for k, v in d.items()} for n, d in self._diagnostics.items()}
 
     def describe(self, ticks: int = 1) -> str:
@@ -748,11 +765,19 @@ class Engine:
         return text
 
 
-def _sum_of(norms: Sequence[Tensor], on_cpu: bool) -> float:
-    """The sum of these 0-dim tensors as a Python float: read one by one on the CPU (a
-    free read each), else one stack, one sum and one synchronisation per device."""
-    if on_cpu:
-        return sum(n.item() for n in norms)
+def _cpu_sum(tensors: Sequence[Tensor]) -> complex:
+    """The sum of every entry of these CPU tensors, as a Python float: finite exactly when
+    every entry is finite, unless the sum overflows (a free read per tensor on the CPU);
+    complex when a tensor is."""
+    total: complex = 0.0
+    for t in tensors:
+        total += t.item() if t.dim() == 0 else t.detach().sum().item()
+    return total
+
+
+def _sum_of(norms: Sequence[Tensor]) -> float:
+    """The sum of these 0-dim tensors as a Python float: one stack, one sum and one
+    synchronisation per device."""
     return sum(float(torch.stack(group).sum()) for group in _by_device(norms))
 
 

@@ -42,24 +42,42 @@ def norm(xs: Sequence[Tensor]) -> Tensor:
 def axpy(alpha: Tensor | float, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:
     """``alpha * x + y``, returning new tensors."""
     if isinstance(alpha, (int, float)):
+        if len(xs) == 1:
+            return [torch.add(ys[0], xs[0], alpha=alpha)]
         return list(torch._foreach_add(list(ys), list(xs), alpha=alpha))
     if alpha.requires_grad:  # differentiated again (nested levels): plain ops, whose
         return [y + alpha * x for x, y in zip(xs, ys)]  # double backward torch supports
+    if len(xs) == 1:  # one fused operation (a list of one pays foreach's overhead twice)
+        return [torch.addcmul(ys[0], xs[0], alpha)]
     return list(torch._foreach_add(list(ys), torch._foreach_mul(list(xs), alpha)))
+
+
+def axmy(alpha: Tensor, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:
+    """``y − alpha * x`` for a 0-dim tensor ``alpha``, returning new tensors (one fused
+    operation for one tensor, where :func:`axpy` with ``-alpha`` would take two)."""
+    if len(xs) == 1 and not alpha.requires_grad:
+        return [torch.addcmul(ys[0], xs[0], alpha, value=-1)]
+    return axpy(-alpha, xs, ys)
 
 
 def scale(alpha: Tensor | float, xs: Sequence[Tensor]) -> Vector:
     """``alpha * x``, returning new tensors."""
-    if isinstance(alpha, Tensor) and alpha.requires_grad:
+    if len(xs) == 1 or (isinstance(alpha, Tensor) and alpha.requires_grad):
         return [alpha * x for x in xs]
     return list(torch._foreach_mul(list(xs), alpha))
 
 
 def add(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:
+    """``x + y``, returning new tensors."""
+    if len(xs) == 1:
+        return [xs[0] + ys[0]]
     return list(torch._foreach_add(list(xs), list(ys)))
 
 
 def sub(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:
+    """``x − y``, returning new tensors."""
+    if len(xs) == 1:
+        return [xs[0] - ys[0]]
     return list(torch._foreach_sub(list(xs), list(ys)))
 
 

@@ -68,6 +68,11 @@ class Level:
     create_graph: bool = False
     """Whether the products a solver returns must be differentiable in turn (an upper
     level that is itself nested differentiates through them)."""
+    diagnose: bool = True
+    """Whether the solver's diagnostics will be read. The engine asks for them on the
+    ticks it reports (the first, every ``log_every``-th and the last) and in
+    :meth:`mlo.Engine.hypergradient`; on other ticks a solver may skip the arithmetic
+    that only its diagnostics need and return none."""
 
     def products(self) -> SecondOrder:
         """D's second-order products (see ``second_order``)."""

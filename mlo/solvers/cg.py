@@ -5,7 +5,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..autodiff import SecondOrder
-from ..linalg import Vector, axpy, dot, zeros_like
+from ..linalg import Vector, axmy, axpy, dot, zeros_like
 from .base import ImplicitSolver, Level, register
 
 
@@ -16,8 +16,9 @@ class CG(ImplicitSolver):
     Runs ``iterations`` steps, or fewer in effect: once the residual falls below
     ``tol·‖v‖`` further steps leave ``w`` unchanged (decided on the device, with no host
     synchronisation). Exact for a quadratic ``f_D`` after ``dim θ_D`` iterations.
-    Diagnostics: ``cg_residual`` (final ‖r‖/‖v‖) and ``cg_negative_curvature`` (1 when a
-    direction with ``pᵀ(H+ρI)p ≤ 0`` was met, where CG is not valid).
+    Diagnostics (when the engine asks, :attr:`Level.diagnose`): ``cg_residual`` (final
+    ‖r‖/‖v‖) and ``cg_negative_curvature`` (1 when a direction with ``pᵀ(H+ρI)p ≤ 0`` was
+    met, where CG is not valid).
     """
 
     iterations: int = Field(10, ge=1, description="maximum number of CG iterations")
@@ -35,16 +36,17 @@ class CG(ImplicitSolver):
         r = list(v)
         p = list(v)
         rr = dot(r, r)
-        v_norm = rr.sqrt()
+        rr0 = rr
         threshold = (self.tol**2) * rr
         tiny = torch.finfo(rr.dtype).tiny
-        actives, curvatures = [], []
+        actives, curvatures = [], []  # kept for the diagnostics only
         for _ in range(self.iterations):
             active = rr > threshold
             hp = matvec(p)
             php = dot(p, hp)
-            actives.append(active)
-            curvatures.append(php)
+            if level.diagnose:
+                actives.append(active)
+                curvatures.append(php)
             usable = active & (php != 0)
             if php.requires_grad or rr.requires_grad:
                 # Differentiated again: every branch finite (where's unused branch gets a
@@ -53,15 +55,17 @@ class CG(ImplicitSolver):
             else:
                 step = torch.where(usable, rr / php, 0.0)
             w = axpy(step, p, w)
-            r = axpy(-step, hp, r)
+            r = axmy(step, hp, r)
             rr_next = dot(r, r)
             # Once inactive, the step is 0: w and r stay, and p (kept finite) is not used.
             beta = rr_next / rr.clamp_min(tiny)
             p = axpy(beta, p, r)
             rr = rr_next
+        if not level.diagnose:
+            return w, {}
         with torch.no_grad():  # a direction with pᵀ(H+ρI)p ≤ 0 met while still active
             negative = (torch.stack(actives) & (torch.stack(curvatures) <= 0)).any()
-        residual = rr.sqrt() / v_norm.clamp_min(tiny)
+        residual = (rr / rr0.clamp_min(tiny)).sqrt()
         return w, {"cg_residual": residual, "cg_negative_curvature": negative.to(rr.dtype)}
 
     def warnings(self, diagnostics: dict[str, float]) -> list[str]:

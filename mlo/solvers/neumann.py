@@ -17,8 +17,9 @@ class Neumann(ImplicitSolver):
 
     ``K = iterations`` Hessian-vector products; ``alpha`` defaults to D's learning rate.
     The series converges when every eigenvalue λ of H has ``0 < αλ < 2`` and decays
-    monotonically when ``α‖H‖ < 1``. Diagnostics, computed on the device from the products
-    the series needs anyway:
+    monotonically when ``α‖H‖ < 1``. Diagnostics (when the engine asks for them,
+    :attr:`Level.diagnose`), computed on the device from the products the series needs
+    anyway:
 
     - ``neumann_alpha_h``: the largest ``α‖Hp‖/‖p‖`` over the terms ``p``, a lower bound on
       ``α‖H‖``; at or above 1 a warning is logged;
@@ -34,6 +35,11 @@ class Neumann(ImplicitSolver):
         alpha = level.default_step(self.alpha, "neumann", "alpha")
         term = list(v)
         total = list(v)
+        if not level.diagnose:
+            for _ in range(self.iterations):
+                term = sub(term, scale(alpha, hessian.hvp(term)))
+                total = add(total, term)
+            return scale(alpha, total), {}
         # The norms are kept (scalars on the device) and the diagnostics formed from them
         # once, after the loop: two reductions per product instead of eight operations.
         term_norms = [norm(term)]

@@ -28,7 +28,7 @@ class Unroll(Solver):
     procedure through those total gradients. Under data parallelism each rank replays
     its own shard of every recorded batch and the replayed gradients are averaged over
     the ranks (differentiably, :meth:`mlo.distributed.Reducer.mean`), as D's steps were.
-    Diagnostic ``unroll_replay_error``:
+    Diagnostic (when the engine asks, :attr:`Level.diagnose`) ``unroll_replay_error``:
     ‖θ_D^{(K)} − θ_D‖/‖θ_D‖, the distance between the replayed end point and D's actual
     parameters; it is 0 up to rounding unless the parents (or, for a nested level, its
     lower levels) changed during the window.
@@ -73,6 +73,8 @@ class Unroll(Solver):
             )
         else:
             vjp = [torch.zeros_like(t) for t in flat]
+        if not level.diagnose:
+            return SolverResult(_split(vjp, parents))
         with torch.no_grad():
             current = [p.detach() for p in level.params]
             error = norm(sub([p.detach() for p in params], current)) / norm(current).clamp_min(

@@ -309,7 +309,7 @@ def test_a_non_finite_value_among_several_tensors_is_reported_with_its_value():
 
 
 def test_finite_values_whose_norms_overflow_when_summed_pass_the_check():
-    """The check sums the tensors' norms; a sum that overflows (float32: two norms of
+    """The check sums the tensors' entries; a sum that overflows (float32: two entries of
     2e38) is looked into value by value, and finite values pass."""
 
     class Pair(nn.Module):
