@@ -105,13 +105,16 @@ class EngineConfig(BaseModel):
         None, description="folder for run()'s checkpoints, step_<tick>.pt"
     )
     keep_last: int = Field(3, ge=1, description="checkpoints kept in checkpoint_dir")
-    distributed: Literal["none", "ddp"] = Field(
+    distributed: Literal["none", "ddp", "fsdp"] = Field(
         "none",
         description="'ddp': data-parallel over the ranks of torch.distributed's default "
         "process group (torchrun): each rank reads its shard of every level's data, and "
         "every gradient and Hessian-vector product is averaged across ranks, so the ranks "
         "stay identical and N ranks with batch B compute the update of batch N·B "
-        "(mlo.distributed)",
+        "(mlo.distributed). 'fsdp': the same arithmetic, with each optimizer-trained "
+        "level's parameters and optimizer state sharded across the ranks by FSDP2 "
+        "(fully_shard, applied by the engine unless the module already is) and gathered "
+        "to compute (mlo.sharding)",
     )
     preflight: bool = Field(
         True,

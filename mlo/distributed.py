@@ -54,7 +54,8 @@ class Reducer:
     def __init__(self) -> None:
         if not initialized():
             raise SetupError(
-                "EngineConfig(distributed='ddp') needs a torch.distributed process group; "
+                "EngineConfig(distributed='ddp' or 'fsdp') needs a torch.distributed "
+                "process group; "
                 "start the script with torchrun --nproc_per_node N (which sets it up for "
                 "mlo), or call torch.distributed.init_process_group first"
             )

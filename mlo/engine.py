@@ -25,9 +25,10 @@ from .linalg import Vector
 from .monitor import MetricsWriter, RunMonitor
 from .nested import TotalSecondOrder
 from .observe import cuda_devices, observing
-from .parameters import BufferGuard
+from .parameters import BufferGuard, ParameterSet
 from .problem import Problem
 from .schedule import Schedule
+from .sharding import Sharding
 from .solvers import Level
 from .state import engine_state, fingerprint, restore_engine_state
 from .trajectory import CURRENT_BATCH, Trajectory
@@ -77,6 +78,10 @@ class Engine:
                 )
             p._peers = {n: q for n, q in self.problems.items() if n != p.name}
         self._validate_levels()
+        _refresh_parameter_slots(self.problems)
+        # Fully sharded levels compute with their gathered parameters (mlo.sharding), so
+        # this comes before anything reads a level's parameters.
+        self._sharding = self._sharded()
         _refuse_shared_parameters(self.problems)
         folder = self.config.checkpoint_dir
         if folder is not None and folder.exists() and not folder.is_dir():
@@ -124,6 +129,13 @@ class Engine:
         self._reducer = self._data_parallel()
         if resume is not None:
             self.load(resume)
+
+    def _sharded(self) -> Sharding | None:
+        """The sharded levels of ``distributed="fsdp"`` (see :mod:`mlo.sharding`)."""
+        if self.config.distributed != "fsdp":
+            return None
+        Reducer()  # the process group's check, before any module is changed
+        return Sharding(self.problems)
 
     def _data_parallel(self) -> Reducer | None:
         """The reducer of ``distributed="ddp"`` (see :mod:`mlo.distributed`); a level
@@ -424,9 +436,14 @@ class Engine:
             shared = problem.config.batch_from is not None
             trajectory.record(problem.optimizer, params, CURRENT_BATCH if shared else batch)
         _check_learning_rates(name, problem.optimizer, self.tick + 1)
+        sharded = self._sharding is not None and name in self._sharding
+        if sharded:  # the optimizer steps the shards, with their slices of the gradient
+            self._sharding.move_gradients(name)
         problem.optimizer.step()
         for p in params:  # the gradients the engine set (zero_grad's work, without its hooks)
             p.grad = None
+        if sharded:
+            self._sharding.gather(name)
         # Checked before any level reads them: a bad step is blamed on this level.
         self._watch(name, "parameter after its optimizer step", params)
         if problem.scheduler is not None:
@@ -487,6 +504,8 @@ class Engine:
 
     def _reset(self, name: str) -> None:
         self.problems[name].reset()
+        if self._sharding is not None and name in self._sharding:
+            self._sharding.write_shards(name)
 
     def _check_finite(self) -> None:
         pending, self._pending_checks = self._pending_checks, []
@@ -610,10 +629,10 @@ class Engine:
         """Raise unless every pending check passes and every parameter and floating
         buffer is finite (one device synchronisation): what a checkpoint may hold."""
         self._check_finite()
-        tensors = [
+        tensors = [  # (a fully sharded level's are its gathered parameters, as everywhere)
             (name, key, t)
             for name, p in self.problems.items()
-            for key, t in p.module.state_dict().items()
+            for key, t in [*p.module.named_parameters(), *p.module.named_buffers()]
             if t.is_floating_point() or t.is_complex()
         ]
         if not tensors or bool(_all_finite(torch._foreach_norm([t for *_, t in tensors]))):
@@ -842,6 +861,22 @@ def _warn_on_shared_generators(problems: Mapping[str, Problem]) -> None:
                 other,
                 name,
             )
+
+
+def _refresh_parameter_slots(problems: Mapping[str, Problem]) -> None:
+    """Find each level's parameters in its module again: a module changed after its
+    Problem was made (``mlo.convert_sync_batchnorm`` moves parameters into new batch-norm
+    modules) must be evaluated at substituted values through the modules it has now. The
+    parameters themselves must be the same ones (an optimizer holds them)."""
+    for name, problem in problems.items():
+        fresh = ParameterSet(problem.module)
+        if [id(t) for t in fresh.tensors] != [id(t) for t in problem.params.tensors]:
+            raise SetupError(
+                f"problem {name!r}: its module's trainable parameters were replaced after "
+                "the Problem was made, so its optimizer no longer holds them; make the "
+                "Problem (and its optimizer) after changing the module"
+            )
+        problem.params = fresh
 
 
 def _refuse_shared_parameters(problems: Mapping[str, Problem]) -> None:

@@ -175,7 +175,9 @@ def _unwrap(name: str, module: nn.Module) -> nn.Module:
         return module.module
     if isinstance(module, FullyShardedDataParallel):
         raise SetupError(
-            f"problem {name!r}: FSDP-wrapped modules are not supported yet; pass the plain "
-            "module with EngineConfig(distributed='ddp')"
+            f"problem {name!r}: modules wrapped by the FullyShardedDataParallel class "
+            "(FSDP1) are not supported; pass the plain module with "
+            "EngineConfig(distributed='fsdp'), which shards it with FSDP2, or one you "
+            "sharded yourself with torch.distributed.fsdp.fully_shard"
         )
     return module

@@ -33,10 +33,21 @@ def fingerprint(engine: Engine) -> dict[str, Any]:
     return {
         "edges": [list(e) for e in engine.graph.edges()],
         "params": {
-            n: {k: list(v.shape) for k, v in p.module.state_dict().items()}
-            for n, p in engine.problems.items()
+            n: {k: list(v.shape) for k, v in module_state(engine, n, full=False).items()}
+            for n in engine.problems
         },
     }
+
+
+def module_state(engine: Engine, name: str, full: bool = True) -> dict[str, Any]:
+    """Level ``name``'s ``module.state_dict()``; for a fully sharded level, with ``full``
+    every shard gathered into a full tensor (a collective: every rank calls it), and
+    the level's parameters gathered again afterwards (FSDP2's state-dict hooks register
+    the sharded ones)."""
+    sharding = engine._sharding
+    if sharding is None or name not in sharding:
+        return engine.problems[name].module.state_dict()
+    return sharding.module_state(name, full)
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer | None, scheduler: Any) -> Any:
@@ -72,7 +83,13 @@ def engine_state(engine: Engine) -> dict[str, Any]:
     number generator states, unroll trajectories, the schedule and the tick.
 
     Under data parallelism it also holds every rank's random states and current batches
-    (gathered: every rank must call it)."""
+    (gathered: every rank must call it); the states of fully sharded levels are
+    gathered into full tensors (:meth:`mlo.sharding.Sharding.full_state`)."""
+    sharding = engine._sharding
+
+    def full(value: Any) -> Any:
+        return value if sharding is None else sharding.full_state(value)
+
     state = {
         "format": "mlo.engine/2",
         "fingerprint": fingerprint(engine),
@@ -88,8 +105,8 @@ def engine_state(engine: Engine) -> dict[str, Any]:
         "trajectories": {n: t.state_dict() for n, t in engine.trajectories.items()},
         "problems": {
             n: {
-                "module": p.module.state_dict(),
-                "optimizer": None if p.optimizer is None else p.optimizer.state_dict(),
+                "module": module_state(engine, n),
+                "optimizer": None if p.optimizer is None else full(p.optimizer.state_dict()),
                 "scheduler": None if p.scheduler is None else p.scheduler.state_dict(),
                 "data": p.stream.state_dict(),
                 "batch": p.batch if p.has_batch else None,
@@ -190,12 +207,20 @@ def restore_engine_state(
     scheduler is rescaled, so that the schedule continues from the new base rate)."""
     commits = _validate(engine, state, keep_current_hyperparameters)
     own_rng, own_batches, own_recorded = _this_rank(engine, state)
+    sharding = engine._sharding
     for name, p in engine.problems.items():
         saved = state["problems"][name]
-        p.module.load_state_dict(saved["module"])
+        sharded = sharding is not None and name in sharding
+        if sharded:  # full tensors in the file, sliced for this rank's shards
+            sharding.load_module(name, saved["module"])
+        else:
+            p.module.load_state_dict(saved["module"])
         if p.optimizer is not None:
             current = [dict(g) for g in p.optimizer.param_groups]
-            p.optimizer.load_state_dict(saved["optimizer"])
+            optimizer_state = saved["optimizer"]
+            if sharded:
+                optimizer_state = sharding.optimizer_state(name, optimizer_state)
+            p.optimizer.load_state_dict(optimizer_state)
             if p.scheduler is not None and saved["scheduler"] is not None:
                 p.scheduler.load_state_dict(saved["scheduler"])
             if keep_current_hyperparameters:

@@ -66,6 +66,15 @@ def nas_main(
         "that N ranks compute what one process does with the global batch",
     )
     search.add_argument(
+        "--fsdp",
+        action="store_const",
+        const=True,
+        dest="fsdp",
+        help="under torchrun: shard each trained level's parameters and optimizer state "
+        "across the ranks (EngineConfig(distributed='fsdp'), FSDP2) instead of replicating "
+        "them",
+    )
+    search.add_argument(
         "--small",
         action="store_const",
         const=True,

@@ -108,6 +108,11 @@ class SearchRun(RunBase):
         False,
         description="under torchrun: batch norm over all ranks' examples (mlo.SyncBatchNorm)",
     )
+    fsdp: bool = Field(
+        False,
+        description="under torchrun: shard each trained level's parameters and optimizer "
+        "state across the ranks (EngineConfig(distributed='fsdp'))",
+    )
     hyper: SearchHyper = SearchHyper()
     small: bool = Field(
         False,

@@ -268,7 +268,7 @@ def _search(
             steps=total,
             progress=False,
             log_every=config.log_every or 10,
-            distributed="ddp" if mlo.distributed.initialized() else "none",
+            distributed=_distributed(config),
         ),
     )
     top = "architecture" if "architecture" in engine.problems else engine.graph.roots[0]
@@ -383,3 +383,11 @@ def genotype_rows(genotype: Genotype) -> dict[str, str]:
         return ", ".join(f"{op}←{i}" for op, i in pairs)
 
     return {"normal cell": cell(genotype.normal), "reduction cell": cell(genotype.reduce)}
+
+
+def _distributed(config: SearchRun) -> str:
+    """The engine's data parallelism: none on one process; under torchrun replicated
+    levels ("ddp"), or sharded ones with ``--fsdp``."""
+    if not mlo.distributed.initialized():
+        return "none"
+    return "fsdp" if config.fsdp else "ddp"

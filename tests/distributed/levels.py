@@ -56,6 +56,10 @@ def two_levels(
     model, scale = nn.Linear(FEATURES, 1).to(dtype), Scale().to(dtype)
     if wrap and distributed == "ddp":  # the user's own DDP wrapper: mlo unwraps it
         model = nn.parallel.DistributedDataParallel(model)
+    if wrap and distributed == "fsdp":  # the user's own FSDP2 sharding: mlo keeps it
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model)
     inner = Inner(
         "inner",
         model,
@@ -139,10 +143,11 @@ def three_levels(
 
 
 def parameters(engine: mlo.Engine) -> dict[str, torch.Tensor]:
+    """Every level's parameters and buffers (under "fsdp", the gathered parameters)."""
     return {
         f"{name}.{key}": value.detach().clone()
         for name, p in engine.problems.items()
-        for key, value in p.module.state_dict().items()
+        for key, value in [*p.module.named_parameters(), *p.module.named_buffers()]
     }
 
 
@@ -176,3 +181,15 @@ CASES = {
     ),
 }
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+# distributed="fsdp": every case but unroll's (refused there: its replay needs the full
+# optimizer state of every recorded step).
+FSDP_CASES = {
+    **{k: v for k, v in CASES.items() if "unroll" not in k and "wrapped" not in k},
+    # The inner module sharded by the user (fully_shard, then its optimizer), as FSDP2's
+    # documentation does it; the engine shards the others itself.
+    "two-cg-sharded-by-the-user": lambda batch, distributed="none", dtype=torch.float64: two_levels(
+        "cg", batch, distributed, dtype, wrap=True
+    ),
+}

@@ -1,6 +1,7 @@
 """Data-parallel training (issue 12) against one process, on the CPU with gloo: two ranks
 with per-rank batch B compute the updates of one process with batch 2B, hold bit-identical
-parameters after every tick, and a checkpoint written on two ranks resumes on one."""
+parameters after every tick, and a checkpoint written on two ranks resumes on one; under
+distributed="ddp" and under "fsdp" (FSDP2 shards, gathered to compute)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import mlo
 
 from ..scripts import run_child, torchrun_command
-from .levels import CASES, DTYPES, assert_close, parameters, two_levels
+from .levels import CASES, DTYPES, FSDP_CASES, assert_close, parameters, two_levels
 
 TICKS, SAVE_AT = 5, 3
 
@@ -41,12 +42,19 @@ def tolerance(case: str, dtype: str) -> float:
     return TOLERANCE[dtype]
 
 
+RUNS = [(case, "ddp") for case in CASES] + [(case, "fsdp") for case in FSDP_CASES]
+
+
+def _name(case: str, dtype: str, mode: str) -> str:
+    return f"{case}-{dtype}" + ("" if mode == "ddp" else f"-{mode}")
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("case", list(CASES))
-def test_two_ranks_equal_one_process_with_the_doubled_batch(case, dtype, two_ranks):
+@pytest.mark.parametrize(("case", "mode"), RUNS)
+def test_two_ranks_equal_one_process_with_the_doubled_batch(case, mode, dtype, two_ranks):
     torch.set_num_threads(1)
-    engine = CASES[case](16, "none", DTYPES[dtype])
-    ranks = [torch.load(two_ranks / f"{case}-{dtype}.rank{r}.pt") for r in (0, 1)]
+    engine = {**CASES, **FSDP_CASES}[case](16, "none", DTYPES[dtype])
+    ranks = [torch.load(two_ranks / f"{_name(case, dtype, mode)}.rank{r}.pt") for r in (0, 1)]
     for tick in range(TICKS):
         engine.step()
         # Every rank holds the same bits after every tick ...
@@ -56,23 +64,44 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(case, dtype, two_ran
         assert_close(parameters(engine), ranks[0][tick], atol=tolerance(case, dtype))
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_a_checkpoint_of_two_ranks_resumes_on_one_with_the_doubled_batch(case, two_ranks):
+@pytest.mark.parametrize(("case", "mode"), RUNS)
+def test_a_checkpoint_of_two_ranks_resumes_on_one_with_the_doubled_batch(case, mode, two_ranks):
+    """Under "fsdp" the file holds full tensors gathered from the shards (parameters and
+    optimizer momenta), so one unsharded process resumes it."""
     torch.set_num_threads(1)
-    engine = CASES[case](16)
-    engine.load(two_ranks / f"{case}-float64.pt")
+    build = {**CASES, **FSDP_CASES}[case]
+    engine = build(16)
+    engine.load(two_ranks / f"{_name(case, 'float64', mode)}.pt")
     assert engine.tick == SAVE_AT
     # The top level's hypergradient right after loading reads the restored global batches
     # (the current ones re-split, and those unroll recorded): that of one process there.
-    reference = CASES[case](16)
+    reference = build(16)
     for _ in range(SAVE_AT):
         reference.step()
     top = next(iter(engine.problems))
     assert_close(engine.hypergradient(top), reference.hypergradient(top), atol=1e-10)
     for _ in range(TICKS - SAVE_AT):
         engine.step()
-    final = torch.load(two_ranks / f"{case}-float64.rank0.pt")[-1]
+    final = torch.load(two_ranks / f"{_name(case, 'float64', mode)}.rank0.pt")[-1]
     assert_close(parameters(engine), final, atol=tolerance(case, "float64"))
+
+
+@pytest.mark.parametrize("case", list(FSDP_CASES))
+def test_fsdp_shards_parameters_and_momenta_and_resumes_on_the_same_ranks(case, two_ranks):
+    name = f"{case}-float64-fsdp"
+    shards = [torch.load(two_ranks / f"{name}.shards.rank{r}.pt") for r in (0, 1)]
+    assert any(key.endswith("momentum") for key in shards[0]) == ("two" in case)
+    for key, (local, full, rows) in shards[0].items():
+        # Each rank holds its slice of the rows (FSDP2's Shard(0)): they add up to the
+        # tensor, and a rank holds less than all of it unless it has one row.
+        assert local + shards[1][key][0] == full, key
+        assert local < full or rows == 1, key
+    # A checkpoint written on two sharded ranks, resumed on two: the run goes on as if
+    # never stopped (its full tensors sliced back into shards, momenta included).
+    final = torch.load(two_ranks / f"{name}.rank0.pt")[-1]
+    for rank in (0, 1):
+        resumed = torch.load(two_ranks / f"{name}.resumed.rank{rank}.pt")
+        assert_close(resumed, final, atol=1e-13)
 
 
 def test_ddp_without_a_process_group_says_how_to_start_one():

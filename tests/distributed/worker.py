@@ -1,9 +1,10 @@
 """One rank of the data-parallel test: python -m torch.distributed.run --standalone
 --nproc_per_node N -m tests.distributed.worker OUT TICKS SAVE_AT
 
-For every case of ``levels.CASES`` in float64 and float32: per-rank batch 16/N, TICKS
-ticks, a checkpoint after SAVE_AT ticks (OUT/<case>-<dtype>.pt, written by rank 0), and
-each rank's parameters after every tick in OUT/<case>-<dtype>.rank<r>.pt."""
+For every case of ``levels.CASES`` under distributed="ddp" and of ``levels.FSDP_CASES``
+under "fsdp", in float64 and float32: per-rank batch 16/N, TICKS ticks, a checkpoint
+after SAVE_AT ticks (OUT/<case>-<dtype>[-fsdp].pt, written by rank 0), and each rank's
+parameters after every tick in OUT/<case>-<dtype>[-fsdp].rank<r>.pt."""
 
 from __future__ import annotations
 
@@ -15,9 +16,31 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .levels import CASES, DTYPES, parameters
+from .levels import CASES, DTYPES, FSDP_CASES, parameters
 
 GLOBAL_BATCH = 16
+
+
+def build(case: str, mode: str):
+    return (FSDP_CASES if mode == "fsdp" else CASES)[case]
+
+
+def _shards(engine) -> dict[str, tuple[int, int, int]]:
+    """Per optimizer parameter and momentum buffer: this rank's entries, the full count
+    and the rows (what sharding saves)."""
+    out = {}
+    for name, problem in engine.problems.items():
+        for group in problem.optimizer.param_groups:
+            for i, p in enumerate(group["params"]):
+                out[f"{name}.{i}"] = (p.to_local().numel(), p.numel(), p.shape[0])
+                buffer = problem.optimizer.state[p].get("momentum_buffer")
+                if buffer is not None:
+                    out[f"{name}.{i}.momentum"] = (
+                        buffer.to_local().numel(),
+                        buffer.numel(),
+                        buffer.shape[0],
+                    )
+    return out
 
 
 def main() -> None:
@@ -25,15 +48,25 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
-    for (case, build), (dtype_name, dtype) in itertools.product(CASES.items(), DTYPES.items()):
-        engine = build(GLOBAL_BATCH // world, "ddp", dtype)
+    runs = [(case, "ddp") for case in CASES] + [(case, "fsdp") for case in FSDP_CASES]
+    for (case, mode), (dtype_name, dtype) in itertools.product(runs, DTYPES.items()):
+        engine = build(case, mode)(GLOBAL_BATCH // world, mode, dtype)
         history = []
+        name = f"{case}-{dtype_name}" + ("" if mode == "ddp" else f"-{mode}")
         for tick in range(1, ticks + 1):
             engine.step()
             history.append(parameters(engine))
             if tick == save_at:
-                engine.save(out / f"{case}-{dtype_name}.pt")
-        torch.save(history, out / f"{case}-{dtype_name}.rank{rank}.pt")
+                engine.save(out / f"{name}.pt")
+        torch.save(history, out / f"{name}.rank{rank}.pt")
+        if mode == "fsdp":
+            torch.save(_shards(engine), out / f"{name}.shards.rank{rank}.pt")
+            # Resumed on the same ranks: the file's full tensors are sliced into shards.
+            resumed = build(case, mode)(GLOBAL_BATCH // world, mode, dtype)
+            resumed.load(out / f"{name}.pt")
+            for _ in range(save_at, ticks):
+                resumed.step()
+            torch.save(parameters(resumed), out / f"{name}.resumed.rank{rank}.pt")
     dist.destroy_process_group()
 
 

@@ -255,3 +255,59 @@ def test_loaders_sharing_a_generator_are_named_in_a_warning(caplog):
     with caplog.at_level("WARNING", logger="mlo"):
         mlo.Engine(problems, {"upper": ["lower"]})
     assert "'upper' and 'lower' shuffle their data with the same torch.Generator" in caplog.text
+
+
+def _batch_norm_levels(convert_after: bool):
+    """A 2-level darts problem whose lower model has an affine batch norm, converted to
+    mlo.SyncBatchNorm before or after its Problem is made."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y = torch.randn(16, 1, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).double()
+    scale = nn.Linear(3, 3, bias=False).double()
+    if not convert_after:
+        mlo.convert_sync_batchnorm(model)
+
+    class Fit(mlo.Problem):
+        def training_step(self, batch):
+            return F.mse_loss(self.module(self.outer.module(x)), y)
+
+    class Outer(mlo.Problem):
+        def training_step(self, batch):
+            return F.mse_loss(self.fit.module(x), y) + 0.1 * self.module.weight.square().sum()
+
+    fit = Fit(
+        "fit",
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        config=mlo.ProblemConfig(solver="darts"),
+    )
+    outer = Outer("outer", scale, torch.optim.SGD(scale.parameters(), lr=0.1))
+    if convert_after:
+        mlo.convert_sync_batchnorm(model)  # keeps the parameters, moves them to new modules
+    return mlo.Engine([outer, fit], {"outer": ["fit"]}, mlo.EngineConfig(progress=False))
+
+
+def test_a_module_changed_after_its_problem_is_evaluated_through_its_new_modules():
+    """darts evaluates the lower level at θ ± r·v by substituting tensors into the modules
+    that hold the parameters; after convert_sync_batchnorm those are the new batch norms,
+    so the hypergradient is that of a model converted before its Problem was made."""
+    after, before = _batch_norm_levels(True), _batch_norm_levels(False)
+    after.step()
+    before.step()
+    got, want = after.hypergradient("outer")["weight"], before.hypergradient("outer")["weight"]
+    assert torch.allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_parameters_replaced_after_the_problem_is_made_are_refused():
+    class Quad(mlo.Problem):
+        def training_step(self, batch):
+            return self.module.weight.square().sum()
+
+    model = nn.Linear(2, 1)
+    p = Quad("q", model, torch.optim.SGD(model.parameters(), lr=0.1))
+    model.weight = nn.Parameter(torch.zeros(1, 2))  # the optimizer still holds the old one
+    with pytest.raises(mlo.SetupError, match="replaced after the Problem was made"):
+        mlo.Engine([p], {})
