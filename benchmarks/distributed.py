@@ -9,6 +9,10 @@ script prints the median of the paired ratios.
     python benchmarks/distributed.py                 # layers 2, channels 8, batch 32, 16 px
     python benchmarks/distributed.py --repeats 5 --ticks 20
     python benchmarks/distributed.py --sync-bn       # batch norm over the global batch
+    python benchmarks/distributed.py --fsdp          # the 2 ranks' levels sharded (FSDP2)
+
+With ``--fsdp`` the reductions' share includes the all-gathers that gather each level's
+parameters again after its optimizer step.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def measure(args, rank: int, world: int) -> dict[str, float]:
     engine = mlo.Engine(
         problems,
         deps,
-        mlo.EngineConfig(progress=False, distributed="ddp" if world > 1 else "none"),
+        mlo.EngineConfig(progress=False, distributed=_mode(args) if world > 1 else "none"),
     )
     spent = [0.0]
 
@@ -75,6 +79,8 @@ def measure(args, rank: int, world: int) -> dict[str, float]:
         mlo.distributed._mean = timing(mlo.distributed._mean)
         for name in ("all_true", "broadcast_"):
             setattr(engine._reducer, name, timing(getattr(engine._reducer, name)))
+    if engine._sharding is not None:  # the all-gathers after each optimizer step
+        engine._sharding.gather = timing(engine._sharding.gather)
     times = []
     for tick in range(n):
         if tick == 2:
@@ -84,6 +90,10 @@ def measure(args, rank: int, world: int) -> dict[str, float]:
         if tick >= 2:
             times.append(time.perf_counter() - start)
     return {"tick": statistics.median(times), "reduce": spent[0] / len(times)}
+
+
+def _mode(args) -> str:
+    return "fsdp" if args.fsdp else "ddp"
 
 
 def worker(args) -> None:
@@ -105,7 +115,7 @@ def two_ranks(args) -> dict[str, float]:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         command += ["--nproc_per_node", "2", __file__, "--worker", "--result", str(result)]
         command += [
-            f"--{k.replace('_', '-')}={v}" if k != "sync_bn" else "--sync-bn"
+            f"--{k.replace('_', '-')}={v}" if k not in FLAGS else f"--{k.replace('_', '-')}"
             for k, v in vars(args).items()
             if k in KNOBS and v is not False
         ]
@@ -114,7 +124,8 @@ def two_ranks(args) -> dict[str, float]:
         return json.loads(result.read_text())
 
 
-KNOBS = ("ticks", "layers", "channels", "batch", "size", "sync_bn")
+FLAGS = ("sync_bn", "fsdp")
+KNOBS = ("ticks", "layers", "channels", "batch", "size", *FLAGS)
 
 
 def main() -> None:
@@ -129,6 +140,11 @@ def main() -> None:
         "--sync-bn",
         action="store_true",
         help="batch norm over the global batch (mlo.convert_sync_batchnorm)",
+    )
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="the 2 ranks shard each trained level (EngineConfig(distributed='fsdp'))",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -150,6 +166,7 @@ def main() -> None:
         f"DARTS supernet step, layers {args.layers}, channels {args.channels}, global batch "
         f"{args.batch}, {args.size}×{args.size} images, {args.ticks} ticks × {args.repeats}"
         + (", SyncBatchNorm" if args.sync_bn else "")
+        + (", 2 ranks sharded (fsdp)" if args.fsdp else "")
     )
     print(f"1 process, 2 threads   : {1 / statistics.median(one):6.2f} ticks/s")
     print(f"2 ranks, 1 thread each : {1 / statistics.median(two):6.2f} ticks/s")
@@ -157,7 +174,9 @@ def main() -> None:
         f"speed-up 2 ranks / 1 process (median of paired ratios): {statistics.median(ratios):.2f}"
     )
     print(
-        "reductions' share of the 2-rank step (all-reduce, broadcast; median): "
+        "reductions' share of the 2-rank step (all-reduce, broadcast"
+        + (", all-gather" if args.fsdp else "")
+        + "; median): "
         f"{100 * statistics.median(fractions):.1f} %"
     )
 

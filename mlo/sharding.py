@@ -47,7 +47,8 @@ class Sharding:
 
     def __init__(self, problems: Mapping[str, Problem]) -> None:
         FSDPModule, _, _, _ = _fsdp()
-        self.modules: dict[str, list[Any]] = {}  # a level's FSDP modules, outermost first
+        self.roots: dict[str, Any] = {}  # a level's module (FSDP or holding FSDP modules)
+        self.modules: dict[str, list[Any]] = {}  # its FSDP modules, outermost first
         self.shards: dict[str, list[Any]] = {}  # its sharded parameters (DTensors)
         self.gathered: dict[str, list[Tensor]] = {}  # the same, gathered (what computes)
         for name, problem in problems.items():
@@ -76,6 +77,7 @@ class Sharding:
                     "ones; shard the module with torch.distributed.fsdp.fully_shard and no "
                     "other parameter changes"
                 )
+            self.roots[name] = problem.module
             self.modules[name] = modules
             self.shards[name] = shards
             self.gathered[name] = list(problem.params.tensors)
@@ -112,7 +114,7 @@ class Sharding:
         """Level ``name``'s module state dict, its shards gathered into full tensors with
         ``full`` (a collective), its parameters gathered again afterwards (FSDP2's
         state-dict hooks leave the sharded ones registered)."""
-        state = self.modules[name][0].state_dict()
+        state = self.roots[name].state_dict()
         if full:
             state = self.full_state(state)
         self.gather(name)
@@ -134,7 +136,7 @@ class Sharding:
     def load_module(self, name: str, state: dict[str, Any]) -> None:
         """Load a full module state into level ``name``'s shards, then gather."""
         _, _, DTensor, distribute_tensor = _fsdp()
-        root = self.modules[name][0]
+        root = self.roots[name]
         current = root.state_dict()
         converted = {
             key: _slice(distribute_tensor, value, current[key])

@@ -50,15 +50,22 @@ def two_levels(
     distributed: str = "none",
     dtype: torch.dtype = torch.float64,
     wrap: bool = False,
+    hidden: int | None = None,
 ) -> mlo.Engine:
     train, val = datasets(dtype)
     torch.manual_seed(1)
-    model, scale = nn.Linear(FEATURES, 1).to(dtype), Scale().to(dtype)
+    if hidden is None:
+        model: nn.Module = nn.Linear(FEATURES, 1)
+    else:
+        model = nn.Sequential(nn.Linear(FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    model, scale = model.to(dtype), Scale().to(dtype)
     if wrap and distributed == "ddp":  # the user's own DDP wrapper: mlo unwraps it
         model = nn.parallel.DistributedDataParallel(model)
     if wrap and distributed == "fsdp":  # the user's own FSDP2 sharding: mlo keeps it
         from torch.distributed.fsdp import fully_shard
 
+        if hidden is not None:  # nested: the first layer its own FSDP unit, then the rest
+            fully_shard(model[0])
         fully_shard(model)
     inner = Inner(
         "inner",
@@ -191,5 +198,11 @@ FSDP_CASES = {
     # documentation does it; the engine shards the others itself.
     "two-cg-sharded-by-the-user": lambda batch, distributed="none", dtype=torch.float64: two_levels(
         "cg", batch, distributed, dtype, wrap=True
+    ),
+    # ... with two FSDP units, nested (the first layer, then the rest of the model): an
+    # MLP, whose Hessian is indefinite, so darts (CG amplifies rounding there, 3e-14 to
+    # 4e-6 in five ticks, measured).
+    "two-darts-nested-units": lambda batch, distributed="none", dtype=torch.float64: two_levels(
+        "darts", batch, distributed, dtype, wrap=True, hidden=4
     ),
 }
