@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from . import rng
+from .autodiff import vjp
 from .linalg import Vector, add
 
 if TYPE_CHECKING:
@@ -58,10 +59,9 @@ def propagate(
         params_of = [values.get(n, ps) for n, ps in zip(plan.levels, plan.params)]
         tensors = [t for group in params_of for t in group]
     if scalar.requires_grad and tensors:
-        flat = torch.autograd.grad(
-            scalar,
+        flat = vjp(
+            [scalar],
             tensors,
-            allow_unused=True,
             create_graph=create_graph,
             retain_graph=retain_graph or create_graph,
         )
@@ -107,9 +107,9 @@ def propagate(
                 f"hypergradient from level {lower!r} (its {solver.name!r} solver)",
                 contributions,
             )
-        for upper, vjp in zip(parents, result.vjps):
+        for upper, product in zip(parents, result.vjps):
             current = adjoint[upper]
-            adjoint[upper] = vjp if current is None else add(current, vjp)
+            adjoint[upper] = product if current is None else add(current, product)
         if result.diagnostics and not create_graph:
             engine._diagnostics[lower] = result.diagnostics
     return {t: adjoint[t] for t in targets}

@@ -9,9 +9,54 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .linalg import Vector
+
+try:  # the C++ engine's entry point behind torch.autograd.grad (see vjp)
+    from torch.autograd.graph import _engine_run_backward
+except ImportError:  # pragma: no cover - another torch
+    _engine_run_backward = None
+
+_PLAIN = (Tensor, nn.Parameter)
+
+
+def vjp(
+    outputs: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    grad_outputs: Sequence[Tensor] | None = None,
+    *,
+    retain_graph: bool = False,
+    create_graph: bool = False,
+) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)``: ``None``
+    for an input the outputs do not depend on. ``grad_outputs=None`` needs scalar outputs.
+
+    For plain tensors it calls autograd's engine directly, without ``grad``'s argument
+    handling (about 10 µs a call, several calls per update: the per-update overhead on
+    small problems); tensor subclasses (``DTensor``, ...) go through ``torch.autograd.grad``.
+    """
+    outputs, inputs = tuple(outputs), tuple(inputs)
+    if _engine_run_backward is None or not all(type(t) in _PLAIN for t in outputs + inputs):
+        return torch.autograd.grad(
+            outputs,
+            inputs,
+            grad_outputs,
+            retain_graph=retain_graph,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+    if grad_outputs is None:
+        grad_outputs = [torch.ones_like(o, memory_format=torch.preserve_format) for o in outputs]
+    return _engine_run_backward(
+        outputs,
+        tuple(grad_outputs),
+        retain_graph,
+        create_graph,
+        inputs,
+        True,
+        accumulate_grad=False,
+    )
 
 
 def gradient(
@@ -31,16 +76,11 @@ def gradient(
         return []
     if not output.requires_grad:
         return [torch.zeros_like(x) for x in inputs]
-    grads = torch.autograd.grad(
-        output,
-        inputs,
-        grad_outputs=grad_outputs,
-        create_graph=create_graph,
-        retain_graph=retain_graph,
-        allow_unused=True,
-        materialize_grads=True,
-    )
-    return list(grads)
+    if isinstance(grad_outputs, Tensor):
+        grad_outputs = [grad_outputs]
+    retain = create_graph if retain_graph is None else retain_graph
+    grads = vjp([output], inputs, grad_outputs, retain_graph=retain, create_graph=create_graph)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 
 
 def gradient_or_none(output: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | None]:
@@ -49,7 +89,7 @@ def gradient_or_none(output: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | 
     inputs = list(inputs)
     if not inputs or not output.requires_grad:
         return [None] * len(inputs)
-    return list(torch.autograd.grad(output, inputs, allow_unused=True))
+    return list(vjp([output], inputs))
 
 
 class SecondOrder:
@@ -79,16 +119,14 @@ class SecondOrder:
         vectors = [v for v, d in zip(vector, self._differentiable) if d]
         if not outputs or not inputs:
             return [torch.zeros_like(x) for x in inputs]
-        grads = torch.autograd.grad(
+        grads = vjp(
             outputs,
-            list(inputs),
-            grad_outputs=vectors,
+            inputs,
+            vectors,
             retain_graph=retain or self.create_graph,
             create_graph=self.create_graph,
-            allow_unused=True,
-            materialize_grads=True,
         )
-        return list(grads)
+        return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 
     def hvp(self, vector: Sequence[Tensor]) -> Vector:
         """``H v`` with ``H = d²f/dx²`` (averaged over data-parallel ranks, when the level

@@ -1,0 +1,34 @@
+"""mlo.autodiff.vjp: autograd's engine called directly is torch.autograd.grad."""
+
+from __future__ import annotations
+
+import torch
+
+from mlo.autodiff import vjp
+
+
+def test_vjp_is_autograd_grad_with_unused_inputs_and_second_derivatives():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.nn.Parameter(torch.randn(5, generator=gen, dtype=torch.float64))
+    unused = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    loss = (x.sin() * y).sum() + (x * x).sum()
+    ours = vjp([loss], [x, y, unused], retain_graph=True, create_graph=True)
+    theirs = torch.autograd.grad(loss, [x, y, unused], allow_unused=True, create_graph=True)
+    assert ours[2] is None and theirs[2] is None
+    for a, b in zip(ours[:2], theirs[:2]):
+        assert torch.equal(a, b)
+    # Differentiable: a Hessian-vector product through the first derivative.
+    v = torch.randn(5, generator=gen, dtype=torch.float64)
+    (hv,) = vjp([ours[0]], [x], [v])
+    exact = (-x.sin() * y + 2).detach() * v  # d²/dx² of sin(x)·y + x², diagonal
+    assert torch.allclose(hv, exact, rtol=1e-14, atol=0)
+
+
+def test_vjp_of_tensor_subclasses_goes_through_autograd_grad():
+    class Tagged(torch.Tensor):
+        pass
+
+    x = torch.randn(4, dtype=torch.float64).as_subclass(Tagged).requires_grad_()
+    (g,) = vjp([(x * x).sum()], [x])
+    assert torch.allclose(g.as_subclass(torch.Tensor), 2 * x.detach().as_subclass(torch.Tensor))
