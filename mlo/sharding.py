@@ -16,8 +16,8 @@ process with batch N·B, as under ``"ddp"``; what FSDP saves is the optimizer st
 the master copy of the parameters), not the gathered parameters during a tick.
 
 FSDP2's own gradient hooks (reduce-scatter and resharding after ``backward()``) are turned
-off on these modules: mlo differentiates with autograd's grad (never ``.backward()``), several times per
-update, and averages itself.
+off on these modules: mlo differentiates with autograd's grad (never ``.backward()``),
+several times per update, and averages itself.
 """
 
 from __future__ import annotations
