@@ -3,9 +3,10 @@
 Part 1 — mlo vs hand-written PyTorch (the default LeaSE: differentiable PGD explanations,
 ``darts`` on the explainer and the audience, ``explicit`` through the explanations). One
 iteration = one engine tick: audience, explain, explainer, relearn updates. Reports the
-median time, the peak memory of an iteration (each version in its own subprocess: the
-most heap in use at any forward or backward pass of an iteration, above the heap in use
-before it) and the number of forward and backward passes per iteration.
+median time (every version built in this process, rounds interleaved, and the medians of
+the paired ratios), the peak memory of an iteration (each version in its own subprocess:
+the most heap in use at any forward or backward pass of an iteration, above the heap in
+use before it) and the number of forward and backward passes per iteration.
 
 Part 2 — mlo vs the four levels wired as in Betty's saliency-aware NAS example: the
 explanations are computed inside the audience's ``training_step`` and ``darts`` is used
@@ -411,19 +412,26 @@ def counting_passes(supernet_forward: list, audience_forward: list, backward: li
 
     hooks = [torch.nn.modules.module.register_module_forward_hook(on_forward)]
     original = torch.autograd.grad
+    # mlo calls autograd's engine directly (mlo.autodiff.vjp), without torch.autograd.grad.
+    engine_call = mlo.autodiff._engine_run_backward
 
-    def counted(*a, **k):
-        backward.append(1)
-        heap.append(heap_bytes())
-        out = original(*a, **k)
-        heap.append(heap_bytes())
-        return out
+    def counting(function):
+        def counted(*a, **k):
+            backward.append(1)
+            heap.append(heap_bytes())
+            out = function(*a, **k)
+            heap.append(heap_bytes())
+            return out
 
-    torch.autograd.grad = counted
+        return counted
+
+    torch.autograd.grad = counting(original)
+    mlo.autodiff._engine_run_backward = counting(engine_call)
     try:
         yield
     finally:
         torch.autograd.grad = original
+        mlo.autodiff._engine_run_backward = engine_call
         for h in hooks:
             h.remove()
 
@@ -460,6 +468,29 @@ VERSIONS = {
 }
 
 
+def interleaved(args) -> dict[str, list[float]]:
+    """Seconds per iteration of every available version, built in this process and timed
+    in interleaved rounds (after one warm-up iteration each)."""
+    steps = {}
+    for name, factory in VERSIONS.items():
+        built = factory(args)
+        if built is not None:
+            steps[name] = built[0]
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired(times: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over rounds of ``a``'s time over ``b``'s."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
 def run_child(name: str, args) -> dict:
     command = [
         sys.executable,
@@ -467,7 +498,7 @@ def run_child(name: str, args) -> dict:
         "--child",
         name,
         "--rounds",
-        str(args.rounds),
+        "1",  # the child is for memory and passes; times come from interleaved()
         "--pgd-steps",
         str(args.pgd_steps),
         "--layers",
@@ -508,31 +539,30 @@ def main() -> None:
         f"ResNet audience, batch {BATCH}, {SIZE}x{SIZE} images, {args.pgd_steps}-step PGD, "
         f"{args.rounds} rounds, {args.threads} threads, torch {torch.__version__}"
     )
-    results = {name: run_child(name, args) for name in VERSIONS}
-    unit = results["plain"]["median_s"]
+    times = interleaved(args)
+    results = {name: run_child(name, args) for name in VERSIONS}  # memory and passes
+    unit = statistics.median(times["plain"])
     for name, r in results.items():
         if r is None:
             print(f"  {name:11s} not available (pip install betty-ml)")
             continue
+        median = statistics.median(times[name])
         print(
-            f"  {name:11s} median {1e3 * r['median_s']:8.1f} ms ={r['median_s'] / unit:5.1f} plain"
+            f"  {name:11s} median {1e3 * median:8.1f} ms ={median / unit:5.1f} plain"
             f" steps   peak +{r['peak_bytes'] / 2**20:6.1f} MiB   passes: supernet fwd "
             f"{r['supernet_forward']:3d}, audience fwd {r['audience_forward']:3d}, "
             f"autograd.grad {r['backward']:3d}"
         )
     mlo_r, hand = results["mlo"], results["hand"]
-    print(
-        f"  time ratio   mlo / hand-written = {mlo_r['median_s'] / hand['median_s']:.3f}"
-        "  (target ≤ 1.05)"
-    )
+    ratio_hand = paired(times, "mlo", "hand")
+    print(f"  time ratio   mlo / hand-written = {ratio_hand:.3f}  (target ≤ 1.05)")
     print(
         f"  memory ratio mlo / hand-written = "
         f"{mlo_r['peak_bytes'] / max(hand['peak_bytes'], 1):.3f}  (target ≤ 1.10)"
     )
     if results["betty"] is not None:
-        sign = results["mlo-sign"]["median_s"]
-        ratio = sign / results["betty"]["median_s"]
-        light = sign / results["betty-light"]["median_s"]
+        ratio = paired(times, "mlo-sign", "betty")
+        light = paired(times, "mlo-sign", "betty-light")
         print(
             f"  time ratio   mlo / Betty, SANAS wiring (sign-PGD, darts below) = {ratio:.3f}"
             "  (target ≤ 0.4)"
