@@ -436,21 +436,17 @@ def counting_passes(supernet_forward: list, audience_forward: list, backward: li
             h.remove()
 
 
-def measure(factory, args, rounds: int) -> dict:
+def footprint(factory, args) -> dict:
+    """Peak heap and passes of one iteration, after a warm-up one (run in a process of
+    its own; the times come from :func:`interleaved`)."""
     step, _ = factory(args)
     step()  # warm-up: optimizer states, lazy allocations
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
     supernet_f, audience_f, backward, heap = [], [], [], []
     gc.collect()
     base = heap_bytes()
     with counting_passes(supernet_f, audience_f, backward, heap):
         step()
     return {
-        "median_s": statistics.median(times),
         "peak_bytes": max(heap) - base,
         "supernet_forward": len(supernet_f),
         "audience_forward": len(audience_f),
@@ -497,8 +493,6 @@ def run_child(name: str, args) -> dict:
         __file__,
         "--child",
         name,
-        "--rounds",
-        "1",  # the child is for memory and passes; times come from interleaved()
         "--pgd-steps",
         str(args.pgd_steps),
         "--layers",
@@ -531,7 +525,7 @@ def main() -> None:
         if VERSIONS[args.child](args) is None:
             print(json.dumps(None))
             return
-        print(json.dumps(measure(VERSIONS[args.child], args, args.rounds)))
+        print(json.dumps(footprint(VERSIONS[args.child], args)))
         return
 
     print(

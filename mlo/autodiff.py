@@ -30,7 +30,8 @@ def vjp(
     create_graph: bool = False,
 ) -> tuple[Tensor | None, ...]:
     """``torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)``: ``None``
-    for an input the outputs do not depend on. ``grad_outputs=None`` needs scalar outputs.
+    for an input the outputs do not depend on (:func:`materialized` makes it zeros).
+    ``grad_outputs=None`` needs scalar outputs.
 
     For plain tensors it calls autograd's engine directly, without ``grad``'s argument
     handling (about 10 µs a call, several calls per update: the per-update overhead on
@@ -59,6 +60,11 @@ def vjp(
     )
 
 
+def materialized(grads: Sequence[Tensor | None], inputs: Sequence[Tensor]) -> Vector:
+    """``grads`` with zeros in place of ``None`` (an input nothing depends on)."""
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
 def gradient(
     output: Tensor,
     inputs: Sequence[Tensor],
@@ -80,7 +86,7 @@ def gradient(
         grad_outputs = [grad_outputs]
     retain = create_graph if retain_graph is None else retain_graph
     grads = vjp([output], inputs, grad_outputs, retain_graph=retain, create_graph=create_graph)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+    return materialized(grads, inputs)
 
 
 def gradient_or_none(output: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | None]:
@@ -126,7 +132,7 @@ class SecondOrder:
             retain_graph=retain or self.create_graph,
             create_graph=self.create_graph,
         )
-        return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+        return materialized(grads, inputs)
 
     def hvp(self, vector: Sequence[Tensor]) -> Vector:
         """``H v`` with ``H = d²f/dx²`` (averaged over data-parallel ranks, when the level

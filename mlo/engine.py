@@ -79,9 +79,10 @@ class Engine:
             p._peers = {n: q for n, q in self.problems.items() if n != p.name}
         self._validate_levels()
         _refresh_parameter_slots(self.problems)
+        self._reducer = self._data_parallel()  # (checks the process group, if any)
         # Fully sharded levels compute with their gathered parameters (mlo.sharding), so
         # this comes before anything reads a level's parameters.
-        self._sharding = self._sharded()
+        self._sharding = Sharding(self.problems) if self.config.distributed == "fsdp" else None
         _refuse_shared_parameters(self.problems)
         folder = self.config.checkpoint_dir
         if folder is not None and folder.exists() and not folder.is_dir():
@@ -126,19 +127,16 @@ class Engine:
         self._consecutive_skips: dict[str, int] = dict.fromkeys(self.problems, 0)
         self._preflight_done = False
         self._written: list[Path] = []
-        self._reducer = self._data_parallel()
         if resume is not None:
             self.load(resume)
 
-    def _sharded(self) -> Sharding | None:
-        """The sharded levels of ``distributed="fsdp"`` (see :mod:`mlo.sharding`)."""
-        if self.config.distributed != "fsdp":
-            return None
-        Reducer()  # the process group's check, before any module is changed
-        return Sharding(self.problems)
+    def _sharding_of(self, name: str) -> Sharding | None:
+        """The engine's :class:`mlo.sharding.Sharding` if level ``name`` is sharded."""
+        sharding = self._sharding
+        return sharding if sharding is not None and name in sharding else None
 
     def _data_parallel(self) -> Reducer | None:
-        """The reducer of ``distributed="ddp"`` (see :mod:`mlo.distributed`); a level
+        """The reducer of ``distributed="ddp"`` or ``"fsdp"`` (see :mod:`mlo.distributed`); a level
         trained by its optimizer is replicated on every rank, an explicit level (set by
         its best response) holds its own rank's solution."""
         self._replicated = {
@@ -436,14 +434,14 @@ class Engine:
             shared = problem.config.batch_from is not None
             trajectory.record(problem.optimizer, params, CURRENT_BATCH if shared else batch)
         _check_learning_rates(name, problem.optimizer, self.tick + 1)
-        sharded = self._sharding is not None and name in self._sharding
-        if sharded:  # the optimizer steps the shards, with their slices of the gradient
-            self._sharding.move_gradients(name)
+        sharding = self._sharding_of(name)
+        if sharding is not None:  # the optimizer steps the shards, with their gradients' slices
+            sharding.move_gradients(name)
         problem.optimizer.step()
         for p in params:  # the gradients the engine set (zero_grad's work, without its hooks)
             p.grad = None
-        if sharded:
-            self._sharding.gather(name)
+        if sharding is not None:
+            sharding.gather(name)
         # Checked before any level reads them: a bad step is blamed on this level.
         self._watch(name, "parameter after its optimizer step", params)
         if problem.scheduler is not None:
@@ -471,11 +469,8 @@ class Engine:
         """Queue ``tensors`` for the next finiteness check, blamed on level ``name``. When
         every update is checked the tensors are kept as they are (checked moments later,
         before anything changes them); otherwise their norms are kept, a snapshot."""
-        if self.check_finite_every == 1:
-            group = list(tensors)  # read under no_grad moments later
-        else:
-            with torch.no_grad():
-                group = [torch.stack(torch._foreach_norm(list(tensors)))]
+        every = self.check_finite_every == 1  # checked moments later, or a snapshot now
+        group = list(tensors) if every else [torch.stack(_norms(tensors))]
         self._pending_checks.append((self.tick + 1, name, what, group))
 
     def _finite_or_skip(self, name: str) -> bool:
@@ -504,8 +499,9 @@ class Engine:
 
     def _reset(self, name: str) -> None:
         self.problems[name].reset()
-        if self._sharding is not None and name in self._sharding:
-            self._sharding.write_shards(name)
+        sharding = self._sharding_of(name)
+        if sharding is not None:
+            sharding.write_shards(name)
 
     def _check_finite(self) -> None:
         pending, self._pending_checks = self._pending_checks, []
@@ -515,17 +511,13 @@ class Engine:
         # one reduction and one synchronisation for all of them: on one process their sum
         # (a sum that overflows is looked into below, like a non-finite one); across
         # ranks a flag that every rank agrees on.
-        if self._reducer is None and self._on_cpu:
-            if cmath.isfinite(_cpu_sum([t for *_, group in pending for t in group])):
+        tensors = [t for *_, group in pending for t in group]
+        if self._reducer is None:
+            total = _cpu_sum(tensors) if self._on_cpu else _sum_of(_norms(tensors))
+            if cmath.isfinite(total):
                 return
-        else:
-            with torch.no_grad():
-                norms = torch._foreach_norm([t for *_, group in pending for t in group])
-            if self._reducer is None:
-                if math.isfinite(_sum_of(norms)):
-                    return
-            elif bool(self._reducer.all_true(_all_finite(norms).reshape(1))[0]):
-                return
+        elif bool(self._reducer.all_true(_all_finite(_norms(tensors)).reshape(1))[0]):
+            return
         # The rare path: name the first non-finite value.
         culprits = [
             i
@@ -635,7 +627,7 @@ class Engine:
             for key, t in [*p.module.named_parameters(), *p.module.named_buffers()]
             if t.is_floating_point() or t.is_complex()
         ]
-        if not tensors or bool(_all_finite(torch._foreach_norm([t for *_, t in tensors]))):
+        if not tensors or bool(_all_finite(_norms([t for *_, t in tensors]))):
             return
         name, key, _ = next(x for x in tensors if not bool(torch.isfinite(x[2]).all()))
         raise NonFiniteError(
@@ -792,6 +784,13 @@ def _cpu_sum(tensors: Sequence[Tensor]) -> complex:
     for t in tensors:
         total += t.item() if t.dim() == 0 else t.detach().sum().item()
     return total
+
+
+def _norms(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Each tensor's norm, a 0-dim tensor that is finite exactly when the tensor is
+    (unless it overflows)."""
+    with torch.no_grad():
+        return list(torch._foreach_norm(list(tensors)))
 
 
 def _sum_of(norms: Sequence[Tensor]) -> float:

@@ -35,18 +35,12 @@ if TYPE_CHECKING:
     from .problem import Problem
 
 
-def _fsdp():
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    return FSDPModule, fully_shard, DTensor, distribute_tensor
-
-
 class Sharding:
     """The sharded levels of one engine and their FSDP2 modules."""
 
     def __init__(self, problems: Mapping[str, Problem]) -> None:
-        FSDPModule, _, _, _ = _fsdp()
+        from torch.distributed.fsdp import FSDPModule
+
         self.roots: dict[str, Any] = {}  # a level's module (FSDP or holding FSDP modules)
         self.modules: dict[str, list[Any]] = {}  # its FSDP modules, outermost first
         self.shards: dict[str, list[Any]] = {}  # its sharded parameters (DTensors)
@@ -88,10 +82,9 @@ class Sharding:
     def move_gradients(self, name: str) -> None:
         """Give each sharded parameter of level ``name`` its slice of the (averaged,
         full) gradient the engine set on the gathered parameter, which it then drops."""
-        _, _, _, distribute_tensor = _fsdp()
         for full, shard in zip(self.gathered[name], self.shards[name]):
             grad, full.grad = full.grad, None
-            shard.grad = None if grad is None else _slice(distribute_tensor, grad, shard)
+            shard.grad = None if grad is None else _slice(grad, shard)
 
     def gather(self, name: str) -> None:
         """Gather level ``name``'s parameters again from its (updated) shards."""
@@ -105,10 +98,9 @@ class Sharding:
     def write_shards(self, name: str) -> None:
         """Copy level ``name``'s gathered parameters into its shards (after they were
         written in place, as ``Problem.reset`` does)."""
-        _, _, _, distribute_tensor = _fsdp()
         with torch.no_grad():
             for full, shard in zip(self.gathered[name], self.shards[name]):
-                shard.copy_(_slice(distribute_tensor, full.detach(), shard))
+                shard.copy_(_slice(full.detach(), shard))
 
     def module_state(self, name: str, full: bool = True) -> dict[str, Any]:
         """Level ``name``'s module state dict, its shards gathered into full tensors with
@@ -124,7 +116,8 @@ class Sharding:
         """``value`` (a state dict, nested) with every ``DTensor`` gathered into a full
         tensor: what a checkpoint holds, whatever the number of ranks. A collective:
         every rank calls it."""
-        _, _, DTensor, _ = _fsdp()
+        from torch.distributed.tensor import DTensor
+
         if isinstance(value, DTensor):
             return value.full_tensor()
         if isinstance(value, dict):
@@ -135,11 +128,12 @@ class Sharding:
 
     def load_module(self, name: str, state: dict[str, Any]) -> None:
         """Load a full module state into level ``name``'s shards, then gather."""
-        _, _, DTensor, distribute_tensor = _fsdp()
+        from torch.distributed.tensor import DTensor
+
         root = self.roots[name]
         current = root.state_dict()
         converted = {
-            key: _slice(distribute_tensor, value, current[key])
+            key: _slice(value, current[key])
             if isinstance(current.get(key), DTensor) and isinstance(value, Tensor)
             else value
             for key, value in state.items()
@@ -153,14 +147,13 @@ class Sharding:
     def optimizer_state(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         """A full optimizer state dict made sharded like level ``name``'s parameters:
         each per-parameter tensor of a parameter's shape becomes its slice."""
-        _, _, _, distribute_tensor = _fsdp()
         shards = self.shards[name]
         out = dict(state)
         out["state"] = {}
         for index, entries in state.get("state", {}).items():
             shard = shards[int(index)] if int(index) < len(shards) else None
             out["state"][index] = {
-                key: _slice(distribute_tensor, value, shard)
+                key: _slice(value, shard)
                 if shard is not None
                 and isinstance(value, Tensor)
                 and tuple(value.shape) == tuple(shard.shape)
@@ -171,9 +164,11 @@ class Sharding:
         return out
 
 
-def _slice(distribute_tensor: Any, full: Tensor, like: Any) -> Any:
+def _slice(full: Tensor, like: Any) -> Any:
     """This rank's slice of ``full``, as a ``DTensor`` placed like ``like`` (no
     communication: every rank holds the same ``full``)."""
+    from torch.distributed.tensor import distribute_tensor
+
     return distribute_tensor(
         full.detach().to(like.dtype), like.device_mesh, like.placements, src_data_rank=None
     )
@@ -182,7 +177,8 @@ def _slice(distribute_tensor: Any, full: Tensor, like: Any) -> Any:
 def _shard(name: str, problem: Problem) -> None:
     """Apply ``fully_shard`` to a level's module and point its optimizer at the sharded
     parameters (``fully_shard`` replaces the module's parameters)."""
-    _, fully_shard, _, _ = _fsdp()
+    from torch.distributed.fsdp import fully_shard
+
     optimizer = problem.optimizer
     if optimizer is not None and optimizer.state:
         raise SetupError(

@@ -28,14 +28,14 @@ FORMATS = ("mlo.engine/1", "mlo.engine/2")
 _IMPLEMENTATION = frozenset({"params", "foreach", "fused", "capturable", "differentiable"})
 
 
-def fingerprint(engine: Engine) -> dict[str, Any]:
-    """What a checkpoint must match: the edges and every parameter's name and shape."""
+def fingerprint(engine: Engine, modules: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a checkpoint must match: the edges and every parameter's name and shape (of
+    ``modules``, the levels' module states, when the caller has them already)."""
+    if modules is None:
+        modules = {n: module_state(engine, n, full=False) for n in engine.problems}
     return {
         "edges": [list(e) for e in engine.graph.edges()],
-        "params": {
-            n: {k: list(v.shape) for k, v in module_state(engine, n, full=False).items()}
-            for n in engine.problems
-        },
+        "params": {n: {k: list(v.shape) for k, v in m.items()} for n, m in modules.items()},
     }
 
 
@@ -44,8 +44,8 @@ def module_state(engine: Engine, name: str, full: bool = True) -> dict[str, Any]
     every shard gathered into a full tensor (a collective: every rank calls it), and
     the level's parameters gathered again afterwards (FSDP2's state-dict hooks register
     the sharded ones)."""
-    sharding = engine._sharding
-    if sharding is None or name not in sharding:
+    sharding = engine._sharding_of(name)
+    if sharding is None:
         return engine.problems[name].module.state_dict()
     return sharding.module_state(name, full)
 
@@ -85,14 +85,15 @@ def engine_state(engine: Engine) -> dict[str, Any]:
     Under data parallelism it also holds every rank's random states and current batches
     (gathered: every rank must call it); the states of fully sharded levels are
     gathered into full tensors (:meth:`mlo.sharding.Sharding.full_state`)."""
-    sharding = engine._sharding
 
-    def full(value: Any) -> Any:
+    def full(name: str, value: Any) -> Any:
+        sharding = engine._sharding_of(name)
         return value if sharding is None else sharding.full_state(value)
 
+    modules = {n: module_state(engine, n) for n in engine.problems}  # (one gather each)
     state = {
         "format": "mlo.engine/2",
-        "fingerprint": fingerprint(engine),
+        "fingerprint": fingerprint(engine, modules),
         "optimizers": {
             n: optimizer_settings(p.optimizer, p.scheduler) for n, p in engine.problems.items()
         },
@@ -105,8 +106,8 @@ def engine_state(engine: Engine) -> dict[str, Any]:
         "trajectories": {n: t.state_dict() for n, t in engine.trajectories.items()},
         "problems": {
             n: {
-                "module": module_state(engine, n),
-                "optimizer": None if p.optimizer is None else full(p.optimizer.state_dict()),
+                "module": modules[n],
+                "optimizer": None if p.optimizer is None else full(n, p.optimizer.state_dict()),
                 "scheduler": None if p.scheduler is None else p.scheduler.state_dict(),
                 "data": p.stream.state_dict(),
                 "batch": p.batch if p.has_batch else None,
@@ -207,18 +208,17 @@ def restore_engine_state(
     scheduler is rescaled, so that the schedule continues from the new base rate)."""
     commits = _validate(engine, state, keep_current_hyperparameters)
     own_rng, own_batches, own_recorded = _this_rank(engine, state)
-    sharding = engine._sharding
     for name, p in engine.problems.items():
         saved = state["problems"][name]
-        sharded = sharding is not None and name in sharding
-        if sharded:  # full tensors in the file, sliced for this rank's shards
+        sharding = engine._sharding_of(name)
+        if sharding is not None:  # full tensors in the file, sliced for this rank's shards
             sharding.load_module(name, saved["module"])
         else:
             p.module.load_state_dict(saved["module"])
         if p.optimizer is not None:
             current = [dict(g) for g in p.optimizer.param_groups]
             optimizer_state = saved["optimizer"]
-            if sharded:
+            if sharding is not None:
                 optimizer_state = sharding.optimizer_state(name, optimizer_state)
             p.optimizer.load_state_dict(optimizer_state)
             if p.scheduler is not None and saved["scheduler"] is not None:

@@ -35,21 +35,20 @@ class Neumann(ImplicitSolver):
         alpha = level.default_step(self.alpha, "neumann", "alpha")
         term = list(v)
         total = list(v)
-        if not level.diagnose:
-            for _ in range(self.iterations):
-                term = sub(term, scale(alpha, hessian.hvp(term)))
-                total = add(total, term)
-            return scale(alpha, total), {}
         # The norms are kept (scalars on the device) and the diagnostics formed from them
         # once, after the loop: two reductions per product instead of eight operations.
-        term_norms = [norm(term)]
+        diagnose = level.diagnose
+        term_norms = [norm(term)] if diagnose else []
         step_norms = []
         for _ in range(self.iterations):
             step = scale(alpha, hessian.hvp(term))
-            step_norms.append(norm(step))
             term = sub(term, step)
             total = add(total, term)
-            term_norms.append(norm(term))
+            if diagnose:
+                step_norms.append(norm(step))
+                term_norms.append(norm(term))
+        if not diagnose:
+            return scale(alpha, total), {}
         if not step_norms:
             zero = torch.zeros_like(term_norms[0])
             return scale(alpha, total), {"neumann_growth": zero, "neumann_alpha_h": zero}
