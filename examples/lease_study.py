@@ -50,7 +50,10 @@ def parse(argv: list[str] | None) -> StudyRun | None:
     add("--print-config", action="store_true", help="print the effective configuration and exit")
     add("--methods", help=f"comma-separated, of: {', '.join(METHODS)} (default: all)")
     add("--seeds", type=int, help="number of seeds (0 .. N-1; default 3)")
-    add("--dataset", choices=["cifar10", "cifar100", "imagefolder", "digits", "synthetic"])
+    add(
+        "--dataset",
+        choices=["cifar10", "cifar100", "imagefolder", "fashion-mnist", "digits", "synthetic"],
+    )
     add("--data-dir", type=Path, dest="data_dir")
     add("--no-download", action="store_const", const=False, dest="download")
     add("--image-size", type=int, dest="image_size")

@@ -249,7 +249,14 @@ def print_config(config: BaseModel) -> None:
 
 def add_common_flags(
     parser: argparse.ArgumentParser,
-    datasets: tuple[str, ...] = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic"),
+    datasets: tuple[str, ...] = (
+        "cifar10",
+        "cifar100",
+        "imagefolder",
+        "fashion-mnist",
+        "digits",
+        "synthetic",
+    ),
 ) -> None:
     """Flags shared by the search and evaluation commands (None = keep file/default)."""
     parser.add_argument("--config", type=Path, help="TOML file; flags override its values")
@@ -259,7 +266,8 @@ def add_common_flags(
     parser.add_argument(
         "--dataset",
         choices=list(datasets),
-        help="digits: real 8×8 handwritten digits shipped with scikit-learn (works offline)"
+        help="digits: real 8×8 handwritten digits shipped with scikit-learn (works offline); "
+        "fashion-mnist: 28×28 clothing images (offline from Debian's dataset-fashion-mnist)"
         if "digits" in datasets
         else None,
     )
@@ -307,7 +315,8 @@ def add_common_flags(
         "--image-size",
         type=int,
         dest="image_size",
-        help="image side for imagefolder, digits (default 16) and synthetic data",
+        help="image side for imagefolder, fashion-mnist (default 28), digits (default 16) and "
+        "synthetic data",
     )
     parser.add_argument(
         "--synthetic-size",

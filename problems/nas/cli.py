@@ -42,9 +42,10 @@ def nas_main(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Without a command, search runs. `search --help` and `evaluate --help` list\n"
-        "every flag; the common ones: --dataset {cifar10,cifar100,imagefolder,digits,\n"
-        "synthetic}, --data-dir, --out, --epochs, --batch-size, --layers, --init-channels,\n"
-        "--device, --workers, --threads, --resume, --config FILE.toml, --print-config;\n"
+        "every flag; the common ones: --dataset {cifar10,cifar100,imagefolder,\n"
+        "fashion-mnist,digits,synthetic}, --data-dir, --out, --epochs, --batch-size,\n"
+        "--layers, --init-channels, --device, --workers, --threads, --resume,\n"
+        "--config FILE.toml, --print-config;\n"
         "search: --small, --max-steps; evaluate: --genotype, --short;\n"
         "evaluate-imagenet: --dataset {imagenet,imagefolder}, --genotype, --short.",
     )

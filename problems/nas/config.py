@@ -13,7 +13,7 @@ from .search import SearchHyper
 
 M = TypeVar("M", bound=BaseModel)
 
-Dataset = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
+Dataset = Literal["cifar10", "cifar100", "imagefolder", "fashion-mnist", "digits", "synthetic"]
 
 
 def with_preset(config: M, flag: str, preset: dict[str, Any]) -> M:
@@ -73,8 +73,8 @@ class RunBase(BaseModel):
     image_size: int | None = Field(
         None,
         ge=8,
-        description="image side for imagefolder, digits and synthetic data (default 32, digits "
-        "16); CIFAR images are 32",
+        description="image side for imagefolder, fashion-mnist, digits and synthetic data "
+        "(default 32, fashion-mnist 28, digits 16); CIFAR images are 32",
     )
     synthetic_size: int = Field(2048, ge=16, description="examples in the synthetic set")
     log_every: int | None = Field(
@@ -95,7 +95,8 @@ class RunBase(BaseModel):
         if self.dataset in ("cifar10", "cifar100") and self.image_size not in (None, 32):
             raise ValueError(
                 f"image_size={self.image_size}: {self.dataset} images are 32×32; image_size "
-                "applies to imagefolder, digits and synthetic data (leave it out for CIFAR)"
+                "applies to imagefolder, fashion-mnist, digits and synthetic data (leave it "
+                "out for CIFAR)"
             )
         return self
 

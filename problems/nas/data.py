@@ -4,6 +4,10 @@
   transforms, downloaded into ``data_dir`` when allowed and possible;
 - ``imagefolder``: a user's own images, ``data_dir/train/<class>/*`` and optionally
   ``data_dir/test/<class>/*`` (or ``val/``), through ``torchvision.datasets.ImageFolder``;
+- ``fashion-mnist``: ``torchvision.datasets.FashionMNIST`` (70,000 real 28×28 grey
+  images of clothing, 10 classes: 60,000 for training, 10,000 for testing), read from
+  ``data_dir/FashionMNIST/raw/``; offline, the four original IDX files of Debian's
+  ``dataset-fashion-mnist`` package are unpacked there when present, else downloaded;
 - ``digits``: scikit-learn's 1,797 real handwritten digits (8×8, one channel, 10
   classes), shipped inside the package: real images that need no download. A fixed
   split (seed 0) keeps 1,438 for training and 359 for testing; images are resized to
@@ -32,15 +36,19 @@ from ..threads import one_thread_per_worker
 
 logger = logging.getLogger("problems.nas")
 
-DatasetName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
-DEFAULT_IMAGE_SIZE = {"digits": 16}
+DatasetName = Literal["cifar10", "cifar100", "imagefolder", "fashion-mnist", "digits", "synthetic"]
+DEFAULT_IMAGE_SIZE = {"digits": 16, "fashion-mnist": 28}
 """Image side per dataset when ``image_size`` is not given (32 for the others)."""
 
 STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
 }
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package puts the four original IDX files."""
 
 
 OFFLINE_HINT = (
@@ -75,10 +83,12 @@ def transforms_for(dataset: str, train: bool, cutout: int = 0, image_size: int =
 
     mean, std = STATS.get(dataset, STATS["imagefolder"])
     steps = []
-    if dataset == "imagefolder":
+    if dataset == "imagefolder" or (dataset == "fashion-mnist" and image_size != 28):
         steps.append(T.Resize((image_size, image_size)))
     if train:
-        steps += [T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip()]
+        # 4 pixels of padding at 32 (DARTS), in proportion at other sides.
+        pad = 4 if dataset != "fashion-mnist" else max(1, round(image_size / 7))
+        steps += [T.RandomCrop(image_size, padding=pad), T.RandomHorizontalFlip()]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     if train and cutout > 0:
         steps.append(Cutout(cutout))
@@ -227,6 +237,85 @@ def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
     return ImageData(train, test, len(train.classes), name, std=STATS[name][1])
 
 
+def _fashion_mnist(root: Path, download: bool, cutout: int, image_size: int) -> ImageData:
+    """Fashion-MNIST through torchvision's loader, from ``root/FashionMNIST/raw/``, which
+    is filled from Debian's package when it is installed, else downloaded if allowed."""
+    from torchvision import datasets
+
+    cls = datasets.FashionMNIST
+    raw = root / cls.__name__ / "raw"
+    unpacked = _unpack_debian_fashion_mnist(raw, [name for name, _ in cls.resources])
+    train_tf = transforms_for("fashion-mnist", True, cutout, image_size)
+    test_tf = transforms_for("fashion-mnist", False, 0, image_size)
+
+    def build(dl: bool):
+        return (
+            cls(str(root), train=True, transform=train_tf, download=dl),
+            cls(str(root), train=False, transform=test_tf, download=dl),
+        )
+
+    where = (
+        f"Install Debian's dataset-fashion-mnist package (apt-get install "
+        f"dataset-fashion-mnist, files in {DEBIAN_FASHION_MNIST}), or pass --data-dir to a "
+        f"folder holding {cls.__name__}/raw/ with the four IDX files"
+    )
+    created = [p for p in (root, raw.parent, raw) if not p.exists()]
+    try:
+        train, test = build(False)
+    except RuntimeError:
+        if not download:
+            _remove_if_empty(created)
+            raise NasDataError(
+                f"fashion-mnist was not found in {raw} and downloading is off. {where}."
+            ) from None
+        try:
+            train, test = build(True)
+        except Exception as exc:  # network errors come in many types
+            _remove_if_empty(created)
+            raise NasDataError(
+                f"fashion-mnist was not found in {raw} and could not be downloaded "
+                f"({type(exc).__name__}: {_first_line(exc)}). {where}."
+            ) from None
+    except Exception as exc:  # a file is there but is not a readable IDX file
+        raise NasDataError(
+            f"fashion-mnist: the files in {raw} cannot be read ({type(exc).__name__}: "
+            f"{_first_line(exc)}). Delete {raw} and unpack or download them again. {where}."
+        ) from None
+    if unpacked:
+        logger.info(
+            "fashion-mnist: unpacked Debian's files from %s into %s", DEBIAN_FASHION_MNIST, raw
+        )
+    return ImageData(
+        train, test, len(train.classes), "fashion-mnist", channels=1, std=STATS["fashion-mnist"][1]
+    )
+
+
+def _unpack_debian_fashion_mnist(raw: Path, archives: list[str]) -> bool:
+    """Unpack Debian's ``*-ubyte.gz`` files into ``raw`` (as torchvision's own download
+    leaves them) when ``raw`` lacks them and the package is installed; whether it did."""
+    import gzip
+    import os
+    import shutil
+
+    wanted = [(DEBIAN_FASHION_MNIST / name, raw / name.removesuffix(".gz")) for name in archives]
+    if all(target.exists() for _, target in wanted) or not all(src.is_file() for src, _ in wanted):
+        return False
+    raw.mkdir(parents=True, exist_ok=True)
+    for source, target in wanted:
+        if target.exists():
+            continue
+        partial = target.with_name(target.name + ".partial")
+        with gzip.open(source, "rb") as f, open(partial, "wb") as out:
+            shutil.copyfileobj(f, out)
+        os.replace(partial, target)  # a stopped unpack never leaves a truncated file
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _remove_if_empty(folders: list[Path]) -> None:
     """Remove the folders a failed load created, innermost first, if they are empty."""
     for folder in reversed(folders):
@@ -317,6 +406,8 @@ def load_images(
         return ImageData(train, test, 10, "digits", channels=1, std=(train.std,))
     if name in ("cifar10", "cifar100"):
         return _cifar(name, root, download, cutout)
+    if name == "fashion-mnist":
+        return _fashion_mnist(root, download, cutout, image_size)
     if name == "imagefolder":
         return _imagefolder(root, cutout, image_size)
     if name == "synthetic":
@@ -331,7 +422,8 @@ def load_images(
             "synthetic",
         )
     raise NasDataError(
-        f"unknown dataset {name!r}; use cifar10, cifar100, imagefolder, digits or synthetic"
+        f"unknown dataset {name!r}; use cifar10, cifar100, imagefolder, fashion-mnist, digits "
+        "or synthetic"
     )
 
 

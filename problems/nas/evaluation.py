@@ -58,12 +58,14 @@ class EvalCell(nn.Module):
 class AuxiliaryHead(nn.Module):
     """Classifier on the feature map after the second reduction: 8×8 for 32×32 inputs,
     pooled 5×5 with stride 3 to 2×2 as in DARTS (7×7 for 224×224 inputs in the mobile
-    setting, pooled with stride 2 to 2×2); a map smaller than 5×5 (small images
-    such as 16×16 digits) is average-pooled to 2×2 instead."""
+    setting, pooled with stride 2 to 2×2); a map that this pooling would leave smaller
+    than 2×2 (small images: 4×4 for 16×16 digits, 7×7 for 28×28 Fashion-MNIST) is
+    average-pooled to 2×2 instead."""
 
     def __init__(self, channels: int, num_classes: int, stride: int = 3) -> None:
         super().__init__()
         self.pool = nn.AvgPool2d(5, stride=stride, padding=0, count_include_pad=False)
+        self.stride = stride
         self.features = nn.Sequential(
             nn.Conv2d(channels, 128, 1, bias=False),
             nn.BatchNorm2d(128),
@@ -76,7 +78,8 @@ class AuxiliaryHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.relu(x)
-        x = self.pool(x) if min(x.shape[-2:]) >= 5 else nn.functional.adaptive_avg_pool2d(x, 2)
+        pooled = (min(x.shape[-2:]) - 5) // self.stride + 1  # the side DARTS' pooling leaves
+        x = self.pool(x) if pooled >= 2 else nn.functional.adaptive_avg_pool2d(x, 2)
         x = self.features(x)
         x = nn.functional.adaptive_avg_pool2d(x, 1)
         return self.classifier(x.flatten(1))

@@ -193,3 +193,53 @@ def test_digits_search_then_evaluate_offline(tmp_path):
     assert code == 0
     records = [json.loads(x) for x in (evaluation / "metrics.jsonl").read_text().splitlines()]
     assert 0.0 <= records[-1]["test_error"] <= 1.0
+
+
+@pytest.mark.slow
+def test_fashion_mnist_search_then_evaluate_on_idx_files(tmp_path, monkeypatch):
+    """Fashion-MNIST's real IDX format through torchvision's loader: search on the 60k
+    training images' halves, retrain, test on the separate test file."""
+    import problems.nas.data
+
+    from ..idx_fixture import write_fashion_mnist
+
+    monkeypatch.setattr(problems.nas.data, "DEBIAN_FASHION_MNIST", tmp_path / "no-package")
+    data = tmp_path / "data"
+    write_fashion_mnist(data / "FashionMNIST" / "raw", train=48, test=16)
+    common = ["--dataset", "fashion-mnist", "--data-dir", str(data), "--image-size", "16"]
+    out = tmp_path / "search"
+    args = [*common, "--out", str(out), *TINY, "--batch-size", "8", "--max-steps", "2"]
+    assert example().main(["search", *args]) == 0
+    genotype = out / "genotype.json"
+    assert Genotype.load(genotype)
+    evaluation = tmp_path / "evaluate"
+    code = example().main(
+        [
+            "evaluate",
+            *common,
+            "--genotype",
+            str(genotype),
+            "--out",
+            str(evaluation),
+            *("--layers", "2", "--init-channels", "4", "--batch-size", "16", "--epochs", "1"),
+            *("--workers", "0", "--no-progress", "--no-download"),
+        ]
+    )
+    assert code == 0
+    records = [json.loads(x) for x in (evaluation / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["test_error"] in {k / 16 for k in range(17)}  # 16 test images
+
+
+def test_fashion_mnist_offline_is_one_error_line_naming_the_package(tmp_path, monkeypatch, capsys):
+    import problems.nas.data
+
+    monkeypatch.setattr(problems.nas.data, "DEBIAN_FASHION_MNIST", tmp_path / "no-package")
+    args = ["--small", "--dataset", "fashion-mnist", "--no-download", "--no-progress"]
+    with pytest.raises(SystemExit) as stopped:
+        example().main([*args, "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert stopped.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert "dataset-fashion-mnist" in errors[0] and "--data-dir" in errors[0]
+    assert not (tmp_path / "none").exists() and not (tmp_path / "o").exists()

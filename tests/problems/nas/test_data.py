@@ -122,3 +122,69 @@ def test_cifar_refuses_another_image_size():
     with pytest.raises(ValidationError, match="cifar10 images are 32"):
         SearchRun(dataset="cifar10", image_size=9)
     assert EvalRun(dataset="digits", image_size=12).image_size == 12
+
+
+@pytest.fixture
+def no_debian_fashion_mnist(monkeypatch, tmp_path):
+    """The machine's own Debian files (if installed) stay out of these tests."""
+    import problems.nas.data as data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    return data
+
+
+def test_fashion_mnist_idx_files_load_through_torchvision(tmp_path, no_debian_fashion_mnist):
+    from tests.idx_fixture import write_fashion_mnist
+
+    write_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw", train=64, test=16)
+    data = load_images("fashion-mnist", tmp_path / "data", download=False, cutout=4)
+    assert type(data.train).__name__ == "FashionMNIST"
+    assert (len(data.train), len(data.test), data.num_classes, data.channels) == (64, 16, 10, 1)
+    image, label = data.train[0]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and 0 <= label < 10
+    # the test images are the file's, normalised with Fashion-MNIST's statistics
+    raw = data.test.data[3].float() / 255
+    assert torch.allclose(data.test[3][0][0], (raw - 0.2860) / 0.3530, atol=1e-6)
+    assert int(data.test[3][1]) == int(data.test.targets[3])
+    small = load_images("fashion-mnist", tmp_path / "data", download=False, image_size=14)
+    assert small.train[0][0].shape == (1, 14, 14)
+
+
+def test_fashion_mnist_is_unpacked_from_the_debian_package(tmp_path, no_debian_fashion_mnist):
+    from tests.idx_fixture import write_fashion_mnist
+
+    debian = write_fashion_mnist(tmp_path / "debian", train=32, test=8, gzipped=True)
+    no_debian_fashion_mnist.DEBIAN_FASHION_MNIST = debian
+    data = load_images("fashion-mnist", tmp_path / "data", download=False)
+    assert len(data.train) == 32 and len(data.test) == 8
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    names = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte"]
+    assert sorted(p.name for p in raw.iterdir()) == [*names, "train-labels-idx1-ubyte"]
+
+
+def test_fashion_mnist_offline_without_files_names_the_package_and_data_dir(
+    tmp_path, no_debian_fashion_mnist, monkeypatch
+):
+    import torchvision.datasets
+
+    def offline(self):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", offline)
+    for download in (False, True):
+        with pytest.raises(NasDataError) as caught:
+            load_images("fashion-mnist", tmp_path / "none", download=download)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+        assert not (tmp_path / "none").exists()  # nothing left behind
+
+
+def test_fashion_mnist_search_split_keeps_the_test_set_apart(tmp_path, no_debian_fashion_mnist):
+    from tests.idx_fixture import write_fashion_mnist
+
+    write_fashion_mnist(tmp_path / "data" / "FashionMNIST" / "raw", train=40, test=10)
+    data = load_images("fashion-mnist", tmp_path / "data", download=False)
+    a, b = search_split(data.train, 0.5, seed=0)
+    assert len(a) == len(b) == 20 and not set(a.indices) & set(b.indices)
+    assert a.dataset is data.train and data.test is not data.train

@@ -56,3 +56,34 @@ def test_drop_path_is_identity_at_zero_and_in_eval():
     kept = drop_path(torch.ones(1000, 1, 1, 1), 0.3)
     assert abs(float((kept > 0).float().mean()) - 0.7) < 0.06
     assert torch.allclose(kept[kept > 0], torch.tensor(1 / 0.7))
+
+
+def test_auxiliary_head_pools_as_darts_where_it_leaves_two_by_two_else_adaptively():
+    from problems.nas.evaluation import AuxiliaryHead
+
+    torch.manual_seed(0)
+    head = AuxiliaryHead(4, 10, stride=3).eval()
+    x = torch.randn(2, 4, 8, 8)  # CIFAR: DARTS' 5×5 pooling, stride 3, gives 2×2
+    darts = head.classifier(
+        torch.nn.functional.adaptive_avg_pool2d(
+            head.features(torch.nn.functional.avg_pool2d(torch.relu(x), 5, 3)), 1
+        ).flatten(1)
+    )
+    assert torch.equal(head(x), darts)
+    # 7×7 (Fashion-MNIST's 28×28 after two reductions) would pool to 1×1: adaptive 2×2
+    y = torch.randn(2, 4, 7, 7)
+    adaptive = head.classifier(
+        torch.nn.functional.adaptive_avg_pool2d(
+            head.features(torch.nn.functional.adaptive_avg_pool2d(torch.relu(y), 2)), 1
+        ).flatten(1)
+    )
+    assert torch.equal(head(y), adaptive)
+
+
+def test_evaluation_network_with_auxiliary_head_runs_on_28_by_28_grey_images():
+    from problems.nas.evaluation import EvalNetwork
+    from problems.nas.genotype import random_genotype
+
+    net = EvalNetwork(random_genotype(0), 10, layers=4, init_channels=4, in_channels=1)
+    logits, aux = net.train()(torch.randn(2, 1, 28, 28))
+    assert logits.shape == aux.shape == (2, 10)
