@@ -73,14 +73,14 @@ def measure(args, rank: int, world: int) -> dict[str, float]:
 
         return timed
 
-    if engine._reducer is not None:
+    if engine.reducer is not None:
         # Every average (the engine's and SyncBatchNorm's, forward and backward) goes
-        # through mlo.distributed._mean; agreements and broadcasts through the reducer.
-        mlo.distributed._mean = timing(mlo.distributed._mean)
+        # through mlo.parallel.distributed._mean; agreements and broadcasts through the reducer.
+        mlo.parallel.distributed._mean = timing(mlo.parallel.distributed._mean)
         for name in ("all_true", "broadcast_"):
-            setattr(engine._reducer, name, timing(getattr(engine._reducer, name)))
-    if engine._sharding is not None:  # the all-gathers after each optimizer step
-        engine._sharding.gather = timing(engine._sharding.gather)
+            setattr(engine.reducer, name, timing(getattr(engine.reducer, name)))
+    if engine.sharding is not None:  # the all-gathers after each optimizer step
+        engine.sharding.gather = timing(engine.sharding.gather)
     times = []
     for tick in range(n):
         if tick == 2:

@@ -178,7 +178,7 @@ def ddp_part(args, device) -> dict:
     }
     results = alternate(steps, device, args.warmup, args.rounds)
     results["ratio ddp/none"] = results["ddp"]["seconds"] / results["none"]["seconds"]
-    results["world_size"] = mlo.distributed.world_size()
+    results["world_size"] = mlo.parallel.distributed.world_size()
     return results
 
 
@@ -233,7 +233,7 @@ def main() -> None:
     }
     for name in args.parts.split(","):
         results[name] = parts[name](args, device)
-        if mlo.distributed.rank() == 0:
+        if mlo.parallel.distributed.rank() == 0:
             print(json.dumps({name: results[name]}, indent=1), flush=True)
             if args.out is not None:  # after each part, so that a timeout keeps the rest
                 args.out.write_text(json.dumps(results, indent=1))

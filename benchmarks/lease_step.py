@@ -412,8 +412,8 @@ def counting_passes(supernet_forward: list, audience_forward: list, backward: li
 
     hooks = [torch.nn.modules.module.register_module_forward_hook(on_forward)]
     original = torch.autograd.grad
-    # mlo calls autograd's engine directly (mlo.autodiff.vjp), without torch.autograd.grad.
-    engine_call = mlo.autodiff._engine_run_backward
+    # mlo calls autograd's engine directly (mlo.autodiff.products.vjp), without torch.autograd.grad.
+    engine_call = mlo.autodiff.products._engine_run_backward
 
     def counting(function):
         def counted(*a, **k):
@@ -426,12 +426,12 @@ def counting_passes(supernet_forward: list, audience_forward: list, backward: li
         return counted
 
     torch.autograd.grad = counting(original)
-    mlo.autodiff._engine_run_backward = counting(engine_call)
+    mlo.autodiff.products._engine_run_backward = counting(engine_call)
     try:
         yield
     finally:
         torch.autograd.grad = original
-        mlo.autodiff._engine_run_backward = engine_call
+        mlo.autodiff.products._engine_run_backward = engine_call
         for h in hooks:
             h.remove()
 

@@ -76,7 +76,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     engines = {mode: engine(mode, args) for mode in ("partial", "total")}
-    assert engines["total"]._nested("middle") and not engines["partial"]._nested("middle")
+    assert engines["total"].hypergradients.modes.nested("middle")
+    assert not engines["partial"].hypergradients.modes.nested("middle")
     times: dict[str, list[float]] = {mode: [] for mode in engines}
     for i in range(args.warmup + args.rounds):
         for mode, e in engines.items():

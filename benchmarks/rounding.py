@@ -45,7 +45,7 @@ class _OneRank:
 
 def _run_with_sync_formula(script: str, args: list[str]) -> None:
     """Run an example with SyncBatchNorm's own arithmetic on one process."""
-    import mlo.sync_batchnorm as sync
+    import mlo.parallel.sync_batchnorm as sync
 
     sync.distributed = types.SimpleNamespace(world_size=lambda: 2, Reducer=_OneRank)
     sys.argv = [script, *args]

@@ -7,7 +7,7 @@ let the :class:`Engine` train every level through the levels below it.
 import logging
 from typing import Any
 
-from . import checkpoint, data, observe, solvers
+from . import autodiff, data, durable, hypergradient, observe, parallel, solvers
 from .config import EngineConfig, ProblemConfig
 from .engine import Engine
 from .errors import (
@@ -21,8 +21,8 @@ from .errors import (
 )
 from .graph import LevelGraph
 from .observe import observing
+from .parallel.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from .problem import Problem
-from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 logging.getLogger("mlo").addHandler(logging.NullHandler())
 
@@ -52,11 +52,14 @@ __all__ = [
     "SetupError",
     "SyncBatchNorm",
     "__version__",
-    "checkpoint",
+    "autodiff",
     "convert_sync_batchnorm",
     "data",
+    "durable",
     "from_betty",
+    "hypergradient",
     "observe",
     "observing",
+    "parallel",
     "solvers",
 ]

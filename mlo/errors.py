@@ -44,3 +44,22 @@ class CheckpointError(MLOError, RuntimeError):
 
 class NonFiniteError(MLOError, FloatingPointError):
     """A loss, gradient, learning rate or parameter became NaN or infinite."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (``"no message"`` if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def describe_batch(batch: object) -> str:
+    """A batch's structure in words, for error messages: tensors by shape and dtype."""
+    from torch import Tensor
+
+    if isinstance(batch, Tensor):
+        return f"a tensor of shape {tuple(batch.shape)} ({batch.dtype})"
+    if isinstance(batch, (list, tuple)):
+        return "(" + ", ".join(describe_batch(b) for b in batch) + ")"
+    if isinstance(batch, dict):
+        return "{" + ", ".join(f"{k}: {describe_batch(v)}" for k, v in batch.items()) + "}"
+    return type(batch).__name__

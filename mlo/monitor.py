@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,20 @@ class RunMonitor:
         if self._handler is not None:
             logger.removeHandler(self._handler)
             self._handler = None
+
+
+def solver_warnings(
+    problems: Mapping[str, Any],
+    diagnostics: Mapping[str, Mapping[str, float]],
+    tick: int,
+    warned: set[str],
+) -> None:
+    """Log each solver's warnings about its diagnostics (a CG solve that did not
+    converge, a Neumann series that grows, ...), each kind once per level per run
+    (``warned`` remembers them)."""
+    for name, values in diagnostics.items():
+        for message in problems[name].config.solver.warnings(dict(values)):
+            key = f"{name}:{message.split('(')[0]}"
+            if key not in warned:
+                warned.add(key)
+                logger.warning("level %r, step %d: %s", name, tick, message)

@@ -93,6 +93,11 @@ class Problem:
         self.has_batch = False
         self._peers: dict[str, Problem] = {}
 
+    def set_peers(self, peers: dict[str, Problem]) -> None:
+        """The other problems of its engine, reached by name (``self.outer``); the engine
+        calls it when it is built."""
+        self._peers = dict(peers)
+
     def training_step(self, batch: Any) -> Tensor:
         """The objective ``f_P`` on ``batch``: a scalar tensor."""
         raise NotImplementedError(

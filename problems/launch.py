@@ -17,7 +17,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from mlo import distributed
+from mlo.parallel import distributed
 
 
 def launched() -> bool:

@@ -10,7 +10,16 @@
 | ``explicit``    | reverse mode through ``Problem.best_response`` |
 """
 
-from .base import ImplicitSolver, Level, Solver, SolverResult, available, register, resolve
+from .base import (
+    ImplicitSolver,
+    Level,
+    Solver,
+    SolverResult,
+    available,
+    register,
+    resolve,
+    split_by_parents,
+)
 from .cg import CG
 from .darts import Darts
 from .explicit import Explicit
@@ -32,4 +41,5 @@ __all__ = [
     "available",
     "register",
     "resolve",
+    "split_by_parents",
 ]

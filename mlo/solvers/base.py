@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from ..autodiff import SecondOrder
+from ..autodiff.linalg import Vector
+from ..autodiff.trajectory import Trajectory
 from ..errors import SetupError
-from ..linalg import Vector
-from ..trajectory import Trajectory
 
 Objective = Callable[..., Tensor]
 
@@ -145,10 +145,12 @@ class ImplicitSolver(Solver):
         w, diagnostics = self.inverse_hvp(hessian, v, level)
         flat = [t for group in parents for t in group]
         mixed = hessian.mixed(w, flat)
-        return SolverResult(_split([-m for m in mixed], parents), diagnostics)
+        return SolverResult(split_by_parents([-m for m in mixed], parents), diagnostics)
 
 
-def _split(flat: list[Tensor], groups: Sequence[Sequence[Tensor]]) -> list[Vector]:
+def split_by_parents(flat: list[Tensor], groups: Sequence[Sequence[Tensor]]) -> list[Vector]:
+    """``flat``, one tensor per parameter of all parents in order, as one list per parent
+    (``groups``: the parents' parameters), the shape of :attr:`SolverResult.vjps`."""
     out, start = [], 0
     for group in groups:
         out.append(flat[start : start + len(group)])

@@ -5,7 +5,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..autodiff import SecondOrder
-from ..linalg import Vector, axmy, axpy, dot, zeros_like
+from ..autodiff.linalg import Vector, axmy, axpy, dot, zeros_like
 from .base import ImplicitSolver, Level, register
 
 

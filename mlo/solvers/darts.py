@@ -8,8 +8,8 @@ from pydantic import Field
 from torch import Tensor
 
 from ..autodiff import gradient
-from ..linalg import Vector, add, norm, scale
-from .base import Level, Solver, SolverResult, _split, register
+from ..autodiff.linalg import Vector, add, norm, scale
+from .base import Level, Solver, SolverResult, register, split_by_parents
 
 
 @register("darts")
@@ -39,7 +39,7 @@ class Darts(Solver):
             # A nested level: the mixed product of its total gradient, taken exactly (a
             # finite difference of total gradients would cost two nested propagations).
             mixed = level.products().mixed(v, flat)
-            return SolverResult(_split([-xi * m for m in mixed], parents))
+            return SolverResult(split_by_parents([-xi * m for m in mixed], parents))
         r = self.epsilon / norm(v).clamp_min(1e-30)
         theta = [p.detach() for p in level.params]
         step = scale(r, v)
@@ -53,4 +53,6 @@ class Darts(Solver):
             torch._foreach_sub_(perturbed, step)
         minus = gradient(level.objective(perturbed), flat, create_graph=create)
         coef = -xi / (2 * r)
-        return SolverResult(_split([coef * (a - b) for a, b in zip(plus, minus)], parents))
+        return SolverResult(
+            split_by_parents([coef * (a - b) for a, b in zip(plus, minus)], parents)
+        )

@@ -6,9 +6,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..autodiff.linalg import Vector
 from ..errors import SetupError
-from ..linalg import Vector
-from .base import Level, Solver, SolverResult, _split, register
+from .base import Level, Solver, SolverResult, register, split_by_parents
 
 
 @register("explicit")
@@ -41,4 +41,4 @@ class Explicit(Solver):
             allow_unused=True,
             materialize_grads=True,
         )
-        return SolverResult(_split(list(grads), parents))
+        return SolverResult(split_by_parents(list(grads), parents))

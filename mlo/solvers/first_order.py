@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..linalg import Vector
+from ..autodiff.linalg import Vector
 from .base import Level, Solver, SolverResult, register
 
 

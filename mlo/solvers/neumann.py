@@ -5,7 +5,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..autodiff import SecondOrder
-from ..linalg import Vector, add, norm, scale, sub
+from ..autodiff.linalg import Vector, add, norm, scale, sub
 from .base import ImplicitSolver, Level, register
 
 

@@ -6,10 +6,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .. import functional_optim
-from ..autodiff import gradient
-from ..linalg import Vector, dot, norm, sub
-from .base import Level, Solver, SolverResult, _split, register
+from ..autodiff import functional_optim, gradient
+from ..autodiff.linalg import Vector, dot, norm, sub
+from .base import Level, Solver, SolverResult, register, split_by_parents
 
 
 @register("unroll")
@@ -74,13 +73,13 @@ class Unroll(Solver):
         else:
             vjp = [torch.zeros_like(t) for t in flat]
         if not level.diagnose:
-            return SolverResult(_split(vjp, parents))
+            return SolverResult(split_by_parents(vjp, parents))
         with torch.no_grad():
             current = [p.detach() for p in level.params]
             error = norm(sub([p.detach() for p in params], current)) / norm(current).clamp_min(
                 1e-30
             )
-        return SolverResult(_split(vjp, parents), {"unroll_replay_error": error})
+        return SolverResult(split_by_parents(vjp, parents), {"unroll_replay_error": error})
 
 
 def _clip(grads: Vector, max_norm: float) -> Vector:

@@ -3,6 +3,9 @@
 Levels: ``classifier`` (lower) minimises the training loss plus
 ``Σ_j exp(λ_j) ‖W[:, j]‖²``; ``penalty`` (upper) minimises the classifier's validation
 loss over ``λ``. Edge: ``penalty → classifier``.
+
+``levels.py`` holds the problems and ``build``, which wires them into an engine's
+levels.
 """
 
 from ..digits import DigitsSplits, load_digits_splits

@@ -1,8 +1,15 @@
 """LeaSE: learning by self-explanation (Hosseini & Xie, arXiv 2012.12899) on mlo.
 
 Four levels — explainer (W), explain (E), audience (V), relearn (A) — built by
-:func:`build`; see ``levels.py`` for the formulation and ``docs/lease.md`` for the
-choices made where the paper is silent.
+:func:`build`; ``docs/lease.md`` has the choices made where the paper is silent.
+
+- ``levels``: the four problems and the formulation;
+- ``explanations``: how the explainer explains (PGD, sign-PGD, saliency; a registry);
+- ``audience``: the audience's fixed architectures (ResNets);
+- ``build``: the levels wired into an engine's problems and dependencies;
+- ``config``: LeaSE's hyperparameters and the search run's configuration;
+- ``search``: the wiring over a DARTS supernet for ``problems.nas.runner``;
+- ``study``: LeaSE's variants against DARTS and a random cell, over seeds.
 """
 
 from .audience import ResNet

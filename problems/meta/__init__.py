@@ -8,6 +8,9 @@ Levels (edge ``meta → adapt``), for a batch of tasks t with support and query 
 The adapted parameters are φ_t = θ + Δ_t with Δ reset to 0 before each inner loop, so
 differentiating through the inner steps (``unroll``) is exactly MAML's second-order
 gradient, and the implicit function theorem on the proximal objective (``cg``) is iMAML's.
+
+``levels.py`` holds the problems and ``build``, which wires them into an engine's
+levels; ``sinusoid.py`` the task distribution.
 """
 
 from .levels import Adapt, MetaInit, SineMLP, TaskOffsets, adapt_and_score, build, functional_mlp

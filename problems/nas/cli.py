@@ -16,7 +16,8 @@ from ..launch import lead
 from .config import EvalRun, SearchRun
 from .imagenet import ImageNetEvalRun, run_imagenet_evaluation
 from .retrain import run_evaluation
-from .runner import Wiring, genotype_rows, run_search, summary_table
+from .runner import Wiring, run_search
+from .summary import genotype_rows, summary_table
 
 
 @command_line

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import mlo
-from mlo.sampling import resumable_loader
+from mlo.durable.sampling import resumable_loader
 
 from ..threads import one_thread_per_worker
 
@@ -323,7 +323,7 @@ def _remove_if_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
-def _imagefolder(root: Path, cutout: int, image_size: int, transforms=None) -> ImageData:
+def read_imagefolder(root: Path, cutout: int, image_size: int, transforms=None) -> ImageData:
     """``root/train/<class>/*`` and ``root/test`` or ``root/val``, checked; ``transforms``
     (train, test) replaces the default CIFAR-style ones (ImageNet's, in imagenet.py)."""
     from torchvision import datasets
@@ -409,7 +409,7 @@ def load_images(
     if name == "fashion-mnist":
         return _fashion_mnist(root, download, cutout, image_size)
     if name == "imagefolder":
-        return _imagefolder(root, cutout, image_size)
+        return read_imagefolder(root, cutout, image_size)
     if name == "synthetic":
         logger.warning(
             "SYNTHETIC DATA: random class-structured images, for offline smoke runs only; "
@@ -449,7 +449,7 @@ def loader(
     shard: bool = True,
 ) -> DataLoader:
     """A DataLoader whose order and random augmentations are functions of ``(seed,
-    epoch, position)`` (:func:`mlo.sampling.resumable_loader`): the same with any number
+    epoch, position)`` (:func:`mlo.durable.sampling.resumable_loader`): the same with any number
     of workers, and restored exactly by a checkpoint at any position. Under torchrun it
     loads this rank's shard, unless ``shard=False`` (an evaluation every rank runs whole).
     """

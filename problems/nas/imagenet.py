@@ -28,12 +28,12 @@ from mlo.monitor import MetricsWriter
 
 from ..launch import lead, start
 from .config import RunBase, with_preset
-from .data import STATS, ImageData, NasDataError, _imagefolder, loader
+from .data import STATS, ImageData, NasDataError, loader, read_imagefolder
 from .evaluation import MobileNetwork, count_parameters
 from .flops import multiply_adds
 from .genotype import genotype_from
 from .retrain import Retrain, topk_errors, train_one_level
-from .runner import claim_if_lead, resolve_device, seed_everything
+from .run_setup import claim_if_lead, resolve_device, seed_everything
 
 IMAGENET_HELP = (
     "ImageNet cannot be downloaded automatically: register at https://image-net.org, "
@@ -91,7 +91,7 @@ class ImageNetEvalRun(RunBase):
         """``lr``, or 0.5 scaled linearly with the global batch from 1024."""
         if self.lr is not None:
             return self.lr
-        return 0.5 * self.batch_size * mlo.distributed.world_size() / 1024
+        return 0.5 * self.batch_size * mlo.parallel.distributed.world_size() / 1024
 
 
 def imagenet_transforms(train: bool, size: int):
@@ -118,7 +118,7 @@ def load_imagenet(config: ImageNetEvalRun) -> ImageData:
     transforms = (imagenet_transforms(True, size), imagenet_transforms(False, size))
     root = Path(config.data_dir)
     if config.dataset == "imagefolder":
-        return _imagefolder(root, 0, size, transforms)
+        return read_imagefolder(root, 0, size, transforms)
     from torchvision import datasets
 
     try:

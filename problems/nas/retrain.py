@@ -27,7 +27,7 @@ from .data import loader
 from .evaluation import EvalNetwork, count_parameters
 from .genotype import Genotype, genotype_from
 from .loop import train
-from .runner import claim_if_lead, prepare, resume_engine, settings
+from .run_setup import claim_if_lead, prepare, resume_engine, settings
 from .search import ImageLevel, cross_entropy, to_device
 
 
@@ -154,7 +154,7 @@ def train_one_level(
         config=mlo.EngineConfig(
             steps=total,
             progress=False,
-            distributed="ddp" if mlo.distributed.initialized() else "none",
+            distributed="ddp" if mlo.parallel.distributed.initialized() else "none",
         ),
     )
     if config.resume:

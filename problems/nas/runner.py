@@ -1,15 +1,14 @@
-"""The search the NAS examples share, and what it shares with the evaluation.
+"""The search the NAS examples share.
 
 ``run_search`` trains any multilevel search over a DARTS supernet (DARTS itself, LeaSE)
-given a function that wires the levels, through the loop of ``loop.py``; ``prepare``
-(output folder, seeds, device, data) is shared with ``retrain.run_evaluation``. A search
-writes into ``config.out``: ``metrics.jsonl``, a checkpoint, ``genotype.json`` and the
-pictures.
+given a function that wires the levels, through the loop of ``loop.py``; what it shares
+with ``retrain.run_evaluation`` (seeds, device, data, the run folder, resuming) is in
+``run_setup.py``. A search writes into ``config.out``: ``metrics.jsonl``, a checkpoint,
+``genotype.json`` and the pictures.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -19,68 +18,22 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 import mlo
 
-from ..launch import lead, start
-from ..run_folder import (
-    check_resumed_settings,
-    claim,
-    flatten,
-    remove_previous_run,
-    truncate_metrics,
-)
-from .config import EvalRun, SearchRun
-from .data import ImageData, load_images, loader, search_split
+from ..launch import lead
+from ..run_folder import remove_previous_run
+from .config import SearchRun
+from .data import loader, search_split
 from .genotype import Genotype, derive_genotype
 from .loop import train
 from .observe import supernet_accuracy
 from .plots import plot_alpha_evolution, plot_genotype
+from .run_setup import claim_if_lead, prepare, resume_engine, settings
 from .search import build_darts
 from .search_space import ArchitectureWeights, Supernet
 
 logger = logging.getLogger("problems.nas")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use cpu")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def prepare(config: SearchRun | EvalRun, cutout: int = 0) -> tuple[Path, torch.device, ImageData]:
-    """Seed every generator, pick the device, load the data. The output folder is
-    created by the first file written into it, so a run that fails first leaves none."""
-    out = Path(config.out)
-    seed_everything(config.seed)
-    device, _ = start(resolve_device(config.device))
-    data = load_images(
-        config.dataset,
-        config.data_dir,
-        download=config.download,
-        cutout=cutout,
-        image_size=config.image_size,
-        synthetic_size=config.synthetic_size,
-        seed=config.seed,
-    )
-    return out, device, data
 
 
 @dataclass
@@ -132,47 +85,6 @@ def darts_levels(setup: SearchSetup, solver: str, unroll_steps: int = 1):
     )
 
 
-# Settings that say how a run executes, not what it computes: free to change on --resume.
-EXECUTION_SETTINGS = (
-    "resume",
-    "overwrite",
-    "override",
-    "progress",
-    "workers",
-    "device",
-    "max_steps",
-    "checkpoint_every",
-    "log_every",
-    "download",
-    "data_dir",
-    "out",
-    "small",
-    "short",
-)
-
-
-def settings(config: SearchRun | EvalRun) -> dict[str, Any]:
-    """The run's configuration as flat ``{dotted.key: value}`` (stored in checkpoints)."""
-    return flatten(config.model_dump(mode="json"))
-
-
-def resume_engine(engine: mlo.Engine, config: SearchRun | EvalRun, out: Path) -> dict[str, Any]:
-    """Load ``OUT/checkpoint.pt`` into ``engine`` after checking that the run was started
-    with the same settings (but those in ``config.override``); drop the metric records
-    after the checkpoint, which the resumed run writes again. Returns the ``extra``."""
-    checkpoint = out / "checkpoint.pt"
-    device = next(iter(engine.problems.values())).params.tensors[0].device
-    saved = mlo.checkpoint.read(checkpoint, map_location=device)
-    extra = saved.get("extra") if isinstance(saved.get("extra"), dict) else {}
-    check_resumed_settings(
-        extra.get("settings"), settings(config), EXECUTION_SETTINGS, set(config.override)
-    )
-    engine.load_state_dict(saved["engine"], keep_current_hyperparameters=bool(config.override))
-    if lead():
-        truncate_metrics(out / "metrics.jsonl", engine.tick)
-    return extra
-
-
 def run_search(
     config: SearchRun,
     wire: Wiring,
@@ -189,14 +101,6 @@ def run_search(
     """
     with claim_if_lead(config):
         return _search(config, wire, title, accuracy_of, console or Console(stderr=True))
-
-
-def claim_if_lead(config: SearchRun | EvalRun):
-    """The run folder's checks and lock (:func:`problems.run_folder.claim`), taken by the
-    rank that writes; under torchrun the other ranks write nothing."""
-    if not lead():
-        return nullcontext()
-    return claim(Path(config.out), resume=config.resume, overwrite=config.overwrite)
 
 
 def _search(
@@ -369,25 +273,9 @@ def _search(
     )
 
 
-def summary_table(title: str, rows: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False)
-    table.add_column("", style="bold")
-    table.add_column("")
-    for key, value in rows.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
-    return table
-
-
-def genotype_rows(genotype: Genotype) -> dict[str, str]:
-    def cell(pairs):
-        return ", ".join(f"{op}←{i}" for op, i in pairs)
-
-    return {"normal cell": cell(genotype.normal), "reduction cell": cell(genotype.reduce)}
-
-
 def _distributed(config: SearchRun) -> str:
     """The engine's data parallelism: none on one process; under torchrun replicated
     levels ("ddp"), or sharded ones with ``--fsdp``."""
-    if not mlo.distributed.initialized():
+    if not mlo.parallel.distributed.initialized():
         return "none"
     return "fsdp" if config.fsdp else "ddp"

@@ -6,6 +6,9 @@ Levels (edge ``weighting → classifier``):
     weighting:   min_Θ  CE(f(x; W*(Θ)), y)                                     clean meta-set
 
 ``V(·; Θ)`` maps an example's loss to a weight in (0, 1).
+
+``levels.py`` holds the problems and ``build``, which wires them into an engine's
+levels.
 """
 
 from .levels import MetaWeighting, NoisyClassifier, WeightNet, build, symmetric_noise

@@ -8,6 +8,9 @@ Levels (edges relearn → teacher, relearn → student, teacher → student):
 
 ``H`` are the teacher's per-input gates (its "architecture"): the teacher re-learns them
 from how well the student it taught does on validation data.
+
+``levels.py`` holds the problems and ``build``, which wires them into an engine's
+levels.
 """
 
 from .levels import Gates, Relearn, Student, Teacher, build, mlp

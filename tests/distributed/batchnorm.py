@@ -59,7 +59,7 @@ def products(net: nn.Module, x, y, v) -> tuple[torch.Tensor, list, list]:
 
 def main() -> None:
     import mlo
-    from mlo.distributed import Reducer
+    from mlo.parallel.distributed import Reducer
 
     out_dir = Path(sys.argv[1])
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))

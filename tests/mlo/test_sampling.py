@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mlo.data import BatchStream
-from mlo.sampling import resumable_loader
+from mlo.durable.sampling import resumable_loader
 
 
 class Augmented(Dataset):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mlo
-from mlo.linalg import Vector
+from mlo.autodiff.linalg import Vector
 
 from .quadratic import DTYPE, QuadraticSpec
 

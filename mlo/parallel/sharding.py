@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .errors import SetupError
-from .parameters import ParameterSet
+from ..errors import SetupError
+from ..parameters import ParameterSet
 
 if TYPE_CHECKING:
-    from .problem import Problem
+    from ..problem import Problem
 
 
 class Sharding:

@@ -9,7 +9,7 @@ stationary point of ``g_D``, and by the implicit function theorem
 
 Both derivatives are *total* too: a change of ``θ_D`` or of ``θ_U`` moves D's
 descendants, which moves ``g_D``. :class:`TotalSecondOrder` builds ``g_D`` by the
-engine's adjoint propagation with ``create_graph`` (so it is differentiable), and gives
+adjoint propagation with ``create_graph`` (so it is differentiable), and gives
 ``(∂g_D/∂θ_D) x`` and ``(∂g_D/∂θ_U)ᵀ w`` as the total derivatives of the scalar ``xᵀ g_D``
 (resp. ``wᵀ g_D``): its direct derivatives, plus its derivatives through D's descendants
 carried up by adjoint propagation again. The solvers use it in place of
@@ -24,16 +24,12 @@ and that dependence is not propagated: see docs/concepts.md ("Nested levels").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .adjoint import propagate
-from .linalg import Vector
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from ..autodiff.linalg import Vector
+from .adjoint import AdjointPropagation
 
 
 def _inner(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
@@ -43,28 +39,33 @@ def _inner(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
 class TotalSecondOrder:
     """Hessian-vector and mixed products of ``g_D``, level ``name``'s total gradient.
 
-    ``parents`` are the levels whose parameters :meth:`mixed` differentiates by (D's
-    parents in the propagation that asked); ``create_graph`` makes every product
-    differentiable in turn (needed when an upper level is itself nested).
+    ``propagation`` is the adjoint propagation that builds ``g_D`` and carries products
+    up through D's descendants; ``parents`` are the levels whose parameters
+    :meth:`mixed` differentiates by (D's parents in the propagation that asked);
+    ``create_graph`` makes every product differentiable in turn (needed when an upper
+    level is itself nested).
     """
 
     def __init__(
-        self, engine: Engine, name: str, parents: Sequence[str], create_graph: bool = False
+        self,
+        propagation: AdjointPropagation,
+        name: str,
+        parents: Sequence[str],
+        create_graph: bool = False,
     ) -> None:
-        self.engine, self.name, self.parents = engine, name, list(parents)
+        self.propagation, self.name, self.parents = propagation, name, list(parents)
+        self.evaluator = propagation.evaluator
         self.create_graph = create_graph
-        problem = engine.problems[name]
-        self.params = list(engine._values.get(name, problem.params.tensors))
-        loss = engine._objective(name)
-        g = propagate(engine, loss, name, [name], create_graph=True)[name]
+        self.params = self.evaluator.params(name)
+        loss = self.evaluator.objective(name)
+        g = propagation(loss, name, [name], create_graph=True)[name]
         self.grad = [torch.zeros_like(p) for p in self.params] if g is None else g
 
     def _total(self, vector: Sequence[Tensor], targets: Sequence[str]) -> list[Vector | None]:
         scalar = _inner(self.grad, vector)
         if not isinstance(scalar, Tensor):
             return [None for _ in targets]
-        found = propagate(
-            self.engine,
+        found = self.propagation(
             scalar,
             self.name,
             targets,
@@ -76,11 +77,12 @@ class TotalSecondOrder:
     def hvp(self, vector: Sequence[Tensor]) -> Vector:
         """``(∂g_D/∂θ_D) x``, total: D's descendants respond to ``θ_D``. Under data
         parallelism it is averaged over the ranks, as the partial products are: each
-        rank's is its share of the global batch's (see :meth:`mlo.distributed.Reducer.mean`)."""
+        rank's is its share of the global batch's (see
+        :meth:`mlo.parallel.distributed.Reducer.mean`)."""
         (product,) = self._total(vector, [self.name])
         if product is None:
             return [torch.zeros_like(p) for p in self.params]
-        return self.engine._mean(self.name, product)
+        return self.evaluator.mean(self.name, product)
 
     def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
         """``(∂g_D/∂θ_U)ᵀ w`` for the parents' parameters ``others`` (in the order of
@@ -88,7 +90,7 @@ class TotalSecondOrder:
         products = self._total(vector, self.parents)
         out: Vector = []
         for name, product in zip(self.parents, products):
-            params = self.engine._values.get(name, self.engine.problems[name].params.tensors)
+            params = self.evaluator.values.get(name, self.evaluator.problems[name].params.tensors)
             out.extend([torch.zeros_like(p) for p in params] if product is None else product)
         if len(out) != len(others) or any(a.shape != b.shape for a, b in zip(out, others)):
             raise RuntimeError(

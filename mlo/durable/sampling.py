@@ -136,7 +136,7 @@ def resumable_loader(
     Under ``torch.distributed`` (``rank``/``world`` default to the default process
     group's) each rank loads its shard: ``batch_size`` is the per-rank batch, and the
     ranks' batches together are one process's batch of ``world · batch_size``."""
-    from . import distributed
+    from ..parallel import distributed
 
     rank = distributed.rank() if rank is None else rank
     world = distributed.world_size() if world is None else world

@@ -10,17 +10,41 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
+from ..errors import CheckpointError, MLOError
 from . import rng
-from .errors import CheckpointError, MLOError
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..autodiff.trajectory import Trajectory
+    from ..config import EngineConfig
+    from ..graph import LevelGraph
+    from ..parallel.distributed import Reducer
+    from ..parallel.sharding import Sharding
+    from ..problem import Problem
+    from ..schedule import Schedule
+    from .finite import FiniteGuard
+    from .rotation import CheckpointRotation
+
+
+class Engine(Protocol):
+    """What of an engine its state is made of (:class:`mlo.Engine` has all of it)."""
+
+    config: EngineConfig
+    problems: dict[str, Problem]
+    graph: LevelGraph
+    schedule: Schedule
+    trajectories: dict[str, Trajectory]
+    tick: int
+    updates: dict[str, int]
+    reducer: Reducer | None
+    sharding: Sharding | None
+    rotation: CheckpointRotation
+    guard: FiniteGuard
+
 
 FORMATS = ("mlo.engine/1", "mlo.engine/2")
 
@@ -44,10 +68,16 @@ def module_state(engine: Engine, name: str, full: bool = True) -> dict[str, Any]
     every shard gathered into a full tensor (a collective: every rank calls it), and
     the level's parameters gathered again afterwards (FSDP2's state-dict hooks register
     the sharded ones)."""
-    sharding = engine._sharding_of(name)
+    sharding = _sharding_of(engine, name)
     if sharding is None:
         return engine.problems[name].module.state_dict()
     return sharding.module_state(name, full)
+
+
+def _sharding_of(engine: Engine, name: str) -> Sharding | None:
+    """The engine's sharding if level ``name`` is fully sharded."""
+    sharding = engine.sharding
+    return sharding if sharding is not None and name in sharding else None
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer | None, scheduler: Any) -> Any:
@@ -87,7 +117,7 @@ def engine_state(engine: Engine) -> dict[str, Any]:
     gathered into full tensors (:meth:`mlo.sharding.Sharding.full_state`)."""
 
     def full(name: str, value: Any) -> Any:
-        sharding = engine._sharding_of(name)
+        sharding = _sharding_of(engine, name)
         return value if sharding is None else sharding.full_state(value)
 
     modules = {n: module_state(engine, n) for n in engine.problems}  # (one gather each)
@@ -98,9 +128,9 @@ def engine_state(engine: Engine) -> dict[str, Any]:
             n: optimizer_settings(p.optimizer, p.scheduler) for n, p in engine.problems.items()
         },
         "tick": engine.tick,
-        "written_checkpoints": [str(p) for p in engine._written],
+        "written_checkpoints": [str(p) for p in engine.rotation.written],
         "updates": dict(engine.updates),
-        "skipped": dict(engine.skipped),
+        "skipped": dict(engine.guard.skipped),
         "schedule": engine.schedule.state_dict(),
         "rng": rng.capture(),
         "trajectories": {n: t.state_dict() for n, t in engine.trajectories.items()},
@@ -116,7 +146,7 @@ def engine_state(engine: Engine) -> dict[str, Any]:
             for n, p in engine.problems.items()
         },
     }
-    reducer = engine._reducer
+    reducer = engine.reducer
     if reducer is not None:
         mine = {
             "rng": state["rng"],
@@ -144,8 +174,8 @@ def _this_rank(
     checkpoint written on any number of ranks: its own when the number is the same;
     otherwise the saved global batches re-split evenly (the global batch is unchanged),
     and rank 0's random state."""
-    rank = 0 if engine._reducer is None else engine._reducer.rank
-    world = 1 if engine._reducer is None else engine._reducer.world
+    rank = 0 if engine.reducer is None else engine.reducer.rank
+    world = 1 if engine.reducer is None else engine.reducer.world
     saved = state.get("ranks")
     if saved is None:
         per_rank = {n: [state["problems"][n]["batch"]] for n in engine.problems}
@@ -210,7 +240,7 @@ def restore_engine_state(
     own_rng, own_batches, own_recorded = _this_rank(engine, state)
     for name, p in engine.problems.items():
         saved = state["problems"][name]
-        sharding = engine._sharding_of(name)
+        sharding = _sharding_of(engine, name)
         if sharding is not None:  # full tensors in the file, sliced for this rank's shards
             sharding.load_module(name, saved["module"])
         else:
@@ -236,15 +266,9 @@ def restore_engine_state(
         )
     rng.restore(own_rng)
     engine.tick = state["tick"]
-    # A run resumed into another checkpoint folder never deletes files outside it.
-    folder = engine.config.checkpoint_dir
-    engine._written = [
-        Path(p)
-        for p in state.get("written_checkpoints", [])
-        if folder is not None and Path(p).parent == Path(folder)
-    ]
+    engine.rotation.restore(state.get("written_checkpoints", []))
     engine.updates = dict(state["updates"])
-    engine.skipped = dict(state.get("skipped", engine.skipped))
+    engine.guard.skipped = dict(state.get("skipped", engine.guard.skipped))
 
 
 def _validate(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 FORMAT = "mlo.checkpoint/2"
 

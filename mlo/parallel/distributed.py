@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import SetupError
+from ..errors import SetupError
 
 
 def initialized() -> bool:

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import distributed, observe
+from .. import observe
+from . import distributed
 
 
 class SyncBatchNorm(_BatchNorm):

@@ -1,0 +1,123 @@
+"""Total gradients: :class:`Hypergradients` composes the evaluator, the Jacobian modes,
+adjoint propagation and the nested products into what the engine asks for, a level's
+gradient through the levels below it, and builds the :class:`~mlo.solvers.Level` view
+each solver gets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..autodiff import gradient
+from ..autodiff.linalg import Vector
+from ..autodiff.trajectory import CURRENT_BATCH, Trajectory
+from ..graph import LevelGraph
+from ..solvers import Level
+from .adjoint import AdjointPropagation, Watch
+from .evaluator import Evaluator
+from .jacobian import JacobianModes
+from .nested import TotalSecondOrder
+
+
+class Hypergradients:
+    """Every level's total gradient (DESIGN §2) for one engine.
+
+    Args:
+        evaluator: the levels' objectives, batches and averages.
+        graph: the level graph.
+        trajectories: the recorded optimizer steps of the levels that ``unroll`` replays.
+        watch: queues tensors for the finiteness check, blamed on a level.
+    """
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        graph: LevelGraph,
+        trajectories: Mapping[str, Trajectory],
+        watch: Watch,
+    ) -> None:
+        self.evaluator = evaluator
+        self.trajectories = trajectories
+        self.descendants = {n: graph.descendants(n) for n in graph.names}
+        self.modes = JacobianModes(evaluator, self.descendants)
+        self.diagnostics: dict[str, dict[str, Tensor]] = {}
+        """The latest diagnostics of each level's solver."""
+        self.diagnose = True
+        """Whether solvers compute their diagnostics now (the engine turns it off on the
+        ticks it does not report)."""
+        self.propagate = AdjointPropagation(
+            evaluator, graph, self.descendants, self.level, self.modes, watch, self.diagnostics
+        )
+
+    def total_gradient(self, name: str, loss: Tensor) -> Vector:
+        """``d f_P / d θ_P`` with every descendant at its best response, by adjoint
+        propagation, averaged over data-parallel ranks."""
+        evaluator = self.evaluator
+        params = evaluator.problems[name].params.tensors
+        if not self.descendants[name]:
+            return evaluator.mean(name, gradient(loss, params))
+        with evaluator.buffers.preserved():
+            own = self.propagate(loss, name, [name], watch=True)[name]
+        if own is None:
+            return [torch.zeros_like(p) for p in params]
+        return evaluator.mean(name, own)
+
+    def total_gradient_at(self, name: str, params: Sequence[Tensor], batch: Any) -> Vector:
+        """Level ``name``'s total gradient with its parameters replaced by ``params`` (its
+        lower levels see them too), on ``batch``, differentiable in ``params`` and in
+        every other level's parameters: a training step of a nested level, as ``unroll``
+        replays it."""
+        params = list(params)
+        # D's lower levels compute with fresh aliases of their parameters: derivatives by
+        # them are then those at this θ_D, not also through the history of θ_D (earlier
+        # replayed steps, which read the same lower levels).
+        values = {name: params}
+        problems = self.evaluator.problems
+        for lower in self.descendants[name]:
+            values[lower] = [p.view_as(p) for p in problems[lower].params.tensors]
+        with self.evaluator.replaced(values), self.evaluator.buffers.preserved():
+            loss = self.evaluator.objective(name, batch=batch)
+            own = self.propagate(loss, name, [name], create_graph=True)
+        if own[name] is None:
+            return [torch.zeros_like(p) for p in params]
+        return own[name]
+
+    def level(self, name: str, parents: Sequence[str] = (), create_graph: bool = False) -> Level:
+        """What level ``name``'s solver sees, for a product with ``parents``' parameters."""
+        evaluator = self.evaluator
+        problem = evaluator.problems[name]
+        lr = None if problem.optimizer is None else float(problem.optimizer.param_groups[0]["lr"])
+        nested = self.modes.nested(name)
+        return Level(
+            name=name,
+            params=evaluator.params(name),
+            objective=_objective_of(evaluator, name),
+            learning_rate=lr,
+            grad_clip=problem.config.grad_clip,
+            trajectory=self.trajectories.get(name),
+            response=(lambda: evaluator.response(name)) if problem.explicit else None,
+            average=evaluator.average_of(name),
+            second_order=(
+                (lambda: TotalSecondOrder(self.propagate, name, parents, create_graph))
+                if nested
+                else None
+            ),
+            total=nested,
+            total_gradient=(
+                (lambda params, batch: self.total_gradient_at(name, params, batch))
+                if nested
+                else None
+            ),
+            create_graph=create_graph,
+            diagnose=self.diagnose and not create_graph,
+        )
+
+
+def _objective_of(evaluator: Evaluator, name: str) -> Callable[..., Tensor]:
+    def objective(params: Sequence[Tensor] | None = None, batch: Any = CURRENT_BATCH) -> Tensor:
+        return evaluator.objective(name, params, batch)
+
+    return objective
