@@ -105,6 +105,17 @@ SUITE = [
         ["--rounds", "2", "--warmup", "0", "--width", "4"],
     ),
     Benchmark(
+        "threads",
+        "CPU threads on a quiet and on a busy machine",
+        "threads.py",
+        "The main job's search on digits (`lease_cifar.py search --small --dataset digits`, "
+        "3 architecture updates, whole process) with the examples' default threads, with "
+        "one thread per core fixed (the default before it adapted), and with `--threads 1`; "
+        "busy: one spinning process per core. The machine's other work was paused.",
+        ["--rounds", "2"],
+        ["--rounds", "1", "--steps", "1", "--quiet-only"],
+    ),
+    Benchmark(
         "checkpoint",
         "Checkpoints",
         "checkpoint.py",

@@ -24,13 +24,19 @@ def describe(
     lines = ["levels (top to bottom):"]
     for name in graph.order:
         cfg = problems[name].config
+        lowers = f" lowers=[{', '.join(graph.children[name])}]" if graph.children[name] else ""
+        if not graph.parents[name]:
+            # No level above differentiates through a top level: its solver, unroll steps
+            # and Jacobian are never used.
+            lines.append(f"  {name}: top level (no solver: nothing above reads it){lowers}")
+            continue
         solver = cfg.solver
         knobs = ", ".join(f"{k}={v}" for k, v in solver.model_dump().items())
         lines.append(
             f"  {name}: solver={solver.name}({knobs}) unroll_steps={cfg.unroll_steps}"
             + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
-            + (f" lowers=[{', '.join(graph.children[name])}]" if graph.children[name] else "")
-            + modes.describe(name, bool(graph.parents[name]))
+            + lowers
+            + modes.describe(name, True)
         )
     lines.append("edges (upper → lower):")
     edges = graph.edges()

@@ -111,6 +111,9 @@ class Engine:
         }
         self.tick = 0
         self.updates: dict[str, int] = dict.fromkeys(self.problems, 0)
+        self.updating: str | None = None
+        """The level being updated now (``None`` between updates): a progress display
+        may read it from another thread."""
         replicated = {n: not (p.explicit and p.optimizer is None) for n, p in self.problems.items()}
         # Any objective may read any module, so re-evaluations guard all buffers.
         buffers = BufferGuard([p.module for p in problems])
@@ -153,9 +156,11 @@ class Engine:
                 if action.kind == "reset":
                     self._reset(action.problem)
                 else:
+                    self.updating = action.problem
                     self._update(action.problem)
         finally:
             self.hypergradients.diagnose = True
+            self.updating = None
         self.tick += 1
         if self.reducer is not None:
             self.evaluator.buffers.broadcast(self.reducer)

@@ -1,14 +1,18 @@
 """A rich progress display for the example training loops.
 
 The first line is the bar: label, bar, steps done of the total, elapsed time, time
-remaining, and the rate; it advances with every update. The second line holds the latest
-named fields (losses, accuracies, epoch), which change only when the loop records them, so
-a narrow terminal never squeezes the bar out.
+remaining, and the rate; it advances with every update. The time remaining is this
+process's mean time per update times the updates left, so it shows from the second update
+on however long an update takes. The second line holds the latest named fields (losses,
+accuracies, epoch), which change only when the loop records them, so a narrow terminal
+never squeezes the bar out. A third line, refreshed four times a second, says what the
+update under way is doing (which level, through which lower levels' solvers).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -18,7 +22,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -39,8 +42,11 @@ class TrainingProgress:
         console: Console | None = None,
         unit: str = "img/s",
         completed: int = 0,
+        activity: Callable[[], str] | None = None,
     ) -> None:
         self.enabled = enabled
+        self.completed, self.total = completed, total
+        self.activity = activity
         self.console = console or Console(stderr=True)
         self.start = time.perf_counter()
         self.images = 0
@@ -53,14 +59,15 @@ class TrainingProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+                TextColumn("eta {task.fields[eta]}"),
                 TextColumn("{task.fields[rate]}"),
                 console=self.console,
             )
-            self._task = self._progress.add_task(label, total=total, completed=completed, rate="")
+            self._task = self._progress.add_task(
+                label, total=total, completed=completed, rate="", eta="-:--:--"
+            )
             self._live = Live(
-                Group(self._progress, self._fields), console=self.console, refresh_per_second=4
+                console=self.console, refresh_per_second=4, get_renderable=self._render
             )
 
     def __enter__(self) -> TrainingProgress:
@@ -72,6 +79,23 @@ class TrainingProgress:
         if self._live is not None:
             self._live.stop()
 
+    def _render(self) -> Group:
+        lines = [self._progress, self._fields]
+        now = self.activity() if self.activity is not None else ""
+        if now:
+            lines.append(Text(now, style="dim", overflow="ellipsis", no_wrap=True))
+        return Group(*lines)
+
+    def eta(self, done: int) -> str:
+        """The time left as ``H:MM:SS``: this process's mean seconds per update times the
+        updates left (``-:--:--`` before its first update)."""
+        mine = done - self.completed
+        if mine <= 0:
+            return "-:--:--"
+        left = (time.perf_counter() - self.start) / mine * max(0, self.total - done)
+        hours, rest = divmod(round(left), 3600)
+        return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
     def images_per_second(self) -> float:
         elapsed = time.perf_counter() - self.start
         return self.images / elapsed if elapsed > 0 else 0.0
@@ -82,7 +106,10 @@ class TrainingProgress:
         if self._live is None:
             return
         self._progress.update(
-            self._task, completed=done, rate=f"{self.images_per_second():.3g} {self.unit}"
+            self._task,
+            completed=done,
+            rate=f"{self.images_per_second():.3g} {self.unit}",
+            eta=self.eta(done),
         )
 
     def record(self, **fields: float | int | str) -> None:

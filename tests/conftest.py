@@ -4,10 +4,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from .cifar_fixture import write_cifar10, write_cifar100
+
+# One torch thread in the test process, as in every child it starts (tests/scripts.py):
+# the tests' tensors are small, and on a machine that other jobs keep busy, threads that
+# wait for each other make a quick test run many times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

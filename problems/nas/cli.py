@@ -17,7 +17,7 @@ from .config import EvalRun, SearchRun
 from .imagenet import ImageNetEvalRun, run_imagenet_evaluation
 from .retrain import run_evaluation
 from .runner import Wiring, run_search
-from .summary import genotype_rows, summary_table
+from .summary import genotype_rows, images_per_second_label, summary_table
 
 
 @command_line
@@ -148,7 +148,9 @@ def nas_main(
     if args.print_config:
         print_config(config)
         return 0
-    logging.getLogger("problems.nas").info(apply_threads(args.threads))
+    threads = apply_threads(args.threads)
+    if lead():  # under torchrun every rank sets its threads; one says so
+        logging.getLogger("problems.nas").info(threads)
     if args.command == "search":
         title = title_of(config)
         result = run_search(config, wire, title=title, accuracy_of=accuracy_of, console=console)
@@ -162,7 +164,7 @@ def nas_main(
                     "dataset": config.dataset,
                     "steps (architecture updates)": str(result.steps),
                     "search time": f"{result.seconds:.1f} s",
-                    "images / s": f"{result.images_per_second:.3g}",
+                    images_per_second_label(): f"{result.images_per_second:.3g}",
                     "supernet val accuracy": f"{100 * result.val_accuracy:.2f} % "
                     f"({result.extra['val_images']} search-val images)",
                     **{

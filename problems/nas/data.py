@@ -78,8 +78,33 @@ class Cutout:
         return img
 
 
+def torchvision_part(name: str):
+    """``torchvision.<name>`` (``datasets`` or ``transforms``); a torchvision that cannot
+    be imported, as when it was built for another torch (``operator torchvision::nms does
+    not exist``), is a :class:`NasDataError` in one line that names both versions."""
+    import importlib
+    from importlib import metadata
+
+    try:
+        return importlib.import_module(f"torchvision.{name}")
+    except (ImportError, RuntimeError, OSError) as exc:
+        try:
+            version = metadata.version("torchvision")
+        except metadata.PackageNotFoundError:
+            raise NasDataError(
+                f"torchvision is not installed; install the release made for torch "
+                f"{torch.__version__} (pip install torchvision)"
+            ) from None
+        raise NasDataError(
+            f"torchvision {version} does not work with torch {torch.__version__} "
+            f"({type(exc).__name__}: {_first_line(exc)}): they are not a matching pair. "
+            "Install both together, e.g. pip install torch==2.14.1 torchvision==0.29.1 "
+            "(on a CPU-only machine add --index-url https://download.pytorch.org/whl/cpu)"
+        ) from None
+
+
 def transforms_for(dataset: str, train: bool, cutout: int = 0, image_size: int = 32):
-    from torchvision import transforms as T
+    T = torchvision_part("transforms")
 
     mean, std = STATS.get(dataset, STATS["imagefolder"])
     steps = []
@@ -189,7 +214,7 @@ class ImageData:
 
 
 def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
-    from torchvision import datasets
+    datasets = torchvision_part("datasets")
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     folder = root / cls.base_folder
@@ -240,7 +265,7 @@ def _cifar(name: str, root: Path, download: bool, cutout: int) -> ImageData:
 def _fashion_mnist(root: Path, download: bool, cutout: int, image_size: int) -> ImageData:
     """Fashion-MNIST through torchvision's loader, from ``root/FashionMNIST/raw/``, which
     is filled from Debian's package when it is installed, else downloaded if allowed."""
-    from torchvision import datasets
+    datasets = torchvision_part("datasets")
 
     cls = datasets.FashionMNIST
     raw = root / cls.__name__ / "raw"
@@ -326,7 +351,7 @@ def _remove_if_empty(folders: list[Path]) -> None:
 def read_imagefolder(root: Path, cutout: int, image_size: int, transforms=None) -> ImageData:
     """``root/train/<class>/*`` and ``root/test`` or ``root/val``, checked; ``transforms``
     (train, test) replaces the default CIFAR-style ones (ImageNet's, in imagenet.py)."""
-    from torchvision import datasets
+    datasets = torchvision_part("datasets")
 
     if transforms is None:
         transforms = (

@@ -192,3 +192,11 @@ def genotype_from(spec: str | Path) -> Genotype:
             f"genotype {str(spec)!r} is neither a file nor a known name ({', '.join(NAMED)})"
         )
     return Genotype.load(path)
+
+
+def input_name(index: int) -> str:
+    """The name of a cell's input ``index`` as the pictures and tables show it: the two
+    previous cells' outputs ``c_{k-2}`` and ``c_{k-1}``, then the intermediate nodes
+    ``0``, ``1``, ... (a genotype stores DARTS' indices: 0 and 1 the inputs, node ``n``
+    at ``n + 2``)."""
+    return {0: "c_{k-2}", 1: "c_{k-1}"}.get(index, f"node {index - 2}")

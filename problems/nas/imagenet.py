@@ -28,7 +28,7 @@ from mlo.monitor import MetricsWriter
 
 from ..launch import lead, start
 from .config import RunBase, with_preset
-from .data import STATS, ImageData, NasDataError, loader, read_imagefolder
+from .data import STATS, ImageData, NasDataError, loader, read_imagefolder, torchvision_part
 from .evaluation import MobileNetwork, count_parameters
 from .flops import multiply_adds
 from .genotype import genotype_from
@@ -97,7 +97,7 @@ class ImageNetEvalRun(RunBase):
 def imagenet_transforms(train: bool, size: int):
     """RandomResizedCrop, flip and colour jitter for training; resize to 8/7 of the crop
     (256 for 224) and centre crop for validation; ImageNet's normalisation."""
-    from torchvision import transforms as T
+    T = torchvision_part("transforms")
 
     mean, std = STATS["imagefolder"]
     tail = [T.ToTensor(), T.Normalize(mean, std)]
@@ -119,7 +119,7 @@ def load_imagenet(config: ImageNetEvalRun) -> ImageData:
     root = Path(config.data_dir)
     if config.dataset == "imagefolder":
         return read_imagefolder(root, 0, size, transforms)
-    from torchvision import datasets
+    datasets = torchvision_part("datasets")
 
     try:
         train = datasets.ImageNet(str(root), split="train", transform=transforms[0])

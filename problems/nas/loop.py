@@ -16,6 +16,7 @@ from mlo.monitor import MetricsWriter
 
 from ..launch import lead
 from ..progress import TrainingProgress
+from ..threads import adapt_threads
 
 
 def train(
@@ -50,8 +51,19 @@ def train(
     checkpoint = out / "checkpoint.pt"
     try:
         shown = progress and lead()
-        with TrainingProgress(total, title, shown, console, completed=engine.tick) as bar:
+        ranks = mlo.parallel.distributed.world_size()
+        unit = "img/s" if ranks == 1 else "img/s per rank"
+        with TrainingProgress(
+            total,
+            title,
+            shown,
+            console,
+            unit=unit,
+            completed=engine.tick,
+            activity=lambda: activity_of(engine, total),
+        ) as bar:
             while engine.tick < total:
+                adapt_threads()  # fewer threads while other processes use the cores
                 engine.step()
                 done = engine.tick
                 bar.advance(done, (done - start_tick) * images_per_tick)
@@ -65,3 +77,16 @@ def train(
     finally:
         writer.close()
     return time.perf_counter() - start
+
+
+def activity_of(engine: mlo.Engine, total: int) -> str:
+    """What the update under way does, in words: the tick, the level, and the lower levels
+    (with their solvers) its hypergradient goes through; empty between updates."""
+    name = engine.updating
+    if name is None:
+        return ""
+    below = engine.graph.descendants(name)
+    through = ", ".join(f"{n} ({engine.problems[n].config.solver.name})" for n in below)
+    return f"step {engine.tick + 1}/{total}: updating {name}" + (
+        f", its hypergradient through {through}" if through else ""
+    )

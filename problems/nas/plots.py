@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .genotype import Genotype
+from .genotype import Genotype, input_name
 from .operations import PRIMITIVES
 
 COLORS = {
@@ -61,7 +61,7 @@ def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title
     ax.set_ylim(-0.15, 1.15)
     ax.set_title(title)
     ax.axis("off")
-    names = {0: "c_{k-2}", 1: "c_{k-1}", **{2 + i: str(i) for i in range(nodes)}}
+    names = {i: input_name(i).removeprefix("node ") for i in range(2 + nodes)}
     for k, (op, src) in enumerate(cell):
         dst = 2 + k // 2
         rad = 0.2 if k % 2 else -0.2
@@ -138,6 +138,24 @@ def plot_genotype(genotype: Genotype, path: str | Path, title: str = "") -> Path
     return path
 
 
+SEPARATED = 0.01
+"""How far from 1/8 some operation's weight must move before ``alphas.png`` stops saying
+that α has not separated."""
+
+
+def separation_note(normal: torch.Tensor, reduce: torch.Tensor) -> str | None:
+    """``None`` when some operation's weight (softmax of α, any step, either cell) moved
+    at least :data:`SEPARATED` from the uniform 1/8; else the note ``alphas.png`` shows."""
+    both = torch.cat([normal.flatten(), reduce.flatten()]).float()
+    spread = float((both - 1.0 / len(PRIMITIVES)).abs().max())
+    if spread >= SEPARATED:
+        return None
+    return (
+        f"α has not separated: every weight is within {spread:.4f} of 1/8 (dashed), so the "
+        "derived cell is close to a random pick"
+    )
+
+
 def plot_alpha_evolution(
     steps: Sequence[int],
     normal: Sequence[torch.Tensor],
@@ -145,7 +163,12 @@ def plot_alpha_evolution(
     path: str | Path,
 ) -> Path:
     """Softmax of α per edge and operation over the search: one panel per edge, for the
-    normal cell (top rows) and the reduction cell (bottom rows)."""
+    normal cell (top rows) and the reduction cell (bottom rows).
+
+    A dashed line marks the uniform weight 1/8 that every edge starts from, the y-axis
+    always spans at least ±0.02 around it, and when no weight has moved more than
+    :data:`SEPARATED` from it the figure says that α has not separated: a derived cell
+    is then close to a random pick, and the curves' wiggles are noise, not a trend."""
     plt = _pyplot()
     normal_t = torch.stack([w.float().cpu() for w in normal])  # (T, edges, ops)
     reduce_t = torch.stack([w.float().cpu() for w in reduce])
@@ -156,20 +179,30 @@ def plot_alpha_evolution(
         rows, cols, figsize=(2.6 * cols, 1.9 * rows), sharex=True, sharey=True, squeeze=False
     )
     half = rows // 2
+    uniform = 1.0 / len(PRIMITIVES)
+    both = torch.cat([normal_t.flatten(), reduce_t.flatten()])
+    low = min(float(both.min()), uniform - 0.02)
+    high = max(float(both.max()), uniform + 0.02)
     for block, (name, data) in enumerate((("normal", normal_t), ("reduce", reduce_t))):
         for e in range(edges):
             ax = axes[block * half + e // cols][e % cols]
+            ax.axhline(uniform, color="0.5", lw=0.8, ls="--")
             for o, op in enumerate(PRIMITIVES):
                 ax.plot(list(steps), data[:, e, o].tolist(), color=COLORS[op], lw=1.2, label=op)
             ax.set_title(f"{name} edge {e}", fontsize=8)
             ax.tick_params(labelsize=6)
+            ax.set_ylim(low, high)
+    note = separation_note(normal_t, reduce_t)
+    if note is not None:
+        fig.suptitle(note, fontsize=10, color="#b2182b", y=0.995)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(PRIMITIVES), fontsize=8)
     fig.supxlabel("architecture update", y=0.04)
     fig.supylabel("softmax(α)")
     # Fixed margins: the panels share their axes, and tight_layout would measure all
     # 28 of them (seconds per search).
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.95, hspace=0.5, wspace=0.08)
+    top = 0.95 if note is None else 0.92
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=top, hspace=0.5, wspace=0.08)
     path = Path(path)
     fig.savefig(path, dpi=90)
     plt.close(fig)

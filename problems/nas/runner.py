@@ -209,7 +209,7 @@ def _search(
         return {
             "epoch": engine.problems[top].stream.epoch,
             **accuracies,
-            "lr": engine.problems[top].optimizer.param_groups[0]["lr"],
+            f"{top} lr": engine.problems[top].optimizer.param_groups[0]["lr"],
         }
 
     start_tick = engine.tick

@@ -243,3 +243,31 @@ def test_fashion_mnist_offline_is_one_error_line_naming_the_package(tmp_path, mo
     assert len(errors) == 1, stderr
     assert "dataset-fashion-mnist" in errors[0] and "--data-dir" in errors[0]
     assert not (tmp_path / "none").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_torchvision_built_for_another_torch_is_one_error_line(tmp_path):
+    """torchvision's compiled operators fail to register against another torch, and its
+    import raises deep inside torchvision; a stand-in package raising that error shadows
+    the installed torchvision here."""
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n'
+    )
+    flags = ["--small", "--dataset", "cifar10", "--no-download", "--no-progress"]
+    where = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *flags, *where, "--threads", "1"],
+        capture_output=True,
+        text=True,
+        env={**subprocess_env(), "PYTHONPATH": str(tmp_path / "site")},
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "does not work with torch" in errors[0] and "torchvision::nms" in errors[0]
+    assert "pip install torch==" in errors[0]

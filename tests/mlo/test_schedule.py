@@ -101,6 +101,8 @@ def test_describe_prints_graph_solvers_and_schedule(capsys):
     text = e.describe()
     assert capsys.readouterr().out.strip() == text
     assert "b: solver=cg(iterations=4, tol=1e-10, ridge=0.0) unroll_steps=2" in text
+    assert "a: top level (no solver: nothing above reads it) lowers=[b]" in text
+    assert "a: solver" not in text  # a top level's solver is never used
     assert "a → b" in text and "b → c" in text
     assert "tick 1: c×3 → b → c×3 → b → a" in text
     assert e.updates == {"a": 0, "b": 0, "c": 0}  # describe() trains nothing

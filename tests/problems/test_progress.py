@@ -1,70 +1,54 @@
-"""The examples' loop: the bar advances with every update and keeps its counter, time
-remaining and rate on a 120-column terminal; records come about 20 times per run."""
+"""The progress display: a time left from the second update on, whatever an update takes,
+and a line that says what the update under way is doing."""
 
 from __future__ import annotations
 
-import json
-import re
-
-from rich.console import Console
+import torch
 
 import mlo
-from problems.nas.loop import train
+from problems.nas.loop import activity_of
 from problems.progress import TrainingProgress
 
-from ..mlo.helpers import problem
+
+def test_the_time_left_shows_from_the_second_update_however_long_updates_take(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("problems.progress.time.perf_counter", lambda: clock[0])
+    bar = TrainingProgress(10, "search", enabled=False, completed=2)  # resumed at update 2
+    assert bar.eta(2) == "-:--:--"  # nothing timed in this process yet
+    clock[0] += 600.0  # one update took ten minutes: no rolling window needed
+    assert bar.eta(3) == "1:10:00"  # 7 left × 600 s
+    clock[0] += 600.0
+    assert bar.eta(4) == "1:00:00"
+    assert bar.eta(10) == "0:00:00"
 
 
-def test_bar_advances_every_update_and_records_stay_sparse(tmp_path, monkeypatch):
-    seen = []
-    original = TrainingProgress.advance
+def test_the_engine_says_which_level_it_is_updating():
+    outer_net, inner_net = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    seen: list[str | None] = []
 
-    def advance(self, done, images):
-        seen.append(done)
-        original(self, done, images)
+    class Level(mlo.Problem):
+        def training_step(self, batch):
+            seen.append(engine.updating)
+            other = self.inner if self.name == "outer" else self.outer
+            return (self.module.weight - other.module.weight.sum()).pow(2).sum()
 
-    monkeypatch.setattr(TrainingProgress, "advance", advance)
+    outer = Level("outer", outer_net, torch.optim.SGD(outer_net.parameters(), lr=0.1))
+    inner = Level(
+        "inner",
+        inner_net,
+        torch.optim.SGD(inner_net.parameters(), lr=0.1),
+        config=mlo.ProblemConfig(solver="cg", unroll_steps=2),
+    )
     engine = mlo.Engine(
-        [problem("upper"), problem("lower", parents=("upper",))],
-        {"upper": ["lower"]},
-        mlo.EngineConfig(progress=False),
+        [outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(steps=1, progress=False)
     )
-    console = Console(file=open(tmp_path / "screen.txt", "w"), width=120, force_terminal=True)  # noqa: SIM115
-    train(
-        engine,
-        60,
-        title="search",
-        out=tmp_path,
-        images_per_tick=8,
-        log_every=None,
-        checkpoint_every=1000,
-        progress=True,
-        console=console,
-        record=lambda: {"accuracy": 0.5, "some long field name": 1.0, "another one": 2.0},
+    assert engine.updating is None and activity_of(engine, 1) == ""
+    engine.step()
+    assert engine.updating is None  # between ticks
+    assert seen[0] == "inner" and seen[-1] == "outer" and set(seen) == {"inner", "outer"}
+    engine.updating = "outer"
+    assert activity_of(engine, 5) == (
+        "step 2/5: updating outer, its hypergradient through inner (cg)"
     )
-    console.file.close()
-    assert seen == list(range(1, 61))
-    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(3, 61, 3))  # 60 // 20 = every 3
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", (tmp_path / "screen.txt").read_text())
-    last_bar = [line for line in screen.splitlines() if "60/60" in line][-1]
-    assert "search" in last_bar and "eta" in last_bar and "img/s" in last_bar
-    assert "accuracy 0.5" in screen  # the fields, on a line of their own
-
-
-def test_an_explicit_log_every_wins(tmp_path):
-    engine = mlo.Engine([problem("only")], config=mlo.EngineConfig(progress=False))
-    train(
-        engine,
-        60,
-        title="search",
-        out=tmp_path,
-        images_per_tick=8,
-        log_every=25,
-        checkpoint_every=1000,
-        progress=False,
-        console=Console(file=open(tmp_path / "screen.txt", "w")),  # noqa: SIM115
-        record=dict,
-    )
-    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [25, 50, 60]
+    engine.updating = "inner"
+    assert activity_of(engine, 5) == "step 2/5: updating inner"

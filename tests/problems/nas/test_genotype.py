@@ -81,3 +81,29 @@ def test_invalid_genotype_is_refused(bad):
 def test_unknown_genotype_name_or_missing_file():
     with pytest.raises(GenotypeError, match="neither a file nor a known name"):
         genotype_from("NOT_A_GENOTYPE")
+
+
+def test_the_summary_table_names_inputs_as_the_cell_picture_does():
+    from problems.nas.genotype import DARTS_V2, input_name
+    from problems.nas.summary import genotype_rows
+
+    assert [input_name(i) for i in range(4)] == ["c_{k-2}", "c_{k-1}", "node 0", "node 1"]
+    rows = genotype_rows(DARTS_V2)
+    # DARTS_V2's normal node 3 reads intermediate node 0 (DARTS index 2) by dil_conv_3x3
+    assert rows["normal cell"].endswith("node 3: skip_connect←c_{k-2}, dil_conv_3x3←node 0")
+    assert "←2" not in rows["normal cell"] and "←3" not in rows["reduction cell"]
+
+
+def test_alphas_that_have_not_moved_from_uniform_are_said_not_to_have_separated(tmp_path):
+    from problems.nas.plots import SEPARATED, plot_alpha_evolution, separation_note
+
+    still = torch.full((3, 14, 8), 1 / 8)
+    still[:, 0, 0] += SEPARATED / 2
+    note = separation_note(still, still)
+    assert note is not None and "not separated" in note and "0.0050" in note
+    moved = still.clone()
+    moved[-1, 5, 3] += SEPARATED
+    assert separation_note(still, moved) is None
+    for case in (still, moved):
+        path = plot_alpha_evolution([0, 1, 2], list(case), list(case), tmp_path / "a.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
