@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
 from problems.cli import (
+    OutFolder,
     ResumableRun,
     SolverName,
     command_line,
@@ -53,7 +54,7 @@ class ReweightingRun(ResumableRun):
     lr: float = Field(0.1, gt=0)
     meta_lr: float = Field(1e-3, gt=0)
     seeds: int = Field(3, ge=1)
-    out: Path = Path("runs/data_reweighting")
+    out: OutFolder = Path("runs/data_reweighting")
     progress: bool = True
 
 

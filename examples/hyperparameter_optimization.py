@@ -31,6 +31,7 @@ from torch import nn
 
 import mlo
 from problems.cli import (
+    OutFolder,
     ResumableRun,
     SolverName,
     command_line,
@@ -127,7 +128,7 @@ class HpoRun(ResumableRun):
     inner_lr: float = Field(0.5, gt=0)
     outer_lr: float = Field(0.05, gt=0)
     seeds: int = Field(3, ge=1)
-    out: Path = Path("runs/hyperparameter_optimization")
+    out: OutFolder = Path("runs/hyperparameter_optimization")
     progress: bool = True
 
 

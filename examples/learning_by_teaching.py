@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import mlo
 from problems.cli import (
+    OutFolder,
     ResumableRun,
     SolverName,
     command_line,
@@ -54,7 +55,7 @@ class TeachingRun(ResumableRun):
     gate_lr: float = Field(0.05, gt=0)
     solver: SolverName = "unroll"
     seeds: int = Field(3, ge=1)
-    out: Path = Path("runs/learning_by_teaching")
+    out: OutFolder = Path("runs/learning_by_teaching")
     progress: bool = True
 
 

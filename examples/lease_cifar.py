@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 
+from problems.cli import ConfigError
 from problems.lease import LeaseRun, wire_search
 from problems.nas.cli import nas_main
 from problems.nas.observe import search_accuracies
@@ -63,8 +64,17 @@ def add_search_flags(search) -> None:
 
 
 def translate(flags: dict) -> dict:
-    """``--explanation`` and ``--solver`` each set two fields."""
+    """``--explanation`` and ``--solver`` each set two fields; ``--author-setting`` fixes
+    the explanation, so it refuses the flags that would set it otherwise."""
     flags = dict(flags)
+    explained = [f for f in ("explanation", "lease.explanation.steps") if f in flags]
+    if flags.get("lease.author_setting") and explained:
+        names = {"explanation": "--explanation", "lease.explanation.steps": "--pgd-steps"}
+        raise ConfigError(
+            f"--author-setting fixes the explanation (one sign-PGD step, as in the authors' "
+            f"code), so {' and '.join(names[f] for f in explained)} would not apply; drop "
+            "one or the other"
+        )
     if "explanation" in flags:
         method, differentiable = EXPLANATIONS[flags.pop("explanation")]
         flags["lease.explanation.method"] = method

@@ -57,7 +57,7 @@ def parse(argv: list[str] | None) -> StudyRun | None:
     add("--data-dir", type=Path, dest="data_dir")
     add("--no-download", action="store_const", const=False, dest="download")
     add("--image-size", type=int, dest="image_size")
-    add("--out", type=Path)
+    add("--out")  # a string: the configuration refuses "" (Path("") would be ".")
     add("--device")
     add("--workers", type=int)
     add("--amp", action="store_const", const=True)

@@ -26,7 +26,14 @@ import torch
 from pydantic import ConfigDict, Field
 from rich.console import Console
 
-from problems.cli import ResumableRun, command_line, example_engine, example_parser, parse_run
+from problems.cli import (
+    OutFolder,
+    ResumableRun,
+    command_line,
+    example_engine,
+    example_parser,
+    parse_run,
+)
 from problems.meta import SineMLP, adapt_and_score, build, functional_mlp, sample_tasks
 from problems.meta.levels import task_mse
 from problems.report import comparison_table
@@ -52,7 +59,7 @@ class MamlRun(ResumableRun):
     )
     eval_steps: int = Field(10, ge=0, description="fine-tuning steps on a test task")
     seeds: int = Field(3, ge=1)
-    out: Path = Path("runs/maml")
+    out: OutFolder = Path("runs/maml")
     progress: bool = True
 
 

@@ -18,6 +18,7 @@ from .errors import (
     MLOError,
     NonFiniteError,
     SetupError,
+    UnknownProblemError,
 )
 from .graph import LevelGraph
 from .observe import observing
@@ -51,6 +52,7 @@ __all__ = [
     "ProblemConfig",
     "SetupError",
     "SyncBatchNorm",
+    "UnknownProblemError",
     "__version__",
     "autodiff",
     "convert_sync_batchnorm",

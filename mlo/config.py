@@ -1,16 +1,18 @@
-"""Configuration models. Invalid values fail at construction, naming the field."""
+"""Configuration models. Invalid values fail at construction with a
+:class:`mlo.SetupError` naming the field (:class:`mlo.options.Options`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from .options import Options
 from .solvers import Solver, resolve
 
 
-class ProblemConfig(BaseModel):
+class ProblemConfig(Options):
     """Per-level options."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
@@ -68,7 +70,7 @@ class ProblemConfig(BaseModel):
         return self.jacobian != "partial" and self.solver.supports_total
 
 
-class EngineConfig(BaseModel):
+class EngineConfig(Options):
     """Engine-wide options."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

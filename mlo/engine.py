@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .autodiff import gradient_or_none
 from .autodiff.trajectory import CURRENT_BATCH, Trajectory
 from .config import EngineConfig
 from .describe import describe
@@ -25,7 +26,7 @@ from .durable.checkpoint import read, save_atomic, seal
 from .durable.finite import FiniteGuard, check_learning_rates
 from .durable.rotation import CheckpointRotation
 from .durable.state import engine_state, fingerprint, restore_engine_state
-from .errors import SetupError
+from .errors import SetupError, UnknownProblemError
 from .graph import LevelGraph
 from .hypergradient.evaluator import Evaluator
 from .hypergradient.total import Hypergradients
@@ -126,6 +127,7 @@ class Engine:
         self.rotation = CheckpointRotation(folder, self.config.keep_last, writer=lead)
         self._losses: dict[str, Tensor | None] = {}
         self._warned: set[str] = set()
+        self._blind: dict[str, bool] = {}  # see _reads_nothing
         self._preflight_done = False
         if resume is not None:
             self.load(resume)
@@ -190,6 +192,17 @@ class Engine:
         detached = loss.detach()
         self.guard.watch(name, "loss", [detached])
         grads = self.hypergradients.total_gradient(name, loss)
+        if grads is None and self._reads_nothing(name):
+            below = self.graph.descendants(name)
+            raise SetupError(
+                f"{type(problem).__name__}.training_step of problem {name!r} returned a loss "
+                "that depends on none of its own parameters"
+                + (f", not even through its lower levels ({', '.join(below)})" if below else "")
+                + ", so the level would never train; compute it from self.module (another "
+                "level's parameters alone do not train this one)"
+            )
+        if grads is None:  # its lower levels' solvers pass nothing up (first_order)
+            grads = [torch.zeros_like(p) for p in problem.params.tensors]
         params = problem.params.tensors
         for p, g in zip(params, grads):
             p.grad = g
@@ -219,6 +232,19 @@ class Engine:
         if problem.scheduler is not None:
             problem.scheduler.step()
         self.updates[name] += 1
+
+    def _reads_nothing(self, name: str) -> bool:
+        """Whether level ``name``'s objective reads none of its own parameters and none of
+        its lower levels' (found once, by differentiating it; changes nothing)."""
+        if name not in self._blind:
+            tensors = [
+                t for n in [name, *self.graph.descendants(name)] for t in self.evaluator.params(n)
+            ]
+            devices = cuda_devices([self.problems[name].module])
+            with torch.random.fork_rng(devices=devices), self.evaluator.buffers.preserved():
+                grads = gradient_or_none(self.evaluator.objective(name), tensors)
+            self._blind[name] = all(g is None for g in grads)
+        return self._blind[name]
 
     def _update_explicit(self, name: str) -> None:
         """Set a level to its explicit best response (no gradient step)."""
@@ -250,12 +276,16 @@ class Engine:
         state, data position or random-number state is changed.
         """
         if name not in self.problems:
-            raise KeyError(f"unknown problem {name!r}; problems: {', '.join(self.problems)}")
+            raise UnknownProblemError(
+                f"unknown problem {name!r}; problems: {', '.join(self.problems)}"
+            )
         problem = self.problems[name]
         devices = cuda_devices([problem.module])
         with torch.random.fork_rng(devices=devices), self.evaluator.buffers.preserved():
             loss = self.evaluator.objective(name)
             grads = self.hypergradients.total_gradient(name, loss)
+        if grads is None:  # the loss depends on none of its parameters
+            grads = [torch.zeros_like(p) for p in problem.params.tensors]
         return {n: g.detach() for n, g in zip(problem.params.names, grads)}
 
     # ------------------------------------------------------------------ a run

@@ -29,6 +29,14 @@ class GraphError(SetupError):
     """The dependency graph is not a valid multilevel program (unknown names, cycles)."""
 
 
+class UnknownProblemError(SetupError, KeyError):
+    """A problem was asked for by a name the engine does not have; the message lists the
+    names it has."""
+
+    def __str__(self) -> str:  # a KeyError would quote its message
+        return str(self.args[0]) if self.args else ""
+
+
 class DataError(MLOError, ValueError):
     """A problem's data cannot provide batches."""
 

@@ -5,8 +5,10 @@ A run (a search or an evaluation) owns a folder ``OUT`` holding ``checkpoint.pt`
 ``metrics.jsonl``. :func:`claim` checks the folder before anything is read or written:
 
 - ``OUT`` must be a writable folder (or creatable);
-- a folder that holds a previous run is refused unless the run resumes it (``--resume``)
-  or replaces it (``--overwrite``); ``--resume`` needs a checkpoint;
+- a folder that holds a previous run (a checkpoint) is refused unless the run resumes it
+  (``--resume``) or replaces it (``--overwrite``); ``--resume`` needs a checkpoint. A
+  folder without a checkpoint holds no run (one that failed or was killed before its
+  first checkpoint): a new run starts there, its predecessor's outputs removed;
 - a lock (``OUT/.lock``, an exclusive POSIX record lock) refuses a second run into the
   same folder while the first is alive. The kernel releases it when the process dies, so
   a killed run never leaves a stale lock; unlike ``flock``, it is not inherited by
@@ -31,6 +33,8 @@ from typing import Any
 from mlo import MLOError
 
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl")
+OUTPUTS = ("metrics.jsonl", "genotype.json", "cells.png", "alphas.png")
+"""What a run writes besides its checkpoint."""
 LOCK = ".lock"
 
 
@@ -75,11 +79,15 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
             what = "is not a file" if checkpoint.exists() else "does not exist"
             raise RunFolderError(f"--resume: {checkpoint} {what}; start without --resume")
         previous = [name for name in RUN_FILES if (out / name).exists()]
-        if previous and not resume and not overwrite:
+        if checkpoint.exists() and not resume and not overwrite:
             raise RunFolderError(
                 f"{out} holds a previous run ({', '.join(previous)}); pass --resume to "
                 "continue it, --overwrite to replace it, or another --out"
             )
+        if not checkpoint.exists() and not resume:
+            # Nothing to resume: what a run that ended before its first checkpoint left.
+            for name in OUTPUTS:
+                (out / name).unlink(missing_ok=True)
         for stale in out.glob(".checkpoint.pt.*.tmp"):
             stale.unlink(missing_ok=True)  # a write cut short by a kill; we hold the lock
         yield

@@ -13,9 +13,11 @@ resumed from. Files of format 1 (no checksum) still load, unverified.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,11 +49,33 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except RuntimeError as error:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise _write_failure(path, error) from error
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _write_failure(path: Path, error: RuntimeError) -> BaseException:
+    """torch.save's writer reports a failed write (a full disk, most often) as a
+    ``RuntimeError`` about stream positions that hides the cause; as an ``OSError`` with
+    the file, the free space and torch's own line. Other errors are returned as they are."""
+    text = str(error)
+    if "unexpected pos" not in text and "PytorchStreamWriter" not in text:
+        return error
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = free is not None and free < 64 << 20
+    code = errno.ENOSPC if full else errno.EIO
+    where = "" if free is None else f"; {free >> 20} MiB free there"
+    first = text.strip().splitlines()[0] if text.strip() else "no message"
+    return OSError(code, f"{os.strerror(code)} while writing it{where} (torch: {first})", str(path))
 
 
 def load_safe(path: str | Path, map_location: Any = "cpu") -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..autodiff import gradient
+from ..autodiff import gradient_or_none, materialized
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import CURRENT_BATCH, Trajectory
 from ..graph import LevelGraph
@@ -52,17 +52,21 @@ class Hypergradients:
             evaluator, graph, self.descendants, self.level, self.modes, watch, self.diagnostics
         )
 
-    def total_gradient(self, name: str, loss: Tensor) -> Vector:
+    def total_gradient(self, name: str, loss: Tensor) -> Vector | None:
         """``d f_P / d θ_P`` with every descendant at its best response, by adjoint
-        propagation, averaged over data-parallel ranks."""
+        propagation, averaged over data-parallel ranks; ``None`` when the loss depends on
+        none of ``θ_P``, not even through P's lower levels (a structural zero)."""
         evaluator = self.evaluator
         params = evaluator.problems[name].params.tensors
         if not self.descendants[name]:
-            return evaluator.mean(name, gradient(loss, params))
+            grads = gradient_or_none(loss, params)
+            if all(g is None for g in grads):
+                return None
+            return evaluator.mean(name, materialized(grads, params))
         with evaluator.buffers.preserved():
             own = self.propagate(loss, name, [name], watch=True)[name]
         if own is None:
-            return [torch.zeros_like(p) for p in params]
+            return None
         return evaluator.mean(name, own)
 
     def total_gradient_at(self, name: str, params: Sequence[Tensor], batch: Any) -> Vector:

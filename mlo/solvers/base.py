@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import Tensor
 
 from ..autodiff import SecondOrder
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import Trajectory
 from ..errors import SetupError
+from ..options import Options
 
 Objective = Callable[..., Tensor]
 
@@ -100,7 +101,7 @@ class SolverResult:
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
 
 
-class Solver(BaseModel, ABC):
+class Solver(Options, ABC):
     """Base class of all solvers (and of their configurations)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

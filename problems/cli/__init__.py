@@ -9,6 +9,7 @@
 
 from .config_files import (
     MAX_CONFIG_BYTES,
+    OutFolder,
     build_config,
     print_config,
     read_config_file,
@@ -30,6 +31,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "USER_ERRNOS",
     "ConfigError",
+    "OutFolder",
     "ResumableRun",
     "SolverName",
     "add_common_flags",

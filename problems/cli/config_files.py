@@ -9,9 +9,9 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from .failures import ConfigError
 
@@ -21,6 +21,19 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _not_empty(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(
+            "is empty, which would write the run into the current folder; give the run a "
+            "folder of its own"
+        )
+    return value
+
+
+OutFolder = Annotated[Path, BeforeValidator(_not_empty)]
+"""An output folder: a path, never the empty string."""
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -116,7 +129,8 @@ def build_config(
     except ValidationError as exc:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r:.60})")
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{field}: {message} (got {err.get('input')!r:.60})")
     if problems:
         source = f" in {file}" if file else ""
         raise ConfigError(f"invalid configuration{source}: " + "; ".join(problems))

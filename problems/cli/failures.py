@@ -29,6 +29,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 USER_ERRNOS = frozenset(
     {
         errno.ENOSPC,
+        errno.EIO,
         errno.EDQUOT,
         errno.EACCES,
         errno.EPERM,

@@ -40,7 +40,7 @@ def add_common_flags(
         dest="download",
         help="never try to download the dataset",
     )
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", help="output folder")  # a string: "" is refused, not "."
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, dest="batch_size")
     parser.add_argument("--layers", type=int)

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
+
+from mlo.options import NumbersNotBooleans
 
 from .config_files import M, build_config, print_config
 from .flags import add_threads_flag, apply_threads
@@ -24,7 +26,7 @@ def example_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--steps", type=int)
     parser.add_argument("--seeds", type=int)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", help="output folder")  # a string: "" is refused, not "."
     parser.add_argument("--no-progress", action="store_const", const=False, dest="progress")
     parser.add_argument(
         "--resume",
@@ -80,7 +82,7 @@ SolverName = Annotated[str, AfterValidator(_registered_solver)]
 by its optimizer."""
 
 
-class ResumableRun(BaseModel):
+class ResumableRun(NumbersNotBooleans):
     """What every small example's configuration shares: checkpoints and resuming."""
 
     model_config = ConfigDict(extra="forbid")

@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from mlo.options import NumbersNotBooleans
 from problems.nas.config import SearchRun
 from problems.nas.search import SearchHyper, sgd_with_cosine
 
+from ..cli import OutFolder
 from .audience import AudienceArch
 from .explanations import ExplanationConfig
 
 
-class AudienceHyper(BaseModel):
+class AudienceHyper(NumbersNotBooleans):
     """The audience network and its optimiser (SGD with a cosine schedule, as W's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -33,7 +35,7 @@ class AudienceHyper(BaseModel):
         )
 
 
-class LeaseHyper(BaseModel):
+class LeaseHyper(NumbersNotBooleans):
     """λ, γ, the explanation method, and the solver and unroll steps of each level."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -84,7 +86,7 @@ class LeaseHyper(BaseModel):
 class LeaseRun(SearchRun):
     """``examples/lease_cifar.py search``: a LeaSE search (or ``baseline='darts'``)."""
 
-    out: Path = Path("runs/lease")
+    out: OutFolder = Path("runs/lease")
     baseline: Literal["none", "darts"] = Field(
         "none", description="'darts': the same search without the explain and audience levels"
     )

@@ -29,15 +29,16 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 from torch import Tensor
 
+from mlo.options import NumbersNotBooleans
 from problems.nas.search import cross_entropy
 
 Forward = Callable[[Tensor], Tensor]
 
 
-class ExplanationConfig(BaseModel):
+class ExplanationConfig(NumbersNotBooleans):
     """How the explain level computes an explanation of the explainer's predictions: the
     method (a PGD attack's perturbation, or input-gradient saliency), whether gradients
     flow through it back to the explainer, and the attack's radius, step and units."""

@@ -13,10 +13,12 @@ import statistics
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
+from mlo.options import NumbersNotBooleans
 from problems.nas.config import Dataset, EvalRun
 
+from ..cli import OutFolder
 from .audience import AudienceArch
 from .config import LeaseRun
 
@@ -31,7 +33,7 @@ METHODS: dict[str, str] = {
 }
 
 
-class StudySearch(BaseModel):
+class StudySearch(NumbersNotBooleans):
     """The search budget every searching method gets (DARTS' CIFAR settings by default)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -47,7 +49,7 @@ class StudySearch(BaseModel):
     log_every: int | None = Field(None, ge=1, description="default: about 20 records a run")
 
 
-class StudyEvaluate(BaseModel):
+class StudyEvaluate(NumbersNotBooleans):
     """Retraining each derived cell from scratch (DARTS' CIFAR settings by default)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -62,18 +64,30 @@ class StudyEvaluate(BaseModel):
     drop_path: float = Field(0.2, ge=0, lt=1)
 
 
-class StudyRun(BaseModel):
+class StudyRun(NumbersNotBooleans):
     """``examples/lease_study.py``: methods × seeds on one dataset."""
 
     model_config = ConfigDict(extra="forbid")
 
     methods: list[Method] = Field(default_factory=lambda: list(METHODS), min_length=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _each_method_once(cls, value: list[str]) -> list[str]:
+        twice = sorted({m for m in value if value.count(m) > 1})
+        if twice:
+            raise ValueError(
+                f"{', '.join(twice)} listed more than once; a method's runs are its seeds "
+                "(--seeds), so name each method once"
+            )
+        return value
+
     seeds: int = Field(3, ge=1, description="seeds 0 .. seeds-1")
     dataset: Dataset = "cifar10"
     data_dir: Path = Path("data")
     download: bool = True
     image_size: int | None = Field(None, ge=8)
-    out: Path = Path("runs/study")
+    out: OutFolder = Path("runs/study")
     device: str = "auto"
     workers: int = Field(2, ge=0)
     amp: bool = False

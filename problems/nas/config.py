@@ -8,7 +8,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import mlo
+from mlo.options import NumbersNotBooleans
 
+from ..cli import OutFolder
 from .search import SearchHyper
 
 M = TypeVar("M", bound=BaseModel)
@@ -45,13 +47,13 @@ def check_device(name: str) -> str:
     return name
 
 
-class RunBase(BaseModel):
+class RunBase(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid")
 
     dataset: Dataset = "cifar10"
     data_dir: Path = Field(Path("data"), description="where the dataset is, or is downloaded to")
     download: bool = Field(True, description="download the dataset when it is missing")
-    out: Path = Field(Path("runs/search"), description="output folder")
+    out: OutFolder = Field(Path("runs/search"), description="output folder")
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(64, ge=1)
     layers: int = Field(8, ge=1, description="cells in the network")
@@ -89,6 +91,15 @@ class RunBase(BaseModel):
     @classmethod
     def _known_device(cls, value: str) -> str:
         return check_device(value)
+
+    @model_validator(mode="after")
+    def _override_only_when_resuming(self):
+        if self.override and not self.resume:
+            raise ValueError(
+                f"override={','.join(self.override)} without resume: --override names "
+                "settings a resumed run may change; pass --resume too, or drop --override"
+            )
+        return self
 
     @model_validator(mode="after")
     def _image_size_fits_the_dataset(self):
@@ -158,7 +169,7 @@ class EvalRun(RunBase):
     """Retraining a genotype from scratch (``examples/darts_cifar.py evaluate``)."""
 
     genotype: str = Field("DARTS_V2", description="a genotype.json file or a published name")
-    out: Path = Path("runs/evaluate")
+    out: OutFolder = Path("runs/evaluate")
     epochs: int = Field(600, ge=1)
     batch_size: int = Field(96, ge=1)
     layers: int = Field(20, ge=1)

@@ -404,6 +404,11 @@ def read_image(path: str):
     try:
         with open(path, "rb") as f, Image.open(f) as image:
             return image.convert("RGB")
+    except Image.DecompressionBombError as exc:  # a small file that decodes to gigabytes
+        raise NasDataError(
+            f"imagefolder: {path} is too large to decode safely ({_first_line(exc)}); "
+            "remove the file or scale it down"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for corrupt files
         raise NasDataError(
             f"imagefolder: {path} is not a readable image ({type(exc).__name__}: {exc}); "

@@ -26,6 +26,7 @@ from rich.console import Console
 import mlo
 from mlo.monitor import MetricsWriter
 
+from ..cli import OutFolder
 from ..launch import lead, start
 from .config import RunBase, with_preset
 from .data import STATS, ImageData, NasDataError, loader, read_imagefolder, torchvision_part
@@ -49,7 +50,7 @@ class ImageNetEvalRun(RunBase):
     dataset: Literal["imagenet", "imagefolder"] = "imagenet"  # type: ignore[assignment]
     download: bool = Field(False, description="ImageNet cannot be downloaded")
     genotype: str = Field("DARTS_V2", description="a genotype.json file or a published name")
-    out: Path = Path("runs/imagenet")
+    out: OutFolder = Path("runs/imagenet")
     epochs: int = Field(250, ge=1)
     batch_size: int = Field(128, ge=1, description="per rank; the global batch is N times it")
     layers: int = Field(14, ge=1)

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 import mlo
+from mlo.options import NumbersNotBooleans
 
 from .search_space import ArchitectureWeights, Supernet
 
@@ -39,7 +40,7 @@ def cross_entropy(
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
-class SearchHyper(BaseModel):
+class SearchHyper(NumbersNotBooleans):
     """Optimisation settings of a DARTS-space search (DARTS' CIFAR defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

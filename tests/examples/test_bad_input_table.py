@@ -40,6 +40,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
 def previous_run(tmp: Path) -> None:
     (tmp / "out").mkdir()
     (tmp / "out" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp / "out" / "checkpoint.pt").write_bytes(b"a previous run's checkpoint")
 
 
 def checkpoint_is(make: Callable[[Path], None]) -> Callable[[Path], None]:
@@ -171,6 +172,29 @@ CASES: list[tuple[str, str, list[str], Callable[[Path], None], str]] = [
         "is not a valid genotype",
     ),
     ("study-bad-method", "lease_study", ["--methods", "bogus"], nothing, "bogus"),
+    ("out-empty", "lease_cifar", [*TINY, "--out", ""], nothing, "out: is empty"),
+    (
+        "override-without-resume",
+        "lease_cifar",
+        [*TINY, "--override", "seed"],
+        nothing,
+        "--override",
+    ),
+    (
+        "author-setting-with-explanation",
+        "lease_cifar",
+        [*TINY, "--author-setting", "--explanation", "pgd"],
+        nothing,
+        "--author-setting",
+    ),
+    (
+        "boolean-epochs-in-toml",
+        "darts_cifar",
+        [*TINY, "--config", "{tmp}/bad.toml"],
+        config(b"epochs = true\n"),
+        "epochs is True, a boolean",
+    ),
+    ("study-duplicate-methods", "lease_study", ["--methods", "random,random"], nothing, "random"),
     ("small-example-steps", "hyperparameter_optimization", ["--steps", "-1"], nothing, "steps"),
     (
         "small-example-config-folder",
@@ -240,3 +264,48 @@ def test_a_full_disk_is_one_error_line_and_the_last_checkpoint_survives(
     assert "error: cannot write or read: No space left on device" in err and "Traceback" not in err
     assert (out / "checkpoint.pt").read_bytes() == good
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_full_disk_inside_torch_save_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """torch.save's writer reports ENOSPC as a RuntimeError about stream positions."""
+    import shutil
+
+    example = load_script(ROOT / "examples" / "lease_cifar.py")
+    out = tmp_path / "out"
+    example.main([*TINY, "--out", str(out)])
+    good = (out / "checkpoint.pt").read_bytes()
+
+    def full(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 4352 vs 4246"
+        )
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        example.main([*TINY, "--out", str(out), "--resume", "--max-steps", "2"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "0 MiB free" in lines[0]
+    assert "Traceback" not in err
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert not list(out.glob(".checkpoint.pt.*"))  # no partial file left
+
+
+def test_a_folder_a_run_left_before_its_first_checkpoint_is_not_a_run(tmp_path, capsys):
+    """A run killed or failed before its first checkpoint leaves outputs but nothing to
+    resume: a new run starts there (its leftovers removed), and --resume says so."""
+    example = load_script(ROOT / "examples" / "lease_cifar.py")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "stale": true}\n')
+    (out / "genotype.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        example.main([*TINY, "--out", str(out), "--resume"])
+    assert exit_.value.code == 2
+    assert "checkpoint.pt does not exist; start without --resume" in capsys.readouterr().err
+    assert example.main([*TINY, "--out", str(out)]) == 0
+    assert "stale" not in (out / "metrics.jsonl").read_text()
+    assert (out / "checkpoint.pt").is_file() and (out / "genotype.json").read_text() != "{}"

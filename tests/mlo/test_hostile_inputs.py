@@ -26,9 +26,9 @@ class Top(mlo.Problem):
         return 0.5 * (self.lower.module.x**2).sum()
 
 
-def pair(lower_lr: float = 0.1, lower_cls=Reads, **config):
+def pair(lower_lr: float = 0.1, lower_cls=Reads, upper_cls=Top, **config):
     um, lm = Scalar(1.0), Scalar(0.0)
-    upper = Top("upper", um, torch.optim.SGD(um.parameters(), lr=0.1))
+    upper = upper_cls("upper", um, torch.optim.SGD(um.parameters(), lr=0.1))
     lower = lower_cls("lower", lm, torch.optim.SGD(lm.parameters(), lr=lower_lr))
     return engine([upper, lower], {"upper": ["lower"]}, **config), upper, lower
 
@@ -148,6 +148,18 @@ class Detached(mlo.Problem):
         return (0.5 * (self.module.x - self.upper.module.x) ** 2).sum().detach()
 
 
+class OtherLevelOnly(mlo.Problem):
+    """Reads only the upper level's parameters: a loss with a graph, none of it its own."""
+
+    def training_step(self, batch):
+        return (self.upper.module.x**2).sum()
+
+
+class ConstantWithGraph(mlo.Problem):
+    def training_step(self, batch):
+        return torch.ones((), dtype=torch.float64, requires_grad=True)
+
+
 class IntegerLoss(mlo.Problem):
     def training_step(self, batch):
         return torch.tensor(3)
@@ -162,6 +174,8 @@ class ComplexLoss(mlo.Problem):
     "cls, message",
     [
         (Detached, r"'lower' returned a loss that does not depend on its parameters"),
+        (OtherLevelOnly, r"'lower' returned a loss that depends on none of its own parameters"),
+        (ConstantWithGraph, r"depends on none of its own parameters.*never train"),
         (IntegerLoss, r"'lower' returned a torch\.int64 tensor; it must return a real"),
         (ComplexLoss, r"complex128 tensor.*take \.real or \.abs\(\)"),
     ],
@@ -172,6 +186,23 @@ def test_a_loss_that_cannot_train_the_level_is_refused(cls, message):
     with pytest.raises(mlo.SetupError, match=message):
         e.step()
     assert torch.equal(before, lower.module.x)
+
+
+class Blind(mlo.Problem):
+    """An upper level whose loss reads neither its own parameters nor its lower level."""
+
+    def training_step(self, batch):
+        return torch.ones((), dtype=torch.float64, requires_grad=True) * 2
+
+
+def test_an_upper_level_that_reads_nothing_of_its_own_is_refused_naming_its_lowers():
+    e, upper, _ = pair(upper_cls=Blind, preflight=False)
+    before = upper.module.x.detach().clone()
+    with pytest.raises(
+        mlo.SetupError, match=r"'upper'.*not even through its lower levels \(lower\)"
+    ):
+        e.step()
+    assert torch.equal(before, upper.module.x)
 
 
 def test_a_scheduler_for_another_optimizer_is_refused():

@@ -188,3 +188,17 @@ def test_fashion_mnist_search_split_keeps_the_test_set_apart(tmp_path, no_debian
     a, b = search_split(data.train, 0.5, seed=0)
     assert len(a) == len(b) == 20 and not set(a.indices) & set(b.indices)
     assert a.dataset is data.train and data.test is not data.train
+
+
+def test_a_decompression_bomb_is_a_data_error_naming_the_file(tmp_path):
+    """A small PNG that decodes to 225 megapixels (PIL refuses above twice its limit)."""
+    from PIL import Image
+
+    from problems.nas.data import read_image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (15000, 15000)).save(bomb)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(NasDataError, match=r"bomb\.png is too large to decode safely") as info:
+        read_image(str(bomb))
+    assert "\n" not in str(info.value)
