@@ -1,7 +1,7 @@
 """mlo: multilevel optimization for PyTorch.
 
-Declare each level as a :class:`Problem`, the upper → lower dependencies as a graph, and
-let the :class:`Engine` train every level through the levels below it.
+Declare each level as a ``Problem``, the upper → lower dependencies as a graph, and
+let the ``Engine`` train every level through the levels below it.
 """
 
 import logging
@@ -30,7 +30,8 @@ logging.getLogger("mlo").addHandler(logging.NullHandler())
 
 def from_betty(betty_engine: Any, **overrides: Any) -> Engine:
     """Run a constructed Betty engine's program on mlo's engine; see
-    :func:`mlo.compat.betty.from_betty` (needs ``pip install "mlo[betty]"``)."""
+    [`mlo.compat.betty.from_betty`][mlo.compat.betty.from_betty] (needs
+    ``pip install "mlo[betty]"``)."""
     from .compat.betty import from_betty as convert
 
     return convert(betty_engine, **overrides)

@@ -1,5 +1,5 @@
 """Configuration models. Invalid values fail at construction with a
-:class:`mlo.SetupError` naming the field (:class:`mlo.options.Options`)."""
+[`mlo.SetupError`][mlo.errors.SetupError] naming the field (``mlo.options.Options``)."""
 
 from __future__ import annotations
 

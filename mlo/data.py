@@ -16,7 +16,7 @@ class BatchStream:
     """Cycles an iterable of batches; ``None`` data yields ``None`` forever.
 
     ``epoch`` counts completed passes and ``position`` the batches drawn in the current
-    one. :meth:`peek` returns the next batch without consuming it, so that
+    one. ``peek`` returns the next batch without consuming it, so that
     ``engine.hypergradient`` can evaluate a problem that has not drawn a batch yet without
     moving its data position.
     """
@@ -75,7 +75,7 @@ class BatchStream:
 
     def _resumable_sampler(self) -> Any:
         """The loader's sampler when it can start at any epoch and position
-        (:class:`mlo.sampling.ResumableSampler`, or any with ``set_epoch``/``set_start``)."""
+        (``mlo.durable.sampling.ResumableSampler``, or any with ``set_epoch``/``set_start``)."""
         sampler = getattr(self.data, "sampler", None)
         batch_size = getattr(self.data, "batch_size", None)
         if batch_size and hasattr(sampler, "set_epoch") and hasattr(sampler, "set_start"):
@@ -89,7 +89,7 @@ class BatchStream:
         self.prepare_load(state)()
 
     def prepare_load(self, state: dict[str, Any]) -> Callable[[], None]:
-        """Do the part of :meth:`load_state_dict` that can fail (re-opening the epoch and
+        """Do the part of ``load_state_dict`` that can fail (re-opening the epoch and
         skipping the consumed batches) without changing this stream, and return the
         function that applies it: a checkpoint is validated whole before anything moves.
         """

@@ -1,10 +1,10 @@
 """The engine: trains a graph of problems, each level through the levels below it.
 
 A tick reads as a short story: the schedule says which levels update, in which order;
-each update draws a batch, takes the level's total gradient (:mod:`mlo.hypergradient`),
-has it checked (:mod:`mlo.durable.finite`), and lets the level's optimizer step (on
-shards under :mod:`mlo.parallel`). Around the ticks, :meth:`Engine.run` reports,
-checkpoints and resumes (:mod:`mlo.durable`).
+each update draws a batch, takes the level's total gradient (``mlo.hypergradient``),
+has it checked (``mlo.durable.finite``), and lets the level's optimizer step (on
+shards under ``mlo.parallel``). Around the ticks, ``Engine.run`` reports,
+checkpoints and resumes (``mlo.durable``).
 """
 
 from __future__ import annotations

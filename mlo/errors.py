@@ -1,6 +1,6 @@
 """The errors mlo raises for a user's mistake or a bad input.
 
-Every one derives from :class:`MLOError`, so that a program (or a command line) can tell
+Every one derives from ``MLOError``, so that a program (or a command line) can tell
 a mistake to report in one line from a bug to show with its traceback::
 
     try:

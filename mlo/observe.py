@@ -3,7 +3,7 @@
 Progress bars, metric records, reports and summaries evaluate modules between updates.
 A forward pass in training mode moves BatchNorm running statistics, dropout and random
 starts draw from the global random generators, and a recorded graph keeps memory alive.
-Inside :func:`observing` none of that can leak into the training state:
+Inside ``observing`` none of that can leak into the training state:
 
 - gradients are off;
 - every buffer of the given modules (running statistics, counters) is restored bit for
@@ -32,8 +32,8 @@ _OBSERVING: ContextVar[bool] = ContextVar("mlo_observing", default=False)
 
 
 def active() -> bool:
-    """Whether an :func:`observing` block is open (in this thread or task): layers that
-    would otherwise communicate across data-parallel ranks (:class:`mlo.SyncBatchNorm`)
+    """Whether an ``observing`` block is open (in this thread or task): layers that
+    would otherwise communicate across data-parallel ranks (``mlo.SyncBatchNorm``)
     compute locally then, since an observation may run on one rank only."""
     return _OBSERVING.get()
 
@@ -53,7 +53,7 @@ def observing(modules: Iterable[nn.Module], guard: BufferGuard | None = None) ->
     """Evaluate ``modules`` inside the block; on exit their buffers, training flags and
     the random generators are as they were on entry (see the module docstring).
 
-    ``guard`` is a :class:`~mlo.parameters.BufferGuard` already built over the modules
+    ``guard`` is a ``BufferGuard`` already built over the modules
     (the engine keeps one); without it one is built here.
     """
     modules = list(modules)

@@ -1,5 +1,6 @@
 """The base of every configuration model: pydantic validation, with a mistake raised as
-:class:`mlo.SetupError` (one message naming every field at fault and its value) and
+[`mlo.SetupError`][mlo.errors.SetupError] (one message naming every field at fault and its
+value) and
 ``True``/``False`` refused where a number is expected (pydantic would read them as 1
 and 0)."""
 
@@ -62,9 +63,9 @@ def summary(model: str, error: ValidationError) -> str:
 
 class Options(NumbersNotBooleans):
     """A configuration built in code: invalid values fail at construction with a
-    :class:`SetupError` that names the field and the constraint; booleans are not numbers.
+    ``SetupError`` that names the field and the constraint; booleans are not numbers.
     (pydantic calls a model's ``__init__`` when it validates it inside another model, so
-    models nested in validated files use :class:`NumbersNotBooleans` instead.)"""
+    models nested in validated files use ``NumbersNotBooleans`` instead.)"""
 
     def __init__(self, **data: Any) -> None:
         try:

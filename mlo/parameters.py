@@ -1,7 +1,7 @@
 """A problem's trainable parameters, and evaluating its module at other values of them.
 
 Solvers never write into ``.data``. To evaluate an objective at perturbed or replayed
-parameters, :meth:`ParameterSet.substitute` swaps the tensors a module reads for the
+parameters, ``ParameterSet.substitute`` swaps the tensors a module reads for the
 duration of a ``with`` block and puts the originals back on exit, exception or not. The
 parameters themselves, and anything holding a reference to them (optimizers), are never
 modified.
@@ -74,7 +74,7 @@ class BufferGuard:
                     self._buffers.append(buf)
 
     def broadcast(self, reducer: Any) -> None:
-        """Set every buffer to rank 0's (data-parallel training, :mod:`mlo.distributed`)."""
+        """Set every buffer to rank 0's (data-parallel training, ``mlo.parallel.distributed``)."""
         if self._buffers:
             reducer.broadcast_(self._buffers)
 

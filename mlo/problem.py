@@ -18,7 +18,7 @@ from .parameters import ParameterSet
 class Problem:
     """One learning problem: parameters (``module``), an optimizer, data and an objective.
 
-    Subclass it and implement :meth:`training_step`, which returns the scalar objective
+    Subclass it and implement ``training_step``, which returns the scalar objective
     ``f_P`` on a batch. Inside it, other problems of the same engine are reached by name:
     ``self.outer.module(x)``.
 
@@ -27,9 +27,9 @@ class Problem:
         module: the ``nn.Module`` holding this level's trainable parameters ``θ_P`` (a
             ``DistributedDataParallel`` wrapper is unwrapped: the engine averages itself).
         optimizer: a ``torch.optim.Optimizer`` over (a subset of) ``module``'s parameters;
-            ``None`` for a level that implements :meth:`best_response` instead.
+            ``None`` for a level that implements ``best_response`` instead.
         data: any iterable of batches, cycled; ``None`` passes ``batch=None``.
-        config: per-level options (:class:`mlo.ProblemConfig`).
+        config: per-level options ([`mlo.ProblemConfig`][mlo.ProblemConfig]).
         scheduler: an optional learning-rate scheduler, stepped after every update.
     """
 
@@ -120,7 +120,7 @@ class Problem:
 
     @property
     def explicit(self) -> bool:
-        """Whether this level implements :meth:`best_response`."""
+        """Whether this level implements ``best_response``."""
         return type(self).best_response is not Problem.best_response
 
     def reset(self) -> None:

@@ -1,6 +1,6 @@
 """Connecting declared problems into one engine's levels: dependencies by name, each
 problem's view of its peers, and the checks that refuse a program that cannot train
-(run when an :class:`mlo.Engine` is built, before anything changes)."""
+(run when an [`mlo.Engine`][mlo.Engine] is built, before anything changes)."""
 
 from __future__ import annotations
 

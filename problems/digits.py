@@ -53,7 +53,7 @@ def load_digits_splits(
 
 def accuracy(forward, split: tuple[Tensor, Tensor]) -> float:
     """Top-1 accuracy of ``forward`` (a model or a function) on ``(x, y)``, observed
-    without side effects (:func:`mlo.observing`)."""
+    without side effects (``mlo.observing``)."""
     modules = [forward] if isinstance(forward, torch.nn.Module) else []
     with mlo.observing(modules):
         return int(mlo.observe.correct(forward(split[0]), split[1])) / len(split[1])

@@ -2,7 +2,7 @@
 which rank writes.
 
 ``torchrun --nproc_per_node N script.py ...`` starts N copies with ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous in the environment. :func:`start`
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous in the environment. ``start``
 initialises the default process group from them (NCCL on GPUs, gloo on the CPU), and the
 examples then train with ``EngineConfig(distributed="ddp")``: each rank reads its shard of
 the data (``--batch-size`` is per rank) and rank 0 alone writes files and reports.

@@ -2,7 +2,7 @@
 with the settings the run was started with.
 
 A run (a search or an evaluation) owns a folder ``OUT`` holding ``checkpoint.pt`` and
-``metrics.jsonl``. :func:`claim` checks the folder before anything is read or written:
+``metrics.jsonl``. ``claim`` checks the folder before anything is read or written:
 
 - ``OUT`` must be a writable folder (or creatable);
 - a folder that holds a previous run (a checkpoint) is refused unless the run resumes it
@@ -14,8 +14,8 @@ A run (a search or an evaluation) owns a folder ``OUT`` holding ``checkpoint.pt`
   a killed run never leaves a stale lock; unlike ``flock``, it is not inherited by
   forked data-loader workers, which may outlive a killed run by seconds.
 
-:func:`check_resumed_settings` compares the settings stored in the checkpoint with the
-current ones; :func:`truncate_metrics` drops the metric records that a resumed run will
+``check_resumed_settings`` compares the settings stored in the checkpoint with the
+current ones; ``truncate_metrics`` drops the metric records that a resumed run will
 write again.
 """
 

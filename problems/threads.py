@@ -8,13 +8,13 @@ another process, and a run slows down many times over (measured by
 on a 2-core machine that other jobs kept busy).
 
 So, unless told (``--threads`` or ``OMP_NUM_THREADS``), the examples start with one
-thread per core this process may use and let a :class:`ThreadGovernor` adapt the count
+thread per core this process may use and let a ``ThreadGovernor`` adapt the count
 while they train: every couple of seconds it measures how much of those cores other
 processes used, and keeps torch at the cores left over (at least one). Told a number,
 they keep it. Each data-loading worker computes on one thread.
 
-The governor is process-wide, as torch's thread count is: :func:`configure_threads`
-installs it, :func:`adapt_threads` (called by the training loops once per update) lets
+The governor is process-wide, as torch's thread count is: ``configure_threads``
+installs it, ``adapt_threads`` (called by the training loops once per update) lets
 it look, at most once per interval.
 """
 
@@ -74,7 +74,7 @@ class ThreadGovernor:
 
     Args:
         cores: the most threads to use.
-        sample: where the CPU times come from (default :func:`cpu_sample`).
+        sample: where the CPU times come from (default ``cpu_sample``).
         interval: the least seconds between two looks.
     """
 
@@ -114,7 +114,7 @@ _governor: ThreadGovernor | None = None  # process-wide, as torch's thread count
 def configure_threads(requested: int | None) -> str:
     """Set torch's intra-op threads: ``requested`` (``--threads``), else
     ``OMP_NUM_THREADS`` when set, else the usable cores, adapted while training to the
-    cores other processes leave free (:class:`ThreadGovernor`). Returns the line to log."""
+    cores other processes leave free (``ThreadGovernor``). Returns the line to log."""
     global _governor
     cores = usable_cores()
     _governor = None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,15 @@ def test_the_site_builds_strictly(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "api" / "mlo" / "index.html").exists()
     assert "hypergradient" in (tmp_path / "api" / "mlo" / "index.html").read_text()
+    # Docstrings are Markdown (mkdocstrings): a reST role would show as literal text.
+    raw = re.compile(r":(class|meth|func|mod|attr|data|exc|obj|ref):`")
+    shown = {
+        str(page.relative_to(tmp_path)): raw.findall(page.read_text())
+        for page in tmp_path.rglob("*.html")
+    }
+    assert not {page: roles for page, roles in shown.items() if roles}
+    # and cross-references are links: the engine's page links the problem's
+    assert 'href="#mlo.Problem"' in (tmp_path / "api" / "mlo" / "index.html").read_text()
 
 
 def test_the_first_tutorial_runs_and_draws_its_plot(tmp_path):

@@ -2,7 +2,7 @@
 
 A "vector" in a hypergradient solver is a list of tensors shaped like a problem's
 parameters. Every scalar reduction a solver makes (dot products, norms) goes through
-:func:`reduce_sum`, the single place where a distributed run would all-reduce across
+``reduce_sum``, the single place where a distributed run would all-reduce across
 ranks. Nothing here synchronises with the host.
 """
 
@@ -54,7 +54,7 @@ def axpy(alpha: Tensor | float, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> V
 
 def axmy(alpha: Tensor, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Vector:
     """``y − alpha * x`` for a 0-dim tensor ``alpha``, returning new tensors (one fused
-    operation for one tensor, where :func:`axpy` with ``-alpha`` would take two)."""
+    operation for one tensor, where ``axpy`` with ``-alpha`` would take two)."""
     if len(xs) == 1 and not alpha.requires_grad:
         return [torch.addcmul(ys[0], xs[0], alpha, value=-1)]
     return axpy(-alpha, xs, ys)

@@ -30,7 +30,7 @@ def vjp(
     create_graph: bool = False,
 ) -> tuple[Tensor | None, ...]:
     """``torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)``: ``None``
-    for an input the outputs do not depend on (:func:`materialized` makes it zeros).
+    for an input the outputs do not depend on (``materialized`` makes it zeros).
     ``grad_outputs=None`` needs scalar outputs.
 
     For plain tensors it calls autograd's engine directly, without ``grad``'s argument

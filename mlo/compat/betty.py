@@ -2,8 +2,8 @@
 
 `Betty <https://github.com/leopard-ai/betty>`_ (``betty-ml``) programs declare their levels
 as ``ImplicitProblem`` subclasses with a ``training_step``, a ``Config`` each, an
-``EngineConfig`` and ``u2l``/``l2u`` dependencies. :func:`from_betty` takes the constructed
-``betty.engine.Engine`` and returns an :class:`mlo.Engine` that trains the *same* modules
+``EngineConfig`` and ``u2l``/``l2u`` dependencies. ``from_betty`` takes the constructed
+``betty.engine.Engine`` and returns an [`mlo.Engine`][mlo.Engine] that trains the *same* modules
 with the same optimizers, schedulers and data. Nothing is copied: each mlo level holds the
 Betty problem's own module, and the Betty ``training_step`` runs unchanged, so that
 ``self.inner.module``, ``self.outer`` and calling a problem as a function keep working.
@@ -12,15 +12,15 @@ What maps to what:
 
 - ``u2l`` edges and reversed ``l2u`` edges form mlo's ``{upper: [lowers]}`` graph.
 - A lower level's ``Config.type`` becomes its solver: ``darts`` →
-  :class:`mlo.solvers.Darts` (``epsilon=darts_alpha``, ``xi=1``, Betty's scale),
-  ``neumann`` → :class:`mlo.solvers.Neumann` (``iterations=neumann_iterations``,
-  ``alpha=neumann_alpha``), ``cg`` → :class:`mlo.solvers.CG`
+  ``mlo.solvers.Darts`` (``epsilon=darts_alpha``, ``xi=1``, Betty's scale),
+  ``neumann`` → ``mlo.solvers.Neumann`` (``iterations=neumann_iterations``,
+  ``alpha=neumann_alpha``), ``cg`` → ``mlo.solvers.CG``
   (``iterations=cg_iterations``; a correct conjugate-gradient solve, where Betty 0.1.1's
   is not). A level whose upper levels all set ``first_order=False`` (Betty then adds no
-  implicit term) gets :class:`mlo.solvers.FirstOrder`.
+  implicit term) gets ``mlo.solvers.FirstOrder``.
 - ``unroll_steps``, ``warmup_steps`` (Betty's first upper update comes at the first
   multiple of ``unroll_steps`` past the warm-up) and ``gradient_clipping`` map to
-  :class:`mlo.ProblemConfig`; an ``on_inner_loop_start`` hook runs where mlo resets a
+  [`mlo.ProblemConfig`][mlo.ProblemConfig]; an ``on_inner_loop_start`` hook runs where mlo resets a
   level (``reset_each_inner_loop``); ``on_epoch_end`` runs when a level's first loader
   ends; a custom ``get_batch`` is the level's data.
 - ``EngineConfig.train_iters`` counts updates of the lowest levels; mlo counts ticks
@@ -28,7 +28,8 @@ What maps to what:
   would make in ``train_iters`` iterations. An engine's ``validation()`` runs every
   ``valid_step`` lowest-level updates, in eval mode, as in Betty.
 
-What has no counterpart raises :class:`mlo.SetupError` naming it: the ``reinforce`` type,
+What has no counterpart raises [`mlo.SetupError`][mlo.errors.SetupError] naming it: the
+``reinforce`` type,
 ``IterativeProblem`` levels, ``fp16``, ``gradient_accumulation``, the
 ``custom_optimizer_step`` and ``param_callback`` hooks, ``roll_back``, Betty's own
 ``distributed`` flag (use mlo's ``distributed="ddp"`` under torchrun), early stopping,
@@ -111,7 +112,7 @@ class BettyLevel(Problem):
 
 
 class BettyProgram(Engine):
-    """The :class:`mlo.Engine` that :func:`from_betty` returns: mlo's engine, plus the
+    """The [`mlo.Engine`][mlo.Engine] that ``from_betty`` returns: mlo's engine, plus the
     Betty engine's ``validation()`` every ``valid_step`` lowest-level updates.
 
     ``validations`` lists ``(tick, stats)`` for each validation run.
@@ -161,7 +162,7 @@ def from_betty(betty_engine: Any, **overrides: Any) -> BettyProgram:
 
     Args:
         betty_engine: a ``betty.engine.Engine`` (or subclass) built as usual.
-        **overrides: :class:`mlo.EngineConfig` fields (``steps``, ``progress``,
+        **overrides: [`mlo.EngineConfig`][mlo.EngineConfig] fields (``steps``, ``progress``,
             ``checkpoint_every``, ``distributed``, …) that replace the converted ones, and
             ``problems={name: {ProblemConfig field: value}}`` for per-level settings
             (e.g. ``{"inner": {"jacobian": "partial"}}`` for Betty's nested Jacobian).

@@ -79,7 +79,7 @@ def _write_failure(path: Path, error: RuntimeError) -> BaseException:
 
 
 def load_safe(path: str | Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``, every failure a :class:`CheckpointError`
+    """``torch.load(path, weights_only=True)``, every failure a ``CheckpointError``
     that names the file (and never advises loading with ``weights_only=False``)."""
     path = Path(path)
     if not path.exists():
@@ -101,7 +101,7 @@ def load_safe(path: str | Path, map_location: Any = "cpu") -> Any:
 
 
 def read(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """The payload of a checkpoint written by :meth:`mlo.Engine.save` (``engine`` and
+    """The payload of a checkpoint written by [`mlo.Engine.save`][mlo.Engine.save] (``engine`` and
     ``extra``), its format and checksum verified; nothing is applied to any engine."""
     return unseal(load_safe(path, map_location=map_location), path)
 

@@ -1,7 +1,7 @@
 """The finiteness guard: no NaN or infinity reaches a parameter or a checkpoint unseen.
 
 Losses, gradients, solver contributions and updated parameters are queued as they are
-made (:meth:`FiniteGuard.watch`) and checked together, in one device synchronisation
+made (``FiniteGuard.watch``) and checked together, in one device synchronisation
 (across ranks, one agreed flag): before every optimizer step on the CPU or when updates
 may be skipped, else every ``log_every`` ticks. A failed check names the level, what was
 not finite, and the step.
@@ -91,7 +91,8 @@ class FiniteGuard:
         return True
 
     def check(self) -> None:
-        """Raise :class:`mlo.NonFiniteError` naming the first non-finite pending value."""
+        """Raise [`mlo.NonFiniteError`][mlo.errors.NonFiniteError] naming the first
+        non-finite pending value."""
         pending, self.pending = self.pending, []
         if not pending:
             return

@@ -6,12 +6,12 @@ worker start-up also draws from (differently with persistent workers), and rando
 augmentations depend on which process draws them. Here both are functions of
 ``(seed, epoch, position)`` only:
 
-- :class:`ResumableSampler` yields the permutation ``randperm(n)`` of a generator seeded by
+- ``ResumableSampler`` yields the permutation ``randperm(n)`` of a generator seeded by
   ``(seed, epoch)``, from any position in it; its keys are ``(epoch, index)`` pairs;
-- :class:`SeededDataset` answers a key ``(epoch, index)`` with ``dataset[index]``
+- ``SeededDataset`` answers a key ``(epoch, index)`` with ``dataset[index]``
   computed under torch's random generator seeded by ``(seed, epoch, index)``, restored
   afterwards, so a random crop is the same in the main process and in any worker;
-- :func:`resumable_loader` puts the two in a ``DataLoader``. :class:`mlo.data.BatchStream`
+- ``resumable_loader`` puts the two in a ``DataLoader``. ``mlo.data.BatchStream``
   tells its sampler the epoch and position to start from, so a restored stream
   continues without replaying (or even loading) the batches already consumed.
 """

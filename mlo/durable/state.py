@@ -2,8 +2,8 @@
 
 Restoring validates everything first (graph, optimizers and their hyperparameters,
 schedulers, data positions, schedule) and only then changes the engine: a checkpoint that
-does not fit raises :class:`mlo.CheckpointError` naming every difference, and leaves the
-engine exactly as it was.
+does not fit raises [`mlo.CheckpointError`][mlo.errors.CheckpointError] naming every
+difference, and leaves the engine exactly as it was.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 class Engine(Protocol):
-    """What of an engine its state is made of (:class:`mlo.Engine` has all of it)."""
+    """What of an engine its state is made of ([`mlo.Engine`][mlo.Engine] has all of it)."""
 
     config: EngineConfig
     problems: dict[str, Problem]
@@ -114,7 +114,7 @@ def engine_state(engine: Engine) -> dict[str, Any]:
 
     Under data parallelism it also holds every rank's random states and current batches
     (gathered: every rank must call it); the states of fully sharded levels are
-    gathered into full tensors (:meth:`mlo.sharding.Sharding.full_state`)."""
+    gathered into full tensors (``mlo.parallel.sharding.Sharding.full_state``)."""
 
     def full(name: str, value: Any) -> Any:
         sharding = _sharding_of(engine, name)
@@ -230,7 +230,7 @@ def _split_batch(batch: Any, world: int) -> list[Any]:
 def restore_engine_state(
     engine: Engine, state: dict[str, Any], keep_current_hyperparameters: bool = False
 ) -> None:
-    """Restore a :meth:`state_dict`: validate all of it, then apply it.
+    """Restore a ``state_dict``: validate all of it, then apply it.
 
     Optimizer types and hyperparameters must match the checkpoint's, unless
     ``keep_current_hyperparameters``: then the optimizers' states are loaded and the

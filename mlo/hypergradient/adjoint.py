@@ -2,7 +2,7 @@
 with every descendant of one level at its best response.
 
 The engine uses it for each update's gradient (the scalar is the level's loss, the target
-the level itself); the nested products of :mod:`mlo.hypergradient.nested` use it for
+the level itself); the nested products of ``mlo.hypergradient.nested`` use it for
 Hessian-vector and mixed products of a level's total gradient (the scalar is ``wᵀ g_D``,
 the targets ``D`` or D's parents).
 """
@@ -49,7 +49,7 @@ class AdjointPropagation:
         evaluator: the levels' objectives and parameter replacements.
         graph: the level graph.
         descendants: every level's descendants, parents first.
-        view: builds the :class:`~mlo.solvers.Level` a lower level's solver sees.
+        view: builds the [`Level`][mlo.solvers.Level] a lower level's solver sees.
         modes: which levels' Jacobians are total (and their fall-back).
         watch: queues tensors for the finiteness check.
         diagnostics: where each solver's diagnostics are kept, by level.
@@ -95,7 +95,7 @@ class AdjointPropagation:
         ``create_graph``); ``retain_graph`` keeps the scalar's graph for another call;
         ``watch`` queues the solvers' contributions for the finiteness check, blamed on
         ``owner``. Levels whose parameters are replaced for the moment
-        (:meth:`Evaluator.replaced`) are differentiated by their replacements.
+        (``Evaluator.replaced``) are differentiated by their replacements.
         """
         plan = self.plan(owner, targets)
         values = self.evaluator.values

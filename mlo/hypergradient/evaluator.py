@@ -1,6 +1,6 @@
 """Evaluating a level's objective: on its current batch, with any level's parameters
-substituted. The rest of :mod:`mlo.hypergradient` reaches the problems only through an
-:class:`Evaluator`."""
+substituted. The rest of ``mlo.hypergradient`` reaches the problems only through an
+``Evaluator``."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Evaluator:
         self.replicated = replicated
         self.clock = clock
         self.values: dict[str, list[Tensor]] = {}
-        """The levels whose parameters are replaced for the moment (:meth:`replaced`)."""
+        """The levels whose parameters are replaced for the moment (``replaced``)."""
 
     # ------------------------------------------------------------------ batches
 
@@ -72,7 +72,7 @@ class Evaluator:
 
     def params(self, name: str) -> list[Tensor]:
         """The tensors level ``name`` computes with now: its parameters, or their
-        replacements inside :meth:`replaced`."""
+        replacements inside ``replaced``."""
         return list(self.values.get(name, self.problems[name].params.tensors))
 
     def objective(

@@ -8,12 +8,12 @@ stationary point of ``g_D``, and by the implicit function theorem
     J_{D,U} = −(∂g_D/∂θ_D)⁻¹ ∂g_D/∂θ_U.
 
 Both derivatives are *total* too: a change of ``θ_D`` or of ``θ_U`` moves D's
-descendants, which moves ``g_D``. :class:`TotalSecondOrder` builds ``g_D`` by the
+descendants, which moves ``g_D``. ``TotalSecondOrder`` builds ``g_D`` by the
 adjoint propagation with ``create_graph`` (so it is differentiable), and gives
 ``(∂g_D/∂θ_D) x`` and ``(∂g_D/∂θ_U)ᵀ w`` as the total derivatives of the scalar ``xᵀ g_D``
 (resp. ``wᵀ g_D``): its direct derivatives, plus its derivatives through D's descendants
 carried up by adjoint propagation again. The solvers use it in place of
-:class:`mlo.autodiff.SecondOrder`, unchanged.
+``mlo.autodiff.SecondOrder``, unchanged.
 
 What is held fixed: the levels outside ``{D} ∪ descendants(D) ∪ parents(D)``. Where a
 descendant of ``D`` has such a parent ``X`` (an ancestor of D that is not its parent, or
@@ -41,7 +41,7 @@ class TotalSecondOrder:
 
     ``propagation`` is the adjoint propagation that builds ``g_D`` and carries products
     up through D's descendants; ``parents`` are the levels whose parameters
-    :meth:`mixed` differentiates by (D's parents in the propagation that asked);
+    ``mixed`` differentiates by (D's parents in the propagation that asked);
     ``create_graph`` makes every product differentiable in turn (needed when an upper
     level is itself nested).
     """
@@ -78,7 +78,7 @@ class TotalSecondOrder:
         """``(∂g_D/∂θ_D) x``, total: D's descendants respond to ``θ_D``. Under data
         parallelism it is averaged over the ranks, as the partial products are: each
         rank's is its share of the global batch's (see
-        :meth:`mlo.parallel.distributed.Reducer.mean`)."""
+        ``mlo.parallel.distributed.Reducer.mean``)."""
         (product,) = self._total(vector, [self.name])
         if product is None:
             return [torch.zeros_like(p) for p in self.params]

@@ -1,6 +1,6 @@
-"""Total gradients: :class:`Hypergradients` composes the evaluator, the Jacobian modes,
+"""Total gradients: ``Hypergradients`` composes the evaluator, the Jacobian modes,
 adjoint propagation and the nested products into what the engine asks for, a level's
-gradient through the levels below it, and builds the :class:`~mlo.solvers.Level` view
+gradient through the levels below it, and builds the [`Level`][mlo.solvers.Level] view
 each solver gets."""
 
 from __future__ import annotations

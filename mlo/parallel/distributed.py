@@ -6,7 +6,7 @@ shard of each level's data, and the engine keeps the ranks identical:
 
 - every vector computed from a level's objective on local data (a gradient, a
   Hessian-vector or mixed product, a finite-difference gradient) is averaged across ranks
-  at once (:meth:`Reducer.mean`), in one all-reduce per product; what solvers compute from
+  at once (``Reducer.mean``), in one all-reduce per product; what solvers compute from
   averaged vectors (CG's dot products, Neumann's norms, darts' step ε/‖v‖) is then the same
   on every rank without further communication;
 - finiteness checks are agreed (one all-reduce of the flags): every rank raises, or skips,
@@ -15,7 +15,7 @@ shard of each level's data, and the engine keeps the ranks identical:
   are set to rank 0's after every tick, as PyTorch's DDP does before each forward.
 
 With each rank's per-level batch a mean over B examples and the shards of
-:func:`mlo.sampling.resumable_loader`, one tick on N ranks computes the update of one
+``mlo.durable.sampling.resumable_loader``, one tick on N ranks computes the update of one
 process with batch N·B (exactly, up to the order of floating-point sums) for levels
 without batch-coupled layers; BatchNorm normalises over each rank's B examples, as in
 PyTorch's DDP.
@@ -66,7 +66,7 @@ class Reducer:
         """The average over ranks of each tensor (one all-reduce per dtype and device).
 
         Differentiable when a tensor requires grad (under grad mode): the derivative of
-        the average is the average of the ranks' derivatives (see :class:`_Mean`), so that
+        the average is the average of the ranks' derivatives (see ``_Mean``), so that
         a computation differentiated through it, such as ``unroll``'s replay of steps
         taken with averaged gradients, gives on every rank a local share whose average
         over ranks is the derivative of the global computation."""

@@ -9,7 +9,7 @@ them gathered while the ticks run, because a hypergradient evaluates and differe
 every level's objective several times per update (the solvers' Hessian-vector and mixed
 products read all levels' parameters); after each optimizer step the level is gathered
 again from its updated shards. The arithmetic is then that of ``distributed="ddp"``
-(:mod:`mlo.distributed`): each rank evaluates its own shard of the data, every gradient
+(``mlo.parallel.distributed``): each rank evaluates its own shard of the data, every gradient
 and product is averaged across ranks, and the averaged gradient's local slice becomes the
 sharded parameter's gradient. N ranks with batch B therefore compute the update of one
 process with batch N·B, as under ``"ddp"``; what FSDP saves is the optimizer state (and

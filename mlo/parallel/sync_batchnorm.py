@@ -3,15 +3,15 @@ any order.
 
 Under ``EngineConfig(distributed="ddp")`` a plain ``BatchNorm`` normalises over each
 rank's own ``B`` examples, so N ranks compute a different function from one process with
-batch ``N·B``. :class:`SyncBatchNorm` normalises over all ``N·B`` examples instead: its
-batch mean and variance are averaged across ranks with :meth:`mlo.distributed.Reducer.mean`,
+batch ``N·B``. ``SyncBatchNorm`` normalises over all ``N·B`` examples instead: its
+batch mean and variance are averaged across ranks with ``mlo.parallel.distributed.Reducer.mean``,
 whose derivative is again an average across ranks. Hessian-vector and mixed products
 through it (darts, neumann, cg, unroll, nested levels) are therefore those of the global
 batch's objective. PyTorch's ``torch.nn.SyncBatchNorm`` is not usable there: it runs on
 GPUs only and its backward cannot be differentiated again.
 
 Without a process group (or on one rank) it is ``BatchNorm``. Convert a model with
-:func:`convert_sync_batchnorm` before or after creating its optimizer (the parameters and
+``convert_sync_batchnorm`` before or after creating its optimizer (the parameters and
 buffers are kept).
 """
 
@@ -34,7 +34,7 @@ class SyncBatchNorm(_BatchNorm):
     one-pass variance loses little to cancellation; 0 without running statistics). The
     running statistics are updated with the global values (the unbiased variance over all
     ranks' examples), so they are identical on every rank. Evaluation mode uses the
-    running statistics, as ``BatchNorm`` does; inside :func:`mlo.observing` it is
+    running statistics, as ``BatchNorm`` does; inside ``mlo.observing`` it is
     ``BatchNorm`` on the observed batch alone (an evaluation may run on one rank only, and
     must not wait for the others).
     """
@@ -98,7 +98,7 @@ class SyncBatchNorm(_BatchNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every ``BatchNorm1d/2d/3d`` in ``module`` by a :class:`SyncBatchNorm` that
+    """Replace every ``BatchNorm1d/2d/3d`` in ``module`` by a ``SyncBatchNorm`` that
     holds the same parameters and buffers (an optimizer created before keeps working);
     returns the module (a new one only when ``module`` is itself a batch norm)."""
     if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):

@@ -6,8 +6,8 @@ A solver answers one question for a level ``D``: given a vector ``v`` shaped lik
 edge group during adjoint propagation and never needs to know which solver it is.
 
 A solver is also its own configuration: a frozen pydantic model whose fields are the
-solver's knobs. Register new ones with :func:`register`; they are then usable by name
-in :class:`mlo.ProblemConfig`, without editing ``mlo/``.
+solver's knobs. Register new ones with ``register``; they are then usable by name
+in [`mlo.ProblemConfig`][mlo.ProblemConfig], without editing ``mlo/``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Level:
     """The level's Hessian-vector and mixed products (a fresh object per call): of
     ``f_D``'s partial gradient, or, for a level trained by its total gradient
     (``ProblemConfig(jacobian="total")`` on a level that reads its own lower levels), of
-    that total gradient (:class:`mlo.nested.TotalSecondOrder`). ``None``: the partial
+    that total gradient (``mlo.nested.TotalSecondOrder``). ``None``: the partial
     products of ``objective``."""
     total: bool = False
     """Whether ``second_order`` gives the products of D's total gradient."""
@@ -72,8 +72,8 @@ class Level:
     diagnose: bool = True
     """Whether the solver's diagnostics will be read. The engine asks for them on the
     ticks it reports (the first, every ``log_every``-th and the last) and in
-    :meth:`mlo.Engine.hypergradient`; on other ticks a solver may skip the arithmetic
-    that only its diagnostics need and return none."""
+    [`mlo.Engine.hypergradient`][mlo.Engine.hypergradient]; on other ticks a solver may skip
+    the arithmetic that only its diagnostics need and return none."""
 
     def products(self) -> SecondOrder:
         """D's second-order products (see ``second_order``)."""
@@ -151,7 +151,7 @@ class ImplicitSolver(Solver):
 
 def split_by_parents(flat: list[Tensor], groups: Sequence[Sequence[Tensor]]) -> list[Vector]:
     """``flat``, one tensor per parameter of all parents in order, as one list per parent
-    (``groups``: the parents' parameters), the shape of :attr:`SolverResult.vjps`."""
+    (``groups``: the parents' parameters), the shape of ``SolverResult.vjps``."""
     out, start = [], 0
     for group in groups:
         out.append(flat[start : start + len(group)])
@@ -165,7 +165,7 @@ S = TypeVar("S", bound=type[Solver])
 
 
 def register(name: str) -> Callable[[S], S]:
-    """Class decorator: make a :class:`Solver` subclass available under ``name``."""
+    """Class decorator: make a ``Solver`` subclass available under ``name``."""
 
     def decorate(cls: S) -> S:
         if not (isinstance(cls, type) and issubclass(cls, Solver)):

@@ -16,7 +16,7 @@ class CG(ImplicitSolver):
     Runs ``iterations`` steps, or fewer in effect: once the residual falls below
     ``tol·‖v‖`` further steps leave ``w`` unchanged (decided on the device, with no host
     synchronisation). Exact for a quadratic ``f_D`` after ``dim θ_D`` iterations.
-    Diagnostics (when the engine asks, :attr:`Level.diagnose`): ``cg_residual`` (final
+    Diagnostics (when the engine asks, ``Level.diagnose``): ``cg_residual`` (final
     ‖r‖/‖v‖) and ``cg_negative_curvature`` (1 when a direction with ``pᵀ(H+ρI)p ≤ 0`` was
     met, where CG is not valid).
     """

@@ -18,7 +18,7 @@ class Neumann(ImplicitSolver):
     ``K = iterations`` Hessian-vector products; ``alpha`` defaults to D's learning rate.
     The series converges when every eigenvalue λ of H has ``0 < αλ < 2`` and decays
     monotonically when ``α‖H‖ < 1``. Diagnostics (when the engine asks for them,
-    :attr:`Level.diagnose`), computed on the device from the products the series needs
+    ``Level.diagnose``), computed on the device from the products the series needs
     anyway:
 
     - ``neumann_alpha_h``: the largest ``α‖Hp‖/‖p‖`` over the terms ``p``, a lower bound on

@@ -22,12 +22,12 @@ class Unroll(Solver):
 
     Each replayed step uses the gradient D was trained by: ``∂f_D/∂θ_D`` for a level that
     does not read its lower levels (or with ``jacobian="partial"``), and for a nested level
-    its total gradient ``g_D`` (:attr:`Level.total_gradient`, D's lower levels at their
+    its total gradient ``g_D`` (``Level.total_gradient``, D's lower levels at their
     current values and best responses), so that the replay differentiates the training
     procedure through those total gradients. Under data parallelism each rank replays
     its own shard of every recorded batch and the replayed gradients are averaged over
-    the ranks (differentiably, :meth:`mlo.distributed.Reducer.mean`), as D's steps were.
-    Diagnostic (when the engine asks, :attr:`Level.diagnose`) ``unroll_replay_error``:
+    the ranks (differentiably, ``mlo.parallel.distributed.Reducer.mean``), as D's steps were.
+    Diagnostic (when the engine asks, ``Level.diagnose``) ``unroll_replay_error``:
     ‖θ_D^{(K)} − θ_D‖/‖θ_D‖, the distance between the replayed end point and D's actual
     parameters; it is 0 up to rounding unless the parents (or, for a nested level, its
     lower levels) changed during the window.

@@ -1,7 +1,7 @@
 """What every example's command line shares, one concern a module:
 
 - ``failures``: a user's mistake as one ``error: …`` line and exit status 2
-  (:func:`command_line`, :func:`fail`);
+  (``command_line``, ``fail``);
 - ``config_files``: configurations from TOML files and flags, validated, printed back;
 - ``flags``: the NAS examples' common flags and ``--threads``;
 - ``small_examples``: the small examples' parser, solver names and engine of one run.

@@ -40,7 +40,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 def read_config_file(file: Path) -> dict[str, Any]:
     """A TOML configuration file's table; anything that is not a readable UTF-8 TOML
-    file of at most 1 MiB is a :class:`ConfigError` naming the file."""
+    file of at most 1 MiB is a ``ConfigError`` naming the file."""
     file = Path(file)
     try:
         mode = file.stat().st_mode

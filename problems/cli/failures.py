@@ -45,11 +45,11 @@ USER_ERRNOS = frozenset(
 
 def command_line(main: Callable[..., int | None]) -> Callable[..., int]:
     """The one place where a command line turns a user's mistake into ``error: …`` and
-    exit status 2: an :class:`mlo.MLOError` (every mistake mlo and the examples
+    exit status 2: an [`mlo.MLOError`][mlo.errors.MLOError] (every mistake mlo and the examples
     detect), a configuration that fails validation, or an operating-system refusal such
     as a full disk or a read-only folder. Anything else is a bug and keeps its
     traceback. A run that returns normally under torchrun ends with
-    :func:`problems.launch.finish`: no rank leaves while another still works."""
+    ``problems.launch.finish``: no rank leaves while another still works."""
     from ..launch import finish
 
     @functools.wraps(main)

@@ -43,7 +43,7 @@ def example_parser(description: str) -> argparse.ArgumentParser:
 
 def parse_run(parser: argparse.ArgumentParser, model: type[M], argv: list[str] | None) -> M | None:
     """The validated configuration (file, then flags), or ``None`` after
-    ``--print-config`` printed it; invalid input raises :class:`ConfigError`."""
+    ``--print-config`` printed it; invalid input raises ``ConfigError``."""
     parsed = parser.parse_args(argv)
     flags = {
         k: v for k, v in vars(parsed).items() if k not in ("config", "print_config", "threads")

@@ -1,7 +1,7 @@
 """LeaSE: learning by self-explanation (Hosseini & Xie, arXiv 2012.12899) on mlo.
 
 Four levels — explainer (W), explain (E), audience (V), relearn (A) — built by
-:func:`build`; ``docs/lease.md`` has the choices made where the paper is silent.
+``build``; ``docs/lease.md`` has the choices made where the paper is silent.
 
 - ``levels``: the four problems and the formulation;
 - ``explanations``: how the explainer explains (PGD, sign-PGD, saliency; a registry);

@@ -46,7 +46,7 @@ def build(
     search-validation. ``audience`` defaults to ``hyper.audience.arch`` on the supernet's
     device. Replace any level, solver or loss by editing the returned problems.
 
-    With ``hyper.author_setting`` (the ``lease-author`` preset, :meth:`LeaseHyper.author`)
+    With ``hyper.author_setting`` (the ``lease-author`` preset, ``LeaseHyper.author``)
     only two levels train: ``relearn`` above ``explainer``, which trains on adversarial
     inputs; the audience network is attached to ``relearn`` untrained, in eval mode.
     """

@@ -14,7 +14,7 @@ of the input's shape; the explained input the audience sees is ``x̃ = x ⊙ m``
 - ``saliency``: ``m = |∇_x ℓ(f(x), y)|``, normalised to a maximum of 1 per example
   (differentiable through the double backward unless ``differentiable=False``).
 
-More methods plug in with :func:`register_explanation` and are then chosen by name,
+More methods plug in with ``register_explanation`` and are then chosen by name,
 ``ExplanationConfig(method="mine")`` (``docs/tutorials/lease.md``).
 
 Inputs are normalised images; ε and the step are given in pixel units and divided by each

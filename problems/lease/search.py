@@ -1,4 +1,4 @@
-"""A LeaSE search over a :class:`~problems.nas.runner.SearchSetup`: what the search command
+"""A LeaSE search over a ``SearchSetup``: what the search command
 and the study run."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .config import LeaseRun
 
 def wire_search(setup: SearchSetup, audience: torch.nn.Module | None = None):
     """The levels of a search from ``examples/lease_cifar.py``'s configuration
-    (:class:`LeaseRun`): LeaSE's (``build``), or DARTS' with ``baseline='darts'``.
+    (``LeaseRun``): LeaSE's (``build``), or DARTS' with ``baseline='darts'``.
     ``audience``: your own audience network in place of ``lease.audience.arch``'s ResNet
     (bind it with ``functools.partial(wire_search, audience=net)``)."""
     config: LeaseRun = setup.config

@@ -113,7 +113,7 @@ class StudyRun(NumbersNotBooleans):
         }
 
     def search_config(self, method: str, seed: int, resume: bool) -> LeaseRun:
-        """The search of one run; ``method`` is any of :data:`METHODS` but ``random``."""
+        """The search of one run; ``method`` is any of ``METHODS`` but ``random``."""
         s = self.search
         explanation: dict[str, Any] = {"steps": s.pgd_steps}
         if method == "lease-sign":

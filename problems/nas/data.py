@@ -81,7 +81,7 @@ class Cutout:
 def torchvision_part(name: str):
     """``torchvision.<name>`` (``datasets`` or ``transforms``); a torchvision that cannot
     be imported, as when it was built for another torch (``operator torchvision::nms does
-    not exist``), is a :class:`NasDataError` in one line that names both versions."""
+    not exist``), is a ``NasDataError`` in one line that names both versions."""
     import importlib
     from importlib import metadata
 
@@ -398,7 +398,7 @@ def read_imagefolder(root: Path, cutout: int, image_size: int, transforms=None) 
 
 def read_image(path: str):
     """An RGB image from ``path``; a file that is not a readable image is a
-    :class:`NasDataError` naming it (at the first batch that contains it)."""
+    ``NasDataError`` naming it (at the first batch that contains it)."""
     from PIL import Image
 
     try:
@@ -479,7 +479,7 @@ def loader(
     shard: bool = True,
 ) -> DataLoader:
     """A DataLoader whose order and random augmentations are functions of ``(seed,
-    epoch, position)`` (:func:`mlo.durable.sampling.resumable_loader`): the same with any number
+    epoch, position)`` (``mlo.durable.sampling.resumable_loader``): the same with any number
     of workers, and restored exactly by a checkpoint at any position. Under torchrun it
     loads this rank's shard, unless ``shard=False`` (an evaluation every rank runs whole).
     """

@@ -1,6 +1,6 @@
 """What a search shows while it runs: accuracies observed without changing the search.
 
-Every number here is computed inside :func:`mlo.observing`: BatchNorm normalises with the
+Every number here is computed inside ``mlo.observing``: BatchNorm normalises with the
 observed batch's statistics (as the search objective does; running statistics from a few
 hundred updates would make eval-mode numbers meaningless early in a search), and no
 parameter, buffer, random generator or data position of the search changes. So the
@@ -51,7 +51,7 @@ def supernet_accuracy(
     """Top-1 accuracy of the supernet (current α) on the first ``batches`` batches of
     ``data`` in a fixed order.
 
-    An observation (:func:`mlo.observe.observing`): BatchNorm normalises with each
+    An observation (``mlo.observe.observing``): BatchNorm normalises with each
     batch's statistics, as the search objective does, and no buffer, random generator or
     data position of the search changes.
     """

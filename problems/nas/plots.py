@@ -145,7 +145,7 @@ that α has not separated."""
 
 def separation_note(normal: torch.Tensor, reduce: torch.Tensor) -> str | None:
     """``None`` when some operation's weight (softmax of α, any step, either cell) moved
-    at least :data:`SEPARATED` from the uniform 1/8; else the note ``alphas.png`` shows."""
+    at least ``SEPARATED`` from the uniform 1/8; else the note ``alphas.png`` shows."""
     both = torch.cat([normal.flatten(), reduce.flatten()]).float()
     spread = float((both - 1.0 / len(PRIMITIVES)).abs().max())
     if spread >= SEPARATED:
@@ -167,7 +167,7 @@ def plot_alpha_evolution(
 
     A dashed line marks the uniform weight 1/8 that every edge starts from, the y-axis
     always spans at least ±0.02 around it, and when no weight has moved more than
-    :data:`SEPARATED` from it the figure says that α has not separated: a derived cell
+    ``SEPARATED`` from it the figure says that α has not separated: a derived cell
     is then close to a random pick, and the curves' wiggles are noise, not a trend."""
     plt = _pyplot()
     normal_t = torch.stack([w.float().cpu() for w in normal])  # (T, edges, ops)

@@ -89,7 +89,7 @@ class EvalResult:
 
 def run_evaluation(config: EvalRun, console: Console | None = None) -> EvalResult:
     """Train the genotype's evaluation network from scratch; report test error. The
-    output folder is checked and locked first (:mod:`problems.run_folder`)."""
+    output folder is checked and locked first (``problems.run_folder``)."""
     config = config.effective()
     genotype = genotype_from(config.genotype)
     with claim_if_lead(config):
@@ -183,7 +183,7 @@ def train_one_level(
 
 def test_error(model: EvalNetwork, dataset, config: EvalRun, device: torch.device, amp) -> float:
     """Top-1 error in eval mode (running BatchNorm statistics, no drop-path), observed
-    without side effects (:func:`mlo.observing`)."""
+    without side effects (``mlo.observing``)."""
     return topk_errors(model, dataset, config, device, amp)[0]
 
 

@@ -100,7 +100,7 @@ def resume_engine(engine: mlo.Engine, config: SearchRun | EvalRun, out: Path) ->
 
 
 def claim_if_lead(config: SearchRun | EvalRun):
-    """The run folder's checks and lock (:func:`problems.run_folder.claim`), taken by the
+    """The run folder's checks and lock (``problems.run_folder.claim``), taken by the
     rank that writes; under torchrun the other ranks write nothing."""
     if not lead():
         return nullcontext()

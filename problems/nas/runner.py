@@ -97,7 +97,7 @@ def run_search(
 
     The architecture is the level named ``architecture`` or, failing that, the top level.
     ``accuracy_of(engine, val_batch)`` returns accuracies shown in the progress bar.
-    The output folder is checked and locked first (:mod:`problems.run_folder`).
+    The output folder is checked and locked first (``problems.run_folder``).
     """
     with claim_if_lead(config):
         return _search(config, wire, title, accuracy_of, console or Console(stderr=True))

@@ -1,6 +1,6 @@
 """The DARTS supernet: mixed operations, search cells, and architecture weights.
 
-The architecture weights live in their own module (:class:`ArchitectureWeights`) so that
+The architecture weights live in their own module (``ArchitectureWeights``) so that
 they can be a level of their own; the supernet receives them as an argument::
 
     logits = supernet(images, arch.normalized())

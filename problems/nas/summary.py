@@ -21,7 +21,7 @@ def summary_table(title: str, rows: dict[str, Any]) -> Table:
 
 def genotype_rows(genotype: Genotype) -> dict[str, str]:
     """Each cell as ``node 0: op←input, op←input; node 1: ...``, the inputs named as in
-    ``cells.png`` (:func:`problems.nas.genotype.input_name`)."""
+    ``cells.png`` (``problems.nas.genotype.input_name``)."""
 
     def cell(pairs):
         nodes = [pairs[i : i + 2] for i in range(0, len(pairs), 2)]
