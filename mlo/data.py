@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -10,6 +11,19 @@ import torch
 from .errors import DataError
 
 _MISSING = object()
+logger = logging.getLogger("mlo")
+
+
+def _keeps_one_iterator(data: Any) -> bool:
+    """Whether ``data`` is a DataLoader that reuses one iterator across epochs (persistent
+    workers): its per-epoch order is then drawn from a generator state that a new process
+    cannot reproduce, since the first iterator of a process also draws the workers' seed."""
+    return (
+        isinstance(data, torch.utils.data.DataLoader)
+        and bool(getattr(data, "persistent_workers", False))
+        and getattr(data, "num_workers", 0) > 0
+        and not isinstance(getattr(data, "sampler", None), torch.utils.data.SequentialSampler)
+    )
 
 
 class BatchStream:
@@ -33,6 +47,16 @@ class BatchStream:
             raise DataError(
                 f"data for problem {problem!r} must be an iterable of batches (a list, a "
                 f"DataLoader, ...) or None; got {type(data).__name__}"
+            )
+        if self._resumable_sampler() is None and _keeps_one_iterator(data):
+            logger.warning(
+                "problem %r: its DataLoader keeps its workers across epochs "
+                "(persistent_workers=True), so a resumed run cannot redraw the order of an "
+                "epoch after the first: it will train on other batches from there. For an "
+                "exact resume, load through mlo.durable.sampling.resumable_loader (or give "
+                "the DataLoader a mlo.durable.sampling.ResumableSampler), or set "
+                "persistent_workers=False",
+                problem,
             )
 
     def _fetch(self) -> tuple[Any, bool]:

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .autodiff import gradient_or_none
 from .autodiff.trajectory import CURRENT_BATCH, Trajectory
 from .config import EngineConfig
 from .describe import describe
@@ -26,7 +25,7 @@ from .durable.checkpoint import read, save_atomic, seal
 from .durable.finite import FiniteGuard, check_learning_rates
 from .durable.rotation import CheckpointRotation
 from .durable.state import engine_state, fingerprint, restore_engine_state
-from .errors import SetupError, UnknownProblemError
+from .errors import UnknownProblemError
 from .graph import LevelGraph
 from .hypergradient.evaluator import Evaluator
 from .hypergradient.total import Hypergradients
@@ -39,9 +38,13 @@ from .preflight import preflight
 from .problem import Problem
 from .schedule import Schedule
 from .wiring import (
+    blind_loss,
+    check_checkpoint_dir,
+    check_inputs,
     check_levels,
     connect_peers,
     dependencies_by_name,
+    detached_loss,
     refresh_parameter_slots,
     refuse_shared_parameters,
     warn_on_shared_generators,
@@ -69,14 +72,7 @@ class Engine:
         config: EngineConfig | None = None,
         resume: str | Path | None = None,
     ) -> None:
-        problems = list(problems)
-        if not problems:
-            raise SetupError("Engine needs at least one problem")
-        for p in problems:
-            if not isinstance(p, Problem):
-                raise SetupError(f"problems must be mlo.Problem instances, got {type(p).__name__}")
-        if config is not None and not isinstance(config, EngineConfig):
-            raise SetupError("config must be a mlo.EngineConfig")
+        problems = check_inputs(problems, config)
         self.config = config if config is not None else EngineConfig()
         deps = dependencies_by_name({} if dependencies is None else dependencies)
         self.graph = LevelGraph.from_dependencies([p.name for p in problems], deps)
@@ -91,12 +87,7 @@ class Engine:
         # before anything reads a level's parameters.
         self.sharding = Sharding(self.problems) if self.config.distributed == "fsdp" else None
         refuse_shared_parameters(self.problems)
-        folder = self.config.checkpoint_dir
-        if folder is not None and folder.exists() and not folder.is_dir():
-            raise SetupError(
-                f"checkpoint_dir {folder} is a file, not a folder; give a folder for "
-                "step_<tick>.pt checkpoints"
-            )
+        folder = check_checkpoint_dir(self.config.checkpoint_dir)
         warn_on_shared_generators(self.problems)
         configs = {n: p.config for n, p in self.problems.items()}
         self.schedule = Schedule(
@@ -127,7 +118,6 @@ class Engine:
         self.rotation = CheckpointRotation(folder, self.config.keep_last, writer=lead)
         self._losses: dict[str, Tensor | None] = {}
         self._warned: set[str] = set()
-        self._blind: dict[str, bool] = {}  # see _reads_nothing
         self._preflight_done = False
         if resume is not None:
             self.load(resume)
@@ -183,24 +173,12 @@ class Engine:
             return
         loss = self.evaluator.objective(name, batch=batch)
         if not loss.requires_grad:
-            raise SetupError(
-                f"{type(problem).__name__}.training_step of problem {name!r} returned a loss "
-                "that does not depend on its parameters (detached, built from .item() or "
-                "numbers, or computed under torch.no_grad()), so the level would never "
-                "train; return the loss tensor autograd built from the module's output"
-            )
+            raise detached_loss(name, problem)
         detached = loss.detach()
         self.guard.watch(name, "loss", [detached])
         grads = self.hypergradients.total_gradient(name, loss)
-        if grads is None and self._reads_nothing(name):
-            below = self.graph.descendants(name)
-            raise SetupError(
-                f"{type(problem).__name__}.training_step of problem {name!r} returned a loss "
-                "that depends on none of its own parameters"
-                + (f", not even through its lower levels ({', '.join(below)})" if below else "")
-                + ", so the level would never train; compute it from self.module (another "
-                "level's parameters alone do not train this one)"
-            )
+        if grads is None and self.hypergradients.reads_nothing(name):
+            raise blind_loss(name, problem, self.graph.descendants(name))
         if grads is None:  # its lower levels' solvers pass nothing up (first_order)
             grads = [torch.zeros_like(p) for p in problem.params.tensors]
         params = problem.params.tensors
@@ -232,19 +210,6 @@ class Engine:
         if problem.scheduler is not None:
             problem.scheduler.step()
         self.updates[name] += 1
-
-    def _reads_nothing(self, name: str) -> bool:
-        """Whether level ``name``'s objective reads none of its own parameters and none of
-        its lower levels' (found once, by differentiating it; changes nothing)."""
-        if name not in self._blind:
-            tensors = [
-                t for n in [name, *self.graph.descendants(name)] for t in self.evaluator.params(n)
-            ]
-            devices = cuda_devices([self.problems[name].module])
-            with torch.random.fork_rng(devices=devices), self.evaluator.buffers.preserved():
-                grads = gradient_or_none(self.evaluator.objective(name), tensors)
-            self._blind[name] = all(g is None for g in grads)
-        return self._blind[name]
 
     def _update_explicit(self, name: str) -> None:
         """Set a level to its explicit best response (no gradient step)."""

@@ -5,7 +5,8 @@ problem's view of its peers, and the checks that refuse a program that cannot tr
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -140,3 +141,51 @@ def warn_on_shared_generators(problems: Mapping[str, Problem]) -> None:
                 other,
                 name,
             )
+
+
+def check_inputs(problems: Sequence[Problem], config: Any) -> list[Problem]:
+    """The problems as a list, refusing an empty one, a non-problem, or a config that is
+    not an :class:`~mlo.config.EngineConfig`."""
+    from .config import EngineConfig
+
+    problems = list(problems)
+    if not problems:
+        raise SetupError("Engine needs at least one problem")
+    for p in problems:
+        if not isinstance(p, Problem):
+            raise SetupError(f"problems must be mlo.Problem instances, got {type(p).__name__}")
+    if config is not None and not isinstance(config, EngineConfig):
+        raise SetupError("config must be a mlo.EngineConfig")
+    return problems
+
+
+def check_checkpoint_dir(folder: Path | None) -> Path | None:
+    """``folder``, refused if it is a file."""
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise SetupError(
+            f"checkpoint_dir {folder} is a file, not a folder; give a folder for "
+            "step_<tick>.pt checkpoints"
+        )
+    return folder
+
+
+def detached_loss(name: str, problem: Problem) -> SetupError:
+    """The error for a loss without a graph: the level would never train."""
+    return SetupError(
+        f"{type(problem).__name__}.training_step of problem {name!r} returned a loss "
+        "that does not depend on its parameters (detached, built from .item() or "
+        "numbers, or computed under torch.no_grad()), so the level would never "
+        "train; return the loss tensor autograd built from the module's output"
+    )
+
+
+def blind_loss(name: str, problem: Problem, below: Sequence[str]) -> SetupError:
+    """The error for a loss with a graph that reaches none of the level's parameters, not
+    even through its lower levels."""
+    return SetupError(
+        f"{type(problem).__name__}.training_step of problem {name!r} returned a loss "
+        "that depends on none of its own parameters"
+        + (f", not even through its lower levels ({', '.join(below)})" if below else "")
+        + ", so the level would never train; compute it from self.module (another "
+        "level's parameters alone do not train this one)"
+    )

@@ -9,6 +9,8 @@ A run (a search or an evaluation) owns a folder ``OUT`` holding ``checkpoint.pt`
   (``--resume``) or replaces it (``--overwrite``); ``--resume`` needs a checkpoint. A
   folder without a checkpoint holds no run (one that failed or was killed before its
   first checkpoint): a new run starts there, its predecessor's outputs removed;
+- a folder that holds files no run of the examples writes (another example's run, or
+  unrelated files) is refused unless ``--overwrite`` says to write into it anyway;
 - a lock (``OUT/.lock``, an exclusive POSIX record lock) refuses a second run into the
   same folder while the first is alive. The kernel releases it when the process dies, so
   a killed run never leaves a stale lock; unlike ``flock``, it is not inherited by
@@ -35,6 +37,8 @@ from mlo import MLOError
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl")
 OUTPUTS = ("metrics.jsonl", "genotype.json", "cells.png", "alphas.png")
 """What a run writes besides its checkpoint."""
+KNOWN = frozenset({*RUN_FILES, *OUTPUTS, "search_time.json"})
+"""Every name a NAS run's folder may hold (``search_time.json``: the study's)."""
 LOCK = ".lock"
 
 
@@ -78,6 +82,20 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
         if resume and not checkpoint.is_file():
             what = "is not a file" if checkpoint.exists() else "does not exist"
             raise RunFolderError(f"--resume: {checkpoint} {what}; start without --resume")
+        foreign = sorted(
+            entry.name
+            for entry in out.iterdir()
+            if entry.name not in KNOWN and entry.name != LOCK and not _partial_write(entry.name)
+        )
+        if foreign and not overwrite:
+            shown = ", ".join(foreign[:3]) + (
+                f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            )
+            raise RunFolderError(
+                f"{out} holds files that no run of this example writes ({shown}): it is "
+                "another program's folder, or not a run's; give this run its own --out "
+                "(--overwrite replaces a run's outputs and leaves the rest)"
+            )
         previous = [name for name in RUN_FILES if (out / name).exists()]
         if checkpoint.exists() and not resume and not overwrite:
             raise RunFolderError(
@@ -96,6 +114,11 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
         os.close(lock)
         if created and not any(out.iterdir()):
             out.rmdir()
+
+
+def _partial_write(name: str) -> bool:
+    """A checkpoint write cut short (``.checkpoint.pt.<random>.tmp``)."""
+    return name.startswith(".checkpoint.pt.") and name.endswith(".tmp")
 
 
 def _lock(out: Path) -> int:

@@ -13,6 +13,10 @@ while they train: every couple of seconds it measures how much of those cores ot
 processes used, and keeps torch at the cores left over (at least one). Told a number,
 they keep it. Each data-loading worker computes on one thread.
 
+A changed thread count changes the order of some float sums, so two runs whose counts
+differ agree to rounding, not bit for bit; a run that must be reproducible bit for bit
+(a resumed run compared with a straight one) fixes the count with ``--threads``.
+
 The governor is process-wide, as torch's thread count is: ``configure_threads``
 installs it, ``adapt_threads`` (called by the training loops once per update) lets
 it look, at most once per interval.

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from .cifar_fixture import write_cifar10, write_cifar100
 
 # One torch thread in the test process, as in every child it starts (tests/scripts.py):
 # the tests' tensors are small, and on a machine that other jobs keep busy, threads that
-# wait for each other make a quick test run many times slower.
+# wait for each other make a quick test run many times slower. The examples run in this
+# process read OMP_NUM_THREADS too, so their thread count is fixed: the bit-for-bit
+# comparisons of resumed and straight runs need one count throughout.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 

@@ -15,6 +15,7 @@ from ..autodiff import gradient_or_none, materialized
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import CURRENT_BATCH, Trajectory
 from ..graph import LevelGraph
+from ..observe import cuda_devices
 from ..solvers import Level
 from .adjoint import AdjointPropagation, Watch
 from .evaluator import Evaluator
@@ -46,6 +47,7 @@ class Hypergradients:
         self.diagnostics: dict[str, dict[str, Tensor]] = {}
         """The latest diagnostics of each level's solver."""
         self.diagnose = True
+        self.blind: dict[str, bool] = {}  # see reads_nothing
         """Whether solvers compute their diagnostics now (the engine turns it off on the
         ticks it does not report)."""
         self.propagate = AdjointPropagation(
@@ -68,6 +70,19 @@ class Hypergradients:
         if own is None:
             return None
         return evaluator.mean(name, own)
+
+    def reads_nothing(self, name: str) -> bool:
+        """Whether level ``name``'s objective reads none of its own parameters and none of
+        its lower levels' (found once, by differentiating it; changes nothing): a
+        ``None`` total gradient is then a mistake, not a solver that passes nothing up."""
+        if name not in self.blind:
+            evaluator = self.evaluator
+            tensors = [t for n in [name, *self.descendants[name]] for t in evaluator.params(n)]
+            devices = cuda_devices([evaluator.problems[name].module])
+            with torch.random.fork_rng(devices=devices), evaluator.buffers.preserved():
+                grads = gradient_or_none(evaluator.objective(name), tensors)
+            self.blind[name] = all(g is None for g in grads)
+        return self.blind[name]
 
     def total_gradient_at(self, name: str, params: Sequence[Tensor], batch: Any) -> Vector:
         """Level ``name``'s total gradient with its parameters replaced by ``params`` (its

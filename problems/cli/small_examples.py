@@ -52,7 +52,11 @@ def parse_run(parser: argparse.ArgumentParser, model: type[M], argv: list[str] |
     if parsed.print_config:
         print_config(config)
         return None
-    print(apply_threads(parsed.threads), file=sys.stderr)
+    threads = apply_threads(parsed.threads)
+    from ..launch import lead
+
+    if lead():  # under torchrun every rank sets its threads; one says so
+        print(threads, file=sys.stderr)
     return config
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -27,7 +28,14 @@ from .data import loader
 from .evaluation import EvalNetwork, count_parameters
 from .genotype import Genotype, genotype_from
 from .loop import train
-from .run_setup import claim_if_lead, prepare, resume_engine, settings
+from .run_setup import (
+    check_same_data,
+    claim_if_lead,
+    data_facts,
+    prepare,
+    resume_engine,
+    settings,
+)
 from .search import ImageLevel, cross_entropy, to_device
 
 
@@ -134,7 +142,8 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
     total = config.epochs * per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    engine, seconds = train_one_level(level, config, out, total, "evaluate", console)
+    facts = data_facts(data)
+    engine, seconds = train_one_level(level, config, out, total, "evaluate", console, facts)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp)
     error = test_error(model, data.test, config, device, amp) if len(data.test) else float("nan")
     writer = MetricsWriter(out / "metrics.jsonl" if lead() else None)
@@ -144,7 +153,13 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
 
 
 def train_one_level(
-    level: Retrain, config, out: Path, total: int, title: str, console: Console
+    level: Retrain,
+    config,
+    out: Path,
+    total: int,
+    title: str,
+    console: Console,
+    facts: dict[str, Any] | None = None,
 ) -> tuple[mlo.Engine, float]:
     """Train ``level`` alone on the engine until update ``total`` (data-parallel under
     torchrun), resuming from ``OUT/checkpoint.pt`` with ``--resume``; returns the engine
@@ -158,7 +173,9 @@ def train_one_level(
         ),
     )
     if config.resume:
-        resume_engine(engine, config, out)
+        extra = resume_engine(engine, config, out)
+        if facts is not None:
+            check_same_data(extra.get("data"), facts, out / "checkpoint.pt")
         console.print(f"resumed from {out / 'checkpoint.pt'} at step {engine.tick} of {total}")
     elif config.overwrite and lead():
         remove_previous_run(out)
@@ -176,7 +193,7 @@ def train_one_level(
             "epoch": level.stream.epoch,
             "lr": level.optimizer.param_groups[0]["lr"],
         },
-        checkpoint_extra=lambda: {"settings": settings(config)},
+        checkpoint_extra=lambda: {"settings": settings(config), "data": facts},
     )
     return engine, seconds
 

@@ -82,10 +82,50 @@ def settings(config: SearchRun | EvalRun) -> dict[str, Any]:
     return flatten(config.model_dump(mode="json"))
 
 
-def resume_engine(engine: mlo.Engine, config: SearchRun | EvalRun, out: Path) -> dict[str, Any]:
+def data_facts(data: ImageData) -> dict[str, Any]:
+    """What a resumed run's data must still be: the dataset, the sizes of its training
+    and test sets (the order of the batches depends on them) and its classes."""
+    classes = getattr(data.train, "classes", None)
+    if classes is None:  # a Subset's dataset has them
+        classes = getattr(getattr(data.train, "dataset", None), "classes", None)
+    return {
+        "dataset": data.name,
+        "train": len(data.train),
+        "test": len(data.test),
+        "classes": [str(c) for c in classes] if classes is not None else None,
+    }
+
+
+def check_same_data(saved: Any, current: dict[str, Any], where: Path) -> None:
+    """Refuse to resume on data that changed since the run started (checkpoints written
+    before this check hold no facts, and are not checked)."""
+    if not isinstance(saved, dict):
+        return
+    if saved.get("classes") != current["classes"]:
+        gone = sorted(set(saved.get("classes") or []) - set(current["classes"] or []))
+        new = sorted(set(current["classes"] or []) - set(saved.get("classes") or []))
+        raise mlo.CheckpointError(
+            f"{where}: the classes changed since the run started (gone: "
+            f"{', '.join(gone) or 'none'}; new: {', '.join(new) or 'none'}); a resumed run "
+            "must see the data it was started on: restore them, or start a new run"
+        )
+    for part in ("train", "test"):
+        if saved.get(part) != current[part]:
+            raise mlo.CheckpointError(
+                f"{where}: the {part} set had {saved.get(part)} images when the run started "
+                f"and has {current[part]} now (images added or removed), and the order of "
+                "the batches depends on its size; resume with the same images, or start a "
+                "new run"
+            )
+
+
+def resume_engine(
+    engine: mlo.Engine, config: SearchRun | EvalRun, out: Path, data: ImageData | None = None
+) -> dict[str, Any]:
     """Load ``OUT/checkpoint.pt`` into ``engine`` after checking that the run was started
-    with the same settings (but those in ``config.override``); drop the metric records
-    after the checkpoint, which the resumed run writes again. Returns the ``extra``."""
+    with the same settings (but those in ``config.override``), on as many ranks (or the
+    same global batch) and on the same ``data`` when given; drop the metric records after
+    the checkpoint, which the resumed run writes again. Returns the ``extra``."""
     checkpoint = out / "checkpoint.pt"
     device = next(iter(engine.problems.values())).params.tensors[0].device
     saved = mlo.durable.checkpoint.read(checkpoint, map_location=device)
@@ -93,10 +133,33 @@ def resume_engine(engine: mlo.Engine, config: SearchRun | EvalRun, out: Path) ->
     check_resumed_settings(
         extra.get("settings"), settings(config), EXECUTION_SETTINGS, set(config.override)
     )
+    check_world(saved["engine"], extra.get("settings") or {}, config, checkpoint)
+    if data is not None:
+        check_same_data(extra.get("data"), data_facts(data), checkpoint)
     engine.load_state_dict(saved["engine"], keep_current_hyperparameters=bool(config.override))
     if lead():
         truncate_metrics(out / "metrics.jsonl", engine.tick)
     return extra
+
+
+def check_world(
+    state: dict[str, Any], saved: dict[str, Any], config: SearchRun | EvalRun, where: Path
+) -> None:
+    """Refuse a resume on another number of ranks unless the global batch (ranks ×
+    ``--batch-size``) is the same: the saved batches are re-split over the ranks, so only
+    then does the run continue as it would have."""
+    ranks = state.get("ranks") if isinstance(state.get("ranks"), dict) else None
+    saved_world = int(ranks["world"]) if ranks and "world" in ranks else 1
+    world = mlo.parallel.distributed.world_size()
+    batch = saved.get("batch_size", config.batch_size)
+    if saved_world == world or saved_world * batch == world * config.batch_size:
+        return
+    raise mlo.CheckpointError(
+        f"{where} was written by {saved_world} rank(s) with --batch-size {batch} each (a "
+        f"global batch of {saved_world * batch}); this run has {world} rank(s) with "
+        f"--batch-size {config.batch_size} (global {world * config.batch_size}), so its "
+        f"batches would not continue the run's. Resume on {saved_world} rank(s)"
+    )
 
 
 def claim_if_lead(config: SearchRun | EvalRun):

@@ -29,7 +29,7 @@ from .genotype import Genotype, derive_genotype
 from .loop import train
 from .observe import supernet_accuracy
 from .plots import plot_alpha_evolution, plot_genotype
-from .run_setup import claim_if_lead, prepare, resume_engine, settings
+from .run_setup import claim_if_lead, data_facts, prepare, resume_engine, settings
 from .search import build_darts
 from .search_space import ArchitectureWeights, Supernet
 
@@ -179,7 +179,7 @@ def _search(
     history: dict[str, list] = {"steps": [], "normal": [], "reduce": []}
     checkpoint = out / "checkpoint.pt"
     if config.resume:
-        extra = resume_engine(engine, config, out)
+        extra = resume_engine(engine, config, out, data)
         saved = extra.get("history")
         if not isinstance(saved, dict) or set(saved) != set(history):
             raise mlo.CheckpointError(
@@ -224,7 +224,11 @@ def _search(
         progress=config.progress,
         console=console,
         record=record,
-        checkpoint_extra=lambda: {"history": history, "settings": settings(config)},
+        checkpoint_extra=lambda: {
+            "history": history,
+            "settings": settings(config),
+            "data": data_facts(data),
+        },
     )
     normal, reduce = arch.edge_strengths()
     genotype = derive_genotype(normal, reduce)

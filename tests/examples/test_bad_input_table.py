@@ -309,3 +309,22 @@ def test_a_folder_a_run_left_before_its_first_checkpoint_is_not_a_run(tmp_path, 
     assert example.main([*TINY, "--out", str(out)]) == 0
     assert "stale" not in (out / "metrics.jsonl").read_text()
     assert (out / "checkpoint.pt").is_file() and (out / "genotype.json").read_text() != "{}"
+
+
+def test_a_run_into_another_examples_folder_is_refused_and_changes_nothing(tmp_path, capsys):
+    """A small example's run folder (its checkpoints/ and metrics file) given to the LeaSE
+    search as --out: refused, naming the foreign files, before anything is written."""
+    hpo = load_script(ROOT / "examples" / "hyperparameter_optimization.py")
+    other = tmp_path / "hpo"
+    hpo.main(["--steps", "2", "--seeds", "1", "--out", str(other), "--no-progress"])
+    before = snapshot(tmp_path)
+    example = load_script(ROOT / "examples" / "lease_cifar.py")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        example.main([*TINY, "--out", str(other)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "holds files that no run of this example writes" in lines[0]
+    assert "checkpoints" in lines[0]
+    assert snapshot(tmp_path) == before

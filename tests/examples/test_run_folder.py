@@ -106,3 +106,61 @@ def test_resume_cleans_temporary_files_and_replayed_metric_records(tmp_path):
     darts().main([*TINY, "--out", str(out), "--resume", "--max-steps", "4", "--log-every", "1"])
     assert steps_in(out / "metrics.jsonl") == [1, 2, 3, 4]
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_checkpoint_of_two_ranks_resumed_on_one_with_another_global_batch_is_refused(
+    tmp_path, capsys
+):
+    """A checkpoint that says it was written by 2 ranks (each batch 8: global 16), resumed
+    by one process with batch 8: refused before anything is loaded, naming the ranks."""
+    import mlo
+
+    out = tmp_path / "out"
+    darts().main([*TINY, "--out", str(out), "--max-steps", "1"])
+    path = out / "checkpoint.pt"
+    saved = mlo.durable.checkpoint.read(path)
+    saved["engine"]["ranks"] = {"world": 2}
+    mlo.durable.checkpoint.save_atomic(
+        mlo.durable.checkpoint.seal({"engine": saved["engine"], "extra": saved["extra"]}), path
+    )
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        darts().main([*TINY, "--out", str(out), "--resume", "--max-steps", "2"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and err.count("\n") == 0
+    assert "written by 2 rank(s)" in err and "Resume on 2 rank(s)" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_resuming_after_the_image_folder_changed_is_refused_naming_the_change(tmp_path, capsys):
+    from PIL import Image
+
+    data = tmp_path / "images"
+    for split, count in (("train", 8), ("test", 2)):
+        for cls in ("cat", "dog"):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (12, 12), (i * 30, 0, 0)).save(data / split / cls / f"{i}.png")
+    out = tmp_path / "out"
+    flags = ["--dataset", "imagefolder", "--data-dir", str(data), "--image-size", "8"]
+    flags += ["--layers", "2", "--init-channels", "4", "--batch-size", "4", "--workers", "0"]
+    flags += ["--no-progress", "--out", str(out)]
+    assert darts().main([*flags, "--max-steps", "1"]) == 0
+    Image.new("RGB", (12, 12)).save(data / "train" / "cat" / "new.png")
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        darts().main([*flags, "--max-steps", "2", "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and err.count("\n") == 0
+    assert "the train set had 16 images when the run started and has 17 now" in err
+    assert snapshot(tmp_path) == before
+    (data / "train" / "cat" / "new.png").unlink()
+    (data / "train" / "dog").rename(data / "train" / "wolf")
+    (data / "test" / "dog").rename(data / "test" / "wolf")
+    with pytest.raises(SystemExit):
+        darts().main([*flags, "--max-steps", "2", "--resume"])
+    err = capsys.readouterr().err
+    assert "the classes changed" in err and "gone: dog; new: wolf" in err
