@@ -67,7 +67,7 @@ def kill_after_first_checkpoint(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen
     )
     deadline = time.monotonic() + 300
-    while not (out / "checkpoint.pt").exists() or _last_step(out) < min_step:
+    while not (out / "checkpoint.pt").exists() or last_step(out) < min_step:
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.01)
     time.sleep(random.Random(seed).uniform(0, 1.0))
@@ -76,7 +76,8 @@ def kill_after_first_checkpoint(
     assert process.returncode == -signal.SIGKILL
 
 
-def _last_step(out: Path) -> int:
+def last_step(out: Path) -> int:
+    """The latest step in ``out/metrics.jsonl`` (-1 before the first record)."""
     import contextlib
     import json
 

@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from mlo import MLOError
 
+from ..stopping import RunStopped
+
 
 class ConfigError(MLOError, ValueError):
     """A configuration file or flag is invalid; the message names the key and the fix."""
@@ -59,6 +61,16 @@ def command_line(main: Callable[..., int | None]) -> Callable[..., int]:
             if status == 0:
                 finish()  # under torchrun: the ranks end together
             return status
+        except RunStopped as exc:  # a stop on request: not a mistake
+            print(f"stopped: {exc}", file=sys.stderr)
+            raise SystemExit(130) from None
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+            print(
+                "stopped: interrupted; the run's last checkpoint, if it wrote one, is "
+                "kept (run the same command with --resume to continue from it)",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
         except MLOError as exc:
             fail(_user_message(exc))
         except ValidationError as exc:

@@ -91,6 +91,13 @@ def add_common_flags(
     parser.add_argument(
         "--checkpoint-every", type=int, dest="checkpoint_every", help="updates between checkpoints"
     )
+    parser.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        dest="checkpoint_minutes",
+        help="minutes of training between checkpoints, whatever --checkpoint-every says "
+        "(default 10; Ctrl-C and SIGTERM write one too)",
+    )
     add_threads_flag(parser)
 
 

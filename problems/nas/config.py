@@ -86,6 +86,12 @@ class RunBase(NumbersNotBooleans):
         "often in a short run so that it gives about 20 records (or one per update)",
     )
     checkpoint_every: int = Field(200, ge=1, description="updates between checkpoints")
+    checkpoint_minutes: float = Field(
+        10.0,
+        gt=0,
+        description="minutes of training after which a checkpoint is written even if "
+        "checkpoint_every updates have not passed (Ctrl-C and SIGTERM write one too)",
+    )
 
     @field_validator("device")
     @classmethod

@@ -16,6 +16,7 @@ from mlo.monitor import MetricsWriter
 
 from ..launch import lead
 from ..progress import TrainingProgress
+from ..stopping import RunStopped, stop_on_signals
 from ..threads import adapt_threads
 
 
@@ -28,6 +29,7 @@ def train(
     images_per_tick: int,
     log_every: int | None,
     checkpoint_every: int,
+    checkpoint_minutes: float = 10.0,
     progress: bool,
     console: Console,
     record: Callable[[], dict[str, Any]],
@@ -38,6 +40,11 @@ def train(
     Records are written every ``log_every`` updates; by default (``None``) every 10, or
     more often in a short run so that any run gives about 20 records (α curves, metrics)
     or one per update.
+
+    A checkpoint is written every ``checkpoint_every`` updates, after
+    ``checkpoint_minutes`` of training since the last one, at the end, and when Ctrl-C or
+    SIGTERM asks the run to stop: then at the end of the update under way, and the loop
+    raises :class:`problems.stopping.RunStopped` saying how to resume.
 
     ``record()`` is called at every metric record (after ``engine.report()``, inside no
     observer of its own: it must observe through ``engine.observing()``); its values join
@@ -53,15 +60,19 @@ def train(
         shown = progress and lead()
         ranks = mlo.parallel.distributed.world_size()
         unit = "img/s" if ranks == 1 else "img/s per rank"
-        with TrainingProgress(
-            total,
-            title,
-            shown,
-            console,
-            unit=unit,
-            completed=engine.tick,
-            activity=lambda: activity_of(engine, total),
-        ) as bar:
+        with (
+            stop_on_signals() as stopping,
+            TrainingProgress(
+                total,
+                title,
+                shown,
+                console,
+                unit=unit,
+                completed=engine.tick,
+                activity=lambda: activity_of(engine, total),
+            ) as bar,
+        ):
+            saved_at = time.monotonic()
             while engine.tick < total:
                 adapt_threads()  # fewer threads while other processes use the cores
                 engine.step()
@@ -72,8 +83,17 @@ def train(
                     fields = record()
                     bar.record(**{f"{n} loss": v for n, v in report["loss"].items()}, **fields)
                     writer.write({**report, **fields, "images_per_second": bar.images_per_second()})
-                if done % checkpoint_every == 0 or done == total:
+                late = time.monotonic() - saved_at > 60 * checkpoint_minutes
+                stop = stopping.agreed()
+                if done % checkpoint_every == 0 or done == total or late or stop:
                     engine.save(checkpoint, extra=checkpoint_extra())
+                    saved_at = time.monotonic()
+                if stop and done < total:
+                    raise RunStopped(
+                        f"stopped by {stopping.signal} after update {done} of {total}; "
+                        f"{checkpoint} holds it: run the same command with --resume to "
+                        "continue"
+                    )
     finally:
         writer.close()
     return time.perf_counter() - start

@@ -187,6 +187,7 @@ def train_one_level(
         images_per_tick=config.batch_size,
         log_every=config.log_every,
         checkpoint_every=config.checkpoint_every,
+        checkpoint_minutes=config.checkpoint_minutes,
         progress=config.progress,
         console=console,
         record=lambda: {

@@ -68,6 +68,7 @@ EXECUTION_SETTINGS = (
     "device",
     "max_steps",
     "checkpoint_every",
+    "checkpoint_minutes",
     "log_every",
     "download",
     "data_dir",

@@ -221,6 +221,7 @@ def _search(
         images_per_tick=config.batch_size * inner,
         log_every=config.log_every,
         checkpoint_every=config.checkpoint_every,
+        checkpoint_minutes=config.checkpoint_minutes,
         progress=config.progress,
         console=console,
         record=record,
