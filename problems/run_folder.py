@@ -158,9 +158,10 @@ def _read_owner(path: Path) -> str:
 
 
 def remove_previous_run(out: Path) -> None:
-    """``--overwrite``: remove the previous run's checkpoint and metrics (call once the new
-    run is validated and about to write)."""
-    for name in RUN_FILES:
+    """``--overwrite``: remove every output of the previous run (checkpoint, metrics,
+    genotype, pictures), once the new run is validated, its data loaded and its engine
+    built."""
+    for name in {*RUN_FILES, *OUTPUTS}:
         (Path(out) / name).unlink(missing_ok=True)
 
 

@@ -70,6 +70,25 @@ def test_forgetting_resume_is_refused_and_overwrite_starts_over(tmp_path, capsys
     assert steps_in(out / "metrics.jsonl") == [1]
 
 
+def test_overwrite_leaves_none_of_the_old_runs_outputs(tmp_path, monkeypatch):
+    """Replaced by a run that fails while it trains, an old run leaves no stale genotype
+    or pictures (before, they stayed beside the new run's metrics)."""
+    import mlo
+    import problems.nas.runner
+
+    out = tmp_path / "out"
+    darts().main([*TINY, "--out", str(out), "--max-steps", "2"])
+    assert {"genotype.json", "cells.png", "alphas.png"} <= {p.name for p in out.iterdir()}
+
+    def fails(*args, **kwargs):
+        raise mlo.LevelError("the new run failed while training")
+
+    monkeypatch.setattr(problems.nas.runner, "train", fails)
+    with pytest.raises(SystemExit):
+        darts().main([*TINY, "--out", str(out), "--overwrite", "--max-steps", "1"])
+    assert not list(out.iterdir())  # nothing of the old run beside a new run's nothing
+
+
 def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     script = f"{ROOT}/examples/darts_cifar.py"
