@@ -17,6 +17,7 @@ from .errors import (
     LevelError,
     MLOError,
     NonFiniteError,
+    OutOfMemoryError,
     SetupError,
     UnknownProblemError,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "LevelGraph",
     "MLOError",
     "NonFiniteError",
+    "OutOfMemoryError",
     "Problem",
     "ProblemConfig",
     "SetupError",

@@ -46,6 +46,11 @@ class LevelError(MLOError, RuntimeError):
     level, the step and the batch."""
 
 
+class OutOfMemoryError(MLOError, MemoryError):
+    """A level's computation asked for more memory than the machine (or the GPU) has; the
+    message names the level, the step and the allocation, and what to make smaller."""
+
+
 class CheckpointError(MLOError, RuntimeError):
     """A checkpoint cannot be read, is corrupt, or does not fit what it is loaded into."""
 
@@ -71,3 +76,15 @@ def describe_batch(batch: object) -> str:
     if isinstance(batch, dict):
         return "{" + ", ".join(f"{k}: {describe_batch(v)}" for k, v in batch.items()) + "}"
     return type(batch).__name__
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator's refusal (CPU or CUDA), whatever type torch gave
+    it."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error)
+    return any(
+        marker in text
+        for marker in ("DefaultCPUAllocator", "can't allocate memory", "out of memory")
+    )

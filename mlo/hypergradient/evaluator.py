@@ -12,7 +12,15 @@ from torch import Tensor
 
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import CURRENT_BATCH
-from ..errors import LevelError, MLOError, SetupError, describe_batch, first_line
+from ..errors import (
+    LevelError,
+    MLOError,
+    OutOfMemoryError,
+    SetupError,
+    describe_batch,
+    first_line,
+    is_out_of_memory,
+)
 from ..parallel.distributed import Reducer
 from ..parameters import BufferGuard
 from ..problem import Problem
@@ -89,7 +97,16 @@ class Evaluator:
                 loss = problem.training_step(batch)
         except MLOError:
             raise
-        except (RuntimeError, IndexError, ValueError) as error:
+        except (RuntimeError, IndexError, ValueError, MemoryError) as error:
+            if is_out_of_memory(error):
+                raise OutOfMemoryError(
+                    f"problem {name!r} ran out of memory at step {self.clock() + 1} on a "
+                    f"batch that is {describe_batch(batch)} ({first_line(error)}); use "
+                    "smaller batches or a smaller model (fewer cells, channels or unroll "
+                    "steps, smaller images)"
+                ) from error
+            if isinstance(error, MemoryError):
+                raise
             # Shape and label mistakes in the data surface here, deep in a model's code:
             # name the level, the step and the batch (the original stays chained).
             raise LevelError(

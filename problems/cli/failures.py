@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from mlo import MLOError
+from mlo.errors import is_out_of_memory
 
 from ..stopping import RunStopped
 
@@ -73,6 +74,13 @@ def command_line(main: Callable[..., int | None]) -> Callable[..., int]:
             raise SystemExit(130) from None
         except MLOError as exc:
             fail(_user_message(exc))
+        except (MemoryError, RuntimeError) as exc:  # an allocation refused outside a level
+            if not is_out_of_memory(exc):
+                raise
+            fail(
+                f"out of memory ({_user_message(exc).strip().splitlines()[0]}); use a smaller "
+                "--batch-size, --init-channels, --layers or --image-size"
+            )
         except ValidationError as exc:
             fail("invalid configuration: " + _validation_summary(exc))
         except OSError as exc:

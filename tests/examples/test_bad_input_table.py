@@ -328,3 +328,28 @@ def test_a_run_into_another_examples_folder_is_refused_and_changes_nothing(tmp_p
     assert len(lines) == 1 and "holds files that no run of this example writes" in lines[0]
     assert "checkpoints" in lines[0]
     assert snapshot(tmp_path) == before
+
+
+def test_an_allocation_refused_while_building_the_model_is_one_out_of_memory_line(
+    tmp_path, capsys, monkeypatch
+):
+    """--init-channels 100000 asks for a 40 GB weight while the supernet is built (the
+    refusal is simulated here: the real one would need the memory to fail)."""
+    import problems.nas.runner
+
+    def refused(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough "
+            "memory: you tried to allocate 40000000000 bytes."
+        )
+
+    monkeypatch.setattr(problems.nas.runner, "Supernet", refused)
+    example = load_script(ROOT / "examples" / "darts_cifar.py")
+    with pytest.raises(SystemExit) as exit_:
+        example.main([*TINY, "--out", str(tmp_path / "out"), "--init-channels", "100000"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory")
+    assert "40000000000 bytes" in lines[0] and "--init-channels" in lines[0]
+    assert "Traceback" not in err

@@ -358,3 +358,22 @@ def test_finite_values_whose_norms_overflow_when_summed_pass_the_check():
     e.run()  # loss 0, gradients 0, parameters 2e38: all finite
     assert e.tick == 3 and float(module.a.detach()) == float(torch.tensor(2e38))
     assert not math.isfinite(float(torch.stack([module.a[0], module.b[0]]).sum().detach()))
+
+
+class Greedy(mlo.Problem):
+    """Asks the allocator for more than the machine has (as an absurd size does)."""
+
+    def training_step(self, batch):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough "
+            "memory: you tried to allocate 400000000000 bytes."
+        )
+
+
+def test_running_out_of_memory_is_said_so_not_blamed_on_the_data():
+    e, _, _ = pair(lower_cls=Greedy, preflight=False)
+    with pytest.raises(mlo.OutOfMemoryError, match=r"'lower' ran out of memory at step 1") as info:
+        e.step()
+    assert "400000000000 bytes" in str(info.value) and "smaller" in str(info.value)
+    assert "fits its model" not in str(info.value)
+    assert isinstance(info.value, MemoryError)
