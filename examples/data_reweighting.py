@@ -32,6 +32,7 @@ from problems.cli import (
     SolverName,
     command_line,
     example_engine,
+    example_folder,
     example_parser,
     parse_run,
     trained_level_solvers,
@@ -115,23 +116,26 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_run(parser, ReweightingRun, argv)
     if config is None:
         return
-    config.out.mkdir(parents=True, exist_ok=True)
-    rows = {f"Meta-Weight-Net on mlo ({config.solver})": [], "plain training on noisy labels": []}
-    for seed in range(config.seeds):
-        rows[f"Meta-Weight-Net on mlo ({config.solver})"].append(reweighted(config, seed))
-        rows["plain training on noisy labels"].append(plain(config, seed))
-    Console().print(
-        comparison_table(
-            f"digits, {int(100 * config.noise)} % symmetric label noise, {config.steps} steps, "
-            f"{config.seeds} seed(s)",
-            [
-                ("test accuracy %", "test_acc", 100, 2),
-                ("mean weight, clean", "weight_clean", 1, 3),
-                ("mean weight, noisy", "weight_noisy", 1, 3),
-            ],
-            rows,
+    with example_folder(config, "data_reweighting"):
+        rows = {
+            f"Meta-Weight-Net on mlo ({config.solver})": [],
+            "plain training on noisy labels": [],
+        }
+        for seed in range(config.seeds):
+            rows[f"Meta-Weight-Net on mlo ({config.solver})"].append(reweighted(config, seed))
+            rows["plain training on noisy labels"].append(plain(config, seed))
+        Console().print(
+            comparison_table(
+                f"digits, {int(100 * config.noise)} % symmetric label noise, {config.steps} steps, "
+                f"{config.seeds} seed(s)",
+                [
+                    ("test accuracy %", "test_acc", 100, 2),
+                    ("mean weight, clean", "weight_clean", 1, 3),
+                    ("mean weight, noisy", "weight_noisy", 1, 3),
+                ],
+                rows,
+            )
         )
-    )
 
 
 if __name__ == "__main__":

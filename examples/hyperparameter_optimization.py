@@ -36,6 +36,7 @@ from problems.cli import (
     SolverName,
     command_line,
     example_engine,
+    example_folder,
     example_parser,
     parse_run,
     trained_level_solvers,
@@ -147,37 +148,36 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_run(parser, HpoRun, argv)
     if args is None:
         return
-    args.out.mkdir(parents=True, exist_ok=True)
+    with example_folder(args, "hyperparameter_optimization"):
+        tuned, grid = [], []
+        for seed in range(args.seeds):
+            tuned.append(tuned_run(args, seed))
+            grid.append(grid_run(args, seed, budget_seconds=tuned[-1]["seconds"]))
+        if not lead():  # under torchrun, rank 0 reports
+            return
 
-    tuned, grid = [], []
-    for seed in range(args.seeds):
-        tuned.append(tuned_run(args, seed))
-        grid.append(grid_run(args, seed, budget_seconds=tuned[-1]["seconds"]))
-    if not lead():  # under torchrun, rank 0 reports
-        return
-
-    Console().print(
-        comparison_table(
-            f"digits, per-feature L2 ({args.solver}) vs grid-searched weight decay, "
-            f"{args.seeds} seed(s)",
-            [
-                ("test accuracy %", "test_acc", 100, 2),
-                ("test loss", "test_loss", 1, 3),
-                ("seconds per seed", "seconds", 1, 1),
-            ],
-            {
-                f"mlo per-feature L2 ({args.solver})": tuned,
-                f"single weight decay, grid of {len(GRID)}": grid,
-            },
+        Console().print(
+            comparison_table(
+                f"digits, per-feature L2 ({args.solver}) vs grid-searched weight decay, "
+                f"{args.seeds} seed(s)",
+                [
+                    ("test accuracy %", "test_acc", 100, 2),
+                    ("test loss", "test_loss", 1, 3),
+                    ("seconds per seed", "seconds", 1, 1),
+                ],
+                {
+                    f"mlo per-feature L2 ({args.solver})": tuned,
+                    f"single weight decay, grid of {len(GRID)}": grid,
+                },
+            )
         )
-    )
-    print(
-        "grid choices of log weight decay:",
-        [r["log_l2"] for r in grid],
-        "; classifier steps per grid point:",
-        [r["steps"] for r in grid],
-        f"(the per-feature run: {args.steps * args.inner_steps})",
-    )
+        print(
+            "grid choices of log weight decay:",
+            [r["log_l2"] for r in grid],
+            "; classifier steps per grid point:",
+            [r["steps"] for r in grid],
+            f"(the per-feature run: {args.steps * args.inner_steps})",
+        )
 
 
 if __name__ == "__main__":

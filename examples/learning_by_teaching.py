@@ -33,6 +33,7 @@ from problems.cli import (
     SolverName,
     command_line,
     example_engine,
+    example_folder,
     example_parser,
     parse_run,
     trained_level_solvers,
@@ -126,22 +127,22 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_run(parser, TeachingRun, argv)
     if config is None:
         return
-    config.out.mkdir(parents=True, exist_ok=True)
-    rows = {"learning by teaching on mlo": [], "teacher alone": []}
-    for seed in range(config.seeds):
-        rows["learning by teaching on mlo"].append(teach(config, seed))
-        rows["teacher alone"].append(teacher_alone(config, seed))
-    Console().print(
-        comparison_table(
-            f"digits, {config.labelled} labelled + {config.unlabelled} unlabelled, "
-            f"{config.steps} steps, {config.seeds} seed(s)",
-            [
-                ("teacher test accuracy %", "teacher", 100, 2),
-                ("student test accuracy %", "student", 100, 2),
-            ],
-            rows,
+    with example_folder(config, "learning_by_teaching"):
+        rows = {"learning by teaching on mlo": [], "teacher alone": []}
+        for seed in range(config.seeds):
+            rows["learning by teaching on mlo"].append(teach(config, seed))
+            rows["teacher alone"].append(teacher_alone(config, seed))
+        Console().print(
+            comparison_table(
+                f"digits, {config.labelled} labelled + {config.unlabelled} unlabelled, "
+                f"{config.steps} steps, {config.seeds} seed(s)",
+                [
+                    ("teacher test accuracy %", "teacher", 100, 2),
+                    ("student test accuracy %", "student", 100, 2),
+                ],
+                rows,
+            )
         )
-    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from problems.cli import (
     ResumableRun,
     command_line,
     example_engine,
+    example_folder,
     example_parser,
     parse_run,
 )
@@ -108,40 +109,40 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_run(parser, MamlRun, argv)
     if config is None:
         return
-    config.out.mkdir(parents=True, exist_ok=True)
-    console = Console()
-    for shots in config.shots:
-        test = sample_tasks(100, shots, 100, torch.Generator().manual_seed(10_000 + shots))
-        rows: dict[str, list[dict[str, float]]] = {
-            "MAML (unroll)": [],
-            "iMAML (cg)": [],
-            "pretrain + fine-tune": [],
-        }
-        for seed in range(config.seeds):
-            for name, method in (("MAML (unroll)", "maml"), ("iMAML (cg)", "imaml")):
-                theta, seconds = meta_learn(config, method, shots, seed)
-                if method == "maml":
-                    mse = adapt_and_score(theta, test, config.eval_steps, config.maml_inner_lr)
-                else:
-                    mse = adapt_and_score(
-                        theta,
-                        test,
-                        config.imaml_inner_steps,
-                        config.imaml_inner_lr,
-                        config.imaml_proximal,
-                    )
-                rows[name].append({"mse": float(mse.mean()), "seconds": seconds})
-            theta, seconds = pretrain(config, shots, seed)
-            mse = adapt_and_score(theta, test, config.eval_steps, config.maml_inner_lr)
-            rows["pretrain + fine-tune"].append({"mse": float(mse.mean()), "seconds": seconds})
-        console.print(
-            comparison_table(
-                f"sinusoid regression, {shots}-shot, {config.steps} meta steps, "
-                f"{config.seeds} seed(s): query MSE after fine-tuning (lower is better)",
-                [("test MSE", "mse", 1, 3), ("train seconds", "seconds", 1, 1)],
-                rows,
+    with example_folder(config, "maml"):
+        console = Console()
+        for shots in config.shots:
+            test = sample_tasks(100, shots, 100, torch.Generator().manual_seed(10_000 + shots))
+            rows: dict[str, list[dict[str, float]]] = {
+                "MAML (unroll)": [],
+                "iMAML (cg)": [],
+                "pretrain + fine-tune": [],
+            }
+            for seed in range(config.seeds):
+                for name, method in (("MAML (unroll)", "maml"), ("iMAML (cg)", "imaml")):
+                    theta, seconds = meta_learn(config, method, shots, seed)
+                    if method == "maml":
+                        mse = adapt_and_score(theta, test, config.eval_steps, config.maml_inner_lr)
+                    else:
+                        mse = adapt_and_score(
+                            theta,
+                            test,
+                            config.imaml_inner_steps,
+                            config.imaml_inner_lr,
+                            config.imaml_proximal,
+                        )
+                    rows[name].append({"mse": float(mse.mean()), "seconds": seconds})
+                theta, seconds = pretrain(config, shots, seed)
+                mse = adapt_and_score(theta, test, config.eval_steps, config.maml_inner_lr)
+                rows["pretrain + fine-tune"].append({"mse": float(mse.mean()), "seconds": seconds})
+            console.print(
+                comparison_table(
+                    f"sinusoid regression, {shots}-shot, {config.steps} meta steps, "
+                    f"{config.seeds} seed(s): query MSE after fine-tuning (lower is better)",
+                    [("test MSE", "mse", 1, 3), ("train seconds", "seconds", 1, 1)],
+                    rows,
+                )
             )
-        )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,102 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
         os.close(lock)
         if created and not any(out.iterdir()):
             out.rmdir()
+
+
+RUN_RECORD = "run.json"
+"""A small example's record of its run: which example, and with which settings."""
+
+
+@contextlib.contextmanager
+def claim_example(
+    out: Path,
+    example: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    settings: dict[str, Any],
+    free: Iterable[str],
+    override: set[str],
+) -> Iterator[None]:
+    """The small examples' folder rules, as the NAS examples': ``out`` holds one example's
+    runs (``run.json`` records which, and the settings); a folder holding a previous run
+    is refused unless resumed or replaced, one holding anything else unless
+    ``overwrite``; ``resume`` needs a run of this example and the same settings but those
+    ``override`` names; the folder is locked while the block runs."""
+    out = Path(out)
+    check_writable(out)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other; pass one")
+    if override and not resume:
+        raise RunFolderError(
+            f"--override {','.join(sorted(override))} without --resume: it names settings a "
+            "resumed run may change; pass --resume too, or drop --override"
+        )
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _lock(out)
+    except BaseException:
+        if created:
+            out.rmdir()
+        raise
+    try:
+        record = _read_record(out / RUN_RECORD)
+        others = sorted(e.name for e in out.iterdir() if e.name not in (LOCK, RUN_RECORD))
+        if record is None:
+            if resume:
+                raise RunFolderError(
+                    f"--resume: {out} holds no run of {example} ({RUN_RECORD} does not exist); "
+                    "start without --resume"
+                )
+            if others and not overwrite:
+                raise RunFolderError(
+                    f"{out} holds files that are not a run of {example} "
+                    f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); give this "
+                    "run its own --out (--overwrite writes there anyway)"
+                )
+        elif record.get("example") != example and not overwrite:
+            raise RunFolderError(
+                f"{out} holds a run of {record.get('example')}, not of {example}; give this "
+                "run its own --out"
+            )
+        elif not resume and not overwrite:
+            raise RunFolderError(
+                f"{out} holds a previous run of {example}; pass --resume to continue it, "
+                "--overwrite to replace it, or another --out"
+            )
+        elif resume:
+            check_resumed_settings(record.get("settings"), settings, free, override)
+        if overwrite:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            for old in out.glob("metrics*.jsonl"):
+                old.unlink()
+        _write_record(out / RUN_RECORD, {"example": example, "settings": settings})
+        yield
+    finally:
+        (out / LOCK).unlink(missing_ok=True)
+        os.close(lock)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(
+            f"{path} cannot be read ({exc}); it is not a run's record: give this run its own "
+            "--out, or --overwrite"
+        ) from None
+    return record if isinstance(record, dict) else {}
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(partial, path)
 
 
 def _partial_write(name: str) -> bool:

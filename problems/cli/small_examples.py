@@ -37,6 +37,17 @@ def example_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint-every", type=int, dest="checkpoint_every", help="ticks between checkpoints"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_const",
+        const=True,
+        help="replace the runs in OUT (without it, a folder holding them is refused)",
+    )
+    parser.add_argument(
+        "--override",
+        type=lambda text: [k.strip() for k in text.split(",") if k.strip()],
+        help="with --resume: settings allowed to differ from the runs' (e.g. inner_lr)",
+    )
     add_threads_flag(parser)
     return parser
 
@@ -95,6 +106,47 @@ class ResumableRun(NumbersNotBooleans):
         False, description="continue each run from its latest checkpoint in OUT/checkpoints"
     )
     checkpoint_every: int = Field(50, ge=1, description="engine ticks between checkpoints")
+    overwrite: bool = Field(False, description="replace the runs in OUT")
+    override: list[str] = Field(
+        default_factory=list,
+        description="with resume: settings that may differ from the runs' (their new values "
+        "apply from the resumed tick on)",
+    )
+
+
+EXAMPLE_FREE = (
+    "resume",
+    "overwrite",
+    "override",
+    "progress",
+    "steps",
+    "seeds",
+    "checkpoint_every",
+    "out",
+)
+"""Settings that say how long or how a small example runs, not what it computes: free to
+change on --resume (more steps continue a run; more seeds add runs)."""
+
+
+def example_folder(config: Any, example: str):
+    """``with example_folder(config, "maml"):`` around a small example's runs: its folder
+    rules (``problems.run_folder.claim_example``), taken by the rank that writes."""
+    from contextlib import nullcontext
+
+    from ..launch import lead
+    from ..run_folder import claim_example, flatten
+
+    if not lead():
+        return nullcontext()
+    return claim_example(
+        Path(config.out),
+        example,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        settings=flatten(config.model_dump(mode="json")),
+        free=EXAMPLE_FREE,
+        override=set(config.override),
+    )
 
 
 def example_engine(problems, dependencies, config: Any, metrics_file: str, log_every: int = 50):
@@ -146,7 +198,7 @@ def example_engine(problems, dependencies, config: Any, metrics_file: str, log_e
         ),
     )
     if saved:
-        engine.load(saved[-1])
+        engine.load(saved[-1], keep_current_hyperparameters=bool(config.override))
         if lead():
             truncate_metrics(metrics, engine.tick)
     return engine

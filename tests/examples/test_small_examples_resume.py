@@ -48,3 +48,47 @@ def test_stopped_and_resumed_runs_end_bit_identical(script, tmp_path):
     for name, state in straight.items():
         assert state["tick"] == 6, name
         assert_identical(state, resumed[name], name)
+
+
+def hpo(out: Path, *extra: str) -> int | None:
+    args = ["--steps", "2", "--seeds", "1", "--no-progress", "--inner-steps", "2"]
+    return load_script(ROOT / "examples" / "hyperparameter_optimization.py").main(
+        [*args, "--out", str(out), *extra]
+    )
+
+
+def refused(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        hpo(*args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_the_small_examples_keep_the_nas_examples_folder_rules(tmp_path, capsys):
+    """A second run is refused (it replaced the first), --resume needs a run of this
+    example with the same settings (--override names those that may change), and
+    --overwrite replaces it."""
+    from .test_bad_input_table import snapshot
+
+    out = tmp_path / "out"
+    assert "holds no run of hyperparameter_optimization" in refused(capsys, out, "--resume")
+    assert not out.exists()  # nothing made
+    hpo(out)
+    before = snapshot(tmp_path)
+    assert "holds a previous run of hyperparameter_optimization" in refused(capsys, out)
+    line = refused(capsys, out, "--resume", "--solver", "neumann", "--inner-steps", "3")
+    assert "inner_steps 2 in the checkpoint, 3 now" in line and "solver 'cg'" in line
+    assert "--override inner_steps,solver" in line
+    assert "inner_lr" in refused(capsys, out, "--resume", "--inner-lr", "0.1")
+    assert "--override seed without --resume" in refused(capsys, out, "--override", "seed")
+    assert snapshot(tmp_path) == before  # every refusal changed nothing
+    hpo(out, "--resume", "--steps", "3", "--inner-lr", "0.1", "--override", "inner_lr")
+    hpo(out, "--overwrite")
+    other = tmp_path / "teaching"
+    load_script(ROOT / "examples" / "learning_by_teaching.py").main(
+        ["--steps", "1", "--seeds", "1", "--no-progress", "--out", str(other)]
+    )
+    assert "holds a run of learning_by_teaching" in refused(capsys, other)
