@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..autodiff.trajectory import Trajectory
     from ..config import EngineConfig
     from ..graph import LevelGraph
+    from ..hypergradient.evaluator import Evaluator
     from ..parallel.distributed import Reducer
     from ..parallel.sharding import Sharding
     from ..problem import Problem
@@ -44,6 +45,7 @@ class Engine(Protocol):
     sharding: Sharding | None
     rotation: CheckpointRotation
     guard: FiniteGuard
+    evaluator: Evaluator
 
 
 FORMATS = ("mlo.engine/1", "mlo.engine/2")
@@ -152,6 +154,11 @@ def engine_state(engine: Engine) -> dict[str, Any]:
             "rng": state["rng"],
             "batches": {n: state["problems"][n]["batch"] for n in engine.problems},
             "recorded": {n: [r["batch"] for r in t] for n, t in state["trajectories"].items()},
+            # An explicit level holds its own rank's solution (say, explanations of this
+            # rank's examples), not a replica: every rank's is saved.
+            "explicit": {
+                n: modules[n] for n in engine.problems if not engine.evaluator.replicated[n]
+            },
         }
         gathered: list[Any] = reducer.gather(mine)
         state["ranks"] = {
@@ -163,17 +170,19 @@ def engine_state(engine: Engine) -> dict[str, Any]:
                 n: [[g["recorded"][n][i] for g in gathered] for i in range(len(t))]
                 for n, t in state["trajectories"].items()
             },
+            "explicit": {n: [g["explicit"][n] for g in gathered] for n in mine["explicit"]},
         }
     return state
 
 
 def _this_rank(
     engine: Engine, state: dict[str, Any]
-) -> tuple[Any, dict[str, Any], dict[str, list[Any]]]:
-    """This rank's random state, current batches and ``unroll``'s recorded batches from a
-    checkpoint written on any number of ranks: its own when the number is the same;
-    otherwise the saved global batches re-split evenly (the global batch is unchanged),
-    and rank 0's random state."""
+) -> tuple[Any, dict[str, Any], dict[str, list[Any]], dict[str, dict[str, Any]]]:
+    """This rank's random state, current batches, ``unroll``'s recorded batches and
+    explicit levels' module states from a checkpoint written on any number of ranks: its
+    own when the number is the same; otherwise the saved global batches (and per-example
+    explicit solutions) re-split evenly (the global batch is unchanged), and rank 0's
+    random state."""
     rank = 0 if engine.reducer is None else engine.reducer.rank
     world = 1 if engine.reducer is None else engine.reducer.world
     saved = state.get("ranks")
@@ -184,6 +193,7 @@ def _this_rank(
     else:
         per_rank, rngs, saved_world = saved["batches"], saved["rng"], saved["world"]
         recorded = saved.get("recorded", {})
+    explicit_parts = (saved or {}).get("explicit", {})  # none in older checkpoints
 
     def mine(parts: list[Any], what: str) -> Any:
         if saved_world == world:
@@ -202,7 +212,11 @@ def _this_rank(
         n: [mine(parts, f"a batch recorded for problem {n!r}'s unroll") for parts in records]
         for n, records in recorded.items()
     }
-    return rngs[rank] if saved_world == world else rngs[0], batches, replayed
+    explicit = {
+        n: {key: mine([r[key] for r in parts], f"problem {n!r}'s {key}") for key in parts[0]}
+        for n, parts in explicit_parts.items()
+    }
+    return rngs[rank] if saved_world == world else rngs[0], batches, replayed, explicit
 
 
 def _join_batches(parts: list[Any]) -> Any:
@@ -237,14 +251,14 @@ def restore_engine_state(
     hyperparameters given to this engine's optimizers are kept (a learning rate under a
     scheduler is rescaled, so that the schedule continues from the new base rate)."""
     commits = _validate(engine, state, keep_current_hyperparameters)
-    own_rng, own_batches, own_recorded = _this_rank(engine, state)
+    own_rng, own_batches, own_recorded, own_explicit = _this_rank(engine, state)
     for name, p in engine.problems.items():
         saved = state["problems"][name]
         sharding = _sharding_of(engine, name)
         if sharding is not None:  # full tensors in the file, sliced for this rank's shards
             sharding.load_module(name, saved["module"])
         else:
-            p.module.load_state_dict(saved["module"])
+            p.module.load_state_dict(own_explicit.get(name, saved["module"]))
         if p.optimizer is not None:
             current = [dict(g) for g in p.optimizer.param_groups]
             optimizer_state = saved["optimizer"]
