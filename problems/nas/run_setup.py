@@ -4,6 +4,7 @@ the settings it was started with (``resume_engine``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,50 @@ EXECUTION_SETTINGS = (
 def settings(config: SearchRun | EvalRun) -> dict[str, Any]:
     """The run's configuration as flat ``{dotted.key: value}`` (stored in checkpoints)."""
     return flatten(config.model_dump(mode="json"))
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this run may still allocate: the GPU's free memory, or the machine's
+    ``MemAvailable`` (``None`` where it cannot be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(
+    build: Callable[[], torch.nn.Module],
+    batch: int,
+    image_shape: tuple[int, ...],
+    stem_channels: int,
+    device: torch.device,
+    what: str,
+) -> None:
+    """Refuse a network that cannot fit before any of it is allocated: a lower bound of
+    what training it needs (its parameters four times over: weights, gradients, two
+    optimizer moments; and its stem's output for one batch, twice: forward and
+    backward), against the memory available. The network is built on the ``meta``
+    device, which allocates nothing."""
+    free = available_memory(device)
+    if free is None:
+        return
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build().parameters())
+    height, width = image_shape[-2:]
+    need = 4 * (4 * params + 2 * batch * stem_channels * height * width)
+    if need > free:
+        raise mlo.OutOfMemoryError(
+            f"{what} would need at least {need / 2**30:.1f} GiB to train ({params:,} "
+            f"parameters, a {height}×{width} stem output of {stem_channels} channels for "
+            f"{batch} images), and {free / 2**30:.1f} GiB is available; use a smaller "
+            "--init-channels, --layers, --batch-size or --image-size"
+        )
 
 
 def data_facts(data: ImageData) -> dict[str, Any]:

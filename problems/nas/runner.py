@@ -29,7 +29,14 @@ from .genotype import Genotype, derive_genotype
 from .loop import train
 from .observe import supernet_accuracy
 from .plots import plot_alpha_evolution, plot_genotype
-from .run_setup import claim_if_lead, data_facts, prepare, resume_engine, settings
+from .run_setup import (
+    check_memory,
+    claim_if_lead,
+    data_facts,
+    prepare,
+    resume_engine,
+    settings,
+)
 from .search import build_darts
 from .search_space import ArchitectureWeights, Supernet
 
@@ -136,13 +143,18 @@ def _search(
     # so that a run stopped and resumed follows the same schedule as one run straight.
     total = planned if config.max_steps is None else min(planned, config.max_steps)
 
-    supernet = Supernet(
-        data.num_classes,
-        config.layers,
-        config.init_channels,
-        partial_channels=config.partial_channels,
-        in_channels=data.channels,
-    ).to(device)
+    def build() -> Supernet:
+        return Supernet(
+            data.num_classes,
+            config.layers,
+            config.init_channels,
+            partial_channels=config.partial_channels,
+            in_channels=data.channels,
+        )
+
+    shape = tuple(data.train[0][0].shape)
+    check_memory(build, config.batch_size, shape, 3 * config.init_channels, device, "the supernet")
+    supernet = build().to(device)
     arch = ArchitectureWeights(edge_normalization=config.partial_channels > 1).to(device)
     if config.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
@@ -155,7 +167,7 @@ def _search(
         data.num_classes,
         planned * inner,
         device,
-        tuple(data.train[0][0].shape),
+        shape,
         data.std,
         train_half,
     )

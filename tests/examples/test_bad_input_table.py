@@ -353,3 +353,18 @@ def test_an_allocation_refused_while_building_the_model_is_one_out_of_memory_lin
     assert len(lines) == 1 and lines[0].startswith("error: out of memory")
     assert "40000000000 bytes" in lines[0] and "--init-channels" in lines[0]
     assert "Traceback" not in err
+
+
+def test_a_supernet_too_large_for_the_machine_is_refused_before_it_is_allocated(tmp_path, capsys):
+    """--init-channels 100000: built on the meta device first, its parameters alone
+    exceed any CPU's memory; one line, nothing written."""
+    example = load_script(ROOT / "examples" / "darts_cifar.py")
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        example.main([*TINY, "--out", str(tmp_path / "out"), "--init-channels", "100000"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "the supernet would need at least" in lines[0], err
+    assert "GiB is available" in lines[0] and "--init-channels" in lines[0]
+    assert snapshot(tmp_path) == before
