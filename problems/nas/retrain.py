@@ -29,6 +29,7 @@ from .evaluation import EvalNetwork, count_parameters
 from .genotype import Genotype, genotype_from
 from .loop import train
 from .run_setup import (
+    check_memory,
     check_same_data,
     claim_if_lead,
     data_facts,
@@ -115,14 +116,21 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
         workers=config.workers,
         pin_memory=pin,
     )
-    model = EvalNetwork(
-        genotype,
-        data.num_classes,
-        config.layers,
-        config.init_channels,
-        auxiliary=config.auxiliary_weight > 0,
-        in_channels=data.channels,
-    ).to(device)
+
+    def build() -> EvalNetwork:
+        return EvalNetwork(
+            genotype,
+            data.num_classes,
+            config.layers,
+            config.init_channels,
+            auxiliary=config.auxiliary_weight > 0,
+            in_channels=data.channels,
+        )
+
+    shape = tuple(data.train[0][0].shape)
+    stem = 3 * config.init_channels  # DARTS' stem multiplier
+    check_memory(build, config.batch_size, shape, stem, device, "the evaluation network")
+    model = build().to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = count_parameters(model) / 1e6

@@ -368,3 +368,19 @@ def test_a_supernet_too_large_for_the_machine_is_refused_before_it_is_allocated(
     assert len(lines) == 1 and "the supernet would need at least" in lines[0], err
     assert "GiB is available" in lines[0] and "--init-channels" in lines[0]
     assert snapshot(tmp_path) == before
+
+
+def test_an_evaluation_network_too_large_for_the_machine_is_refused_before_it_is_allocated(
+    tmp_path, capsys
+):
+    example = load_script(ROOT / "examples" / "darts_cifar.py")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        example.main(
+            ["evaluate", *TINY, "--out", str(out), "--init-channels", "100000", "--epochs", "1"]
+        )
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "the evaluation network would need at least" in lines[0], err
+    assert not out.exists()
