@@ -33,6 +33,7 @@ from .run_setup import (
     check_same_data,
     claim_if_lead,
     data_facts,
+    first_image_shape,
     prepare,
     resume_engine,
     settings,
@@ -127,7 +128,7 @@ def _evaluate(config: EvalRun, genotype: Genotype, console: Console) -> EvalResu
             in_channels=data.channels,
         )
 
-    shape = tuple(data.train[0][0].shape)
+    shape = first_image_shape(data.train)
     stem = 3 * config.init_channels  # DARTS' stem multiplier
     check_memory(build, config.batch_size, shape, stem, device, "the evaluation network")
     model = build().to(device)

@@ -99,6 +99,13 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
+def first_image_shape(dataset: Any) -> tuple[int, ...]:
+    """The shape of a dataset's first image, read without moving any random generator
+    (a training set's augmentation draws from the global one)."""
+    with torch.random.fork_rng(devices=[]):
+        return tuple(dataset[0][0].shape)
+
+
 def check_memory(
     build: Callable[[], torch.nn.Module],
     batch: int,

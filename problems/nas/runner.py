@@ -33,6 +33,7 @@ from .run_setup import (
     check_memory,
     claim_if_lead,
     data_facts,
+    first_image_shape,
     prepare,
     resume_engine,
     settings,
@@ -152,7 +153,7 @@ def _search(
             in_channels=data.channels,
         )
 
-    shape = tuple(data.train[0][0].shape)
+    shape = first_image_shape(data.train)
     check_memory(build, config.batch_size, shape, 3 * config.init_channels, device, "the supernet")
     supernet = build().to(device)
     arch = ArchitectureWeights(edge_normalization=config.partial_channels > 1).to(device)
@@ -167,7 +168,7 @@ def _search(
         data.num_classes,
         planned * inner,
         device,
-        shape,
+        tuple(data.train[0][0].shape),
         data.std,
         train_half,
     )
