@@ -67,18 +67,7 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
     """Check ``out`` for the run (see the module's docstring) and hold its lock inside the
     ``with`` block. A run that fails before writing anything leaves no folder behind."""
     out = Path(out)
-    check_writable(out)
-    if resume and overwrite:
-        raise RunFolderError("--resume and --overwrite contradict each other; pass one")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = _lock(out)
-    except BaseException:
-        if created:
-            out.rmdir()
-        raise
-    try:
+    with _held(out, resume=resume, overwrite=overwrite):
         checkpoint = out / "checkpoint.pt"
         if resume and not checkpoint.is_file():
             what = "is not a file" if checkpoint.exists() else "does not exist"
@@ -109,6 +98,26 @@ def claim(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
                 (out / name).unlink(missing_ok=True)
         for stale in out.glob(".checkpoint.pt.*.tmp"):
             stale.unlink(missing_ok=True)  # a write cut short by a kill; we hold the lock
+        yield
+
+
+@contextlib.contextmanager
+def _held(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
+    """``out`` checked writable, ``resume`` and ``overwrite`` not both given, the folder
+    made if need be and its lock held inside the block; on exit the lock is released and
+    a folder this made is removed if it is still empty."""
+    check_writable(out)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other; pass one")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _lock(out)
+    except BaseException:
+        if created:
+            out.rmdir()
+        raise
+    try:
         yield
     finally:
         (out / LOCK).unlink(missing_ok=True)
@@ -146,15 +155,7 @@ def claim_example(
             f"--override {','.join(sorted(override))} without --resume: it names settings a "
             "resumed run may change; pass --resume too, or drop --override"
         )
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = _lock(out)
-    except BaseException:
-        if created:
-            out.rmdir()
-        raise
-    try:
+    with _held(out, resume=resume, overwrite=overwrite):
         record = _read_record(out / RUN_RECORD)
         others = sorted(e.name for e in out.iterdir() if e.name not in (LOCK, RUN_RECORD))
         if record is None:
@@ -187,11 +188,6 @@ def claim_example(
                 old.unlink()
         _write_record(out / RUN_RECORD, {"example": example, "settings": settings})
         yield
-    finally:
-        (out / LOCK).unlink(missing_ok=True)
-        os.close(lock)
-        if created and not any(out.iterdir()):
-            out.rmdir()
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:

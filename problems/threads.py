@@ -98,6 +98,8 @@ class ThreadGovernor:
         """Look if the interval has passed, set torch's threads; returns the count."""
         if self.last is None:
             return self.threads
+        if self.sample is cpu_sample and time.monotonic() - self.last[2] < self.interval:
+            return self.threads  # too soon: no read of /proc/stat on this update
         now = self.sample()
         if now is None or now[2] - self.last[2] < self.interval:
             return self.threads

@@ -67,7 +67,7 @@ def add_common_flags(
     )
     parser.add_argument(
         "--override",
-        type=_keys,
+        type=comma_list,
         help="with --resume: settings allowed to differ from the checkpoint's, comma-separated "
         "(e.g. seed,lease.lam)",
     )
@@ -101,7 +101,8 @@ def add_common_flags(
     add_threads_flag(parser)
 
 
-def _keys(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
+    """A comma-separated flag value as a list (``--override seed,lease.lam``)."""
     return [k.strip() for k in text.split(",") if k.strip()]
 
 

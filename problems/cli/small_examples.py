@@ -14,7 +14,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 from mlo.options import NumbersNotBooleans
 
 from .config_files import M, build_config, print_config
-from .flags import add_threads_flag, apply_threads
+from .flags import add_threads_flag, apply_threads, comma_list
 
 
 def example_parser(description: str) -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def example_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--override",
-        type=lambda text: [k.strip() for k in text.split(",") if k.strip()],
+        type=comma_list,
         help="with --resume: settings allowed to differ from the runs' (e.g. inner_lr)",
     )
     add_threads_flag(parser)
