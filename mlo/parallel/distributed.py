@@ -28,6 +28,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# Imported now, before any process group exists: its functions' default ``group`` argument
+# is read when the module is first imported, and mlo's later imports of FSDP pull it in.
+# Imported after init_process_group, it would hold the group for the life of the process,
+# so destroy_process_group() could not stop gloo's threads, and a rank could abort at exit
+# ("terminate called without an active exception") after a run that succeeded.
+import torch.distributed.nn.functional
 from torch import Tensor
 
 from ..errors import SetupError
