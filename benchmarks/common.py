@@ -35,17 +35,27 @@ def betty_problem(cls: type, name: str, config: Any, module, optimizer, data) ->
     )
 
 
-def log_plot(path, x, curves: dict[str, list[float]], xlabel: str, ylabel: str, logx=False):
-    """Write a PNG of ``curves`` against ``x`` with a logarithmic y axis (and x axis)."""
+def log_plot(
+    path,
+    x,
+    curves: dict[str, list[float]],
+    xlabel: str,
+    ylabel: str,
+    logx=False,
+    extra: dict[str, tuple[list, list[float]]] | None = None,
+):
+    """Write a PNG of ``curves`` against ``x`` with a logarithmic y axis (and x axis);
+    ``extra`` curves carry their own x values (measured at fewer points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for (label, values), marker in zip(curves.items(), "os^vDxP<>"):
+    points = {label: (x, values) for label, values in curves.items()} | (extra or {})
+    for (label, (xs, values)), marker in zip(points.items(), "os^vDxP<>"):
         style = "--" if label.startswith("Betty") else "-"  # Betty's curves dashed
-        ax.plot(x, values, f"{marker}{style}", label=label)
+        ax.plot(xs, values, f"{marker}{style}", label=label)
     if logx:
         ax.set_xscale("log")
     ax.set_yscale("log")

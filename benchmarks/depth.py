@@ -1,4 +1,5 @@
-"""Depth: ms per tick of a dense chain of n levels, mlo against Betty, n = 2 … 7.
+"""Depth: ms per tick of a dense chain of n levels, mlo in both Jacobian modes against
+Betty, n = 2 … 7.
 
 Level k (0 = top) has a vector ``x_k`` of ``--dim`` entries and the quadratic objective
 
@@ -6,11 +7,16 @@ Level k (0 = top) has a vector ``x_k`` of ``--dim`` entries and the quadratic ob
 
 so every level reads every other level; the graph is dense (each level is an upper of
 every level below it), so the top reaches level k along 2^(k−1) paths. Every lower level
-uses ``darts`` (ε = 0.01) and SGD. mlo uses ``jacobian="partial"`` here, the Jacobian
-Betty computes, so both compute the same kind of hypergradient: mlo by adjoint
-propagation (one solver call per edge group), Betty by enumerating paths. Rounds
-alternate between the two at each depth; the script prints the median ms per tick, the
-median of the paired ratios Betty / mlo, and writes a log-scale plot.
+uses ``darts`` (ε = 0.01) and SGD. mlo runs twice: with the default Jacobian
+(``total``: every middle level reads its lower levels, so its Jacobian is the exact nested
+one) and with ``jacobian="partial"``, the Jacobian Betty computes, so that mlo and Betty
+compute the same kind of hypergradient: mlo by adjoint propagation (one solver call per
+edge group), Betty by enumerating paths. Rounds alternate between the versions at each
+depth; the script prints the median ms per tick, the medians of the paired ratios
+Betty / mlo, and writes a log-scale plot. The default mode's cost compounds with depth
+(docs/concepts.md, "What exactness costs"): where its first tick takes more than
+``--total-limit`` seconds (it is stopped there), it is not timed at that depth or
+deeper, and the engine's own estimate of the exact/partial ratio is printed instead.
 
     python benchmarks/depth.py [--max-levels 7] [--rounds 15] [--plot docs/depth.png]
 """
@@ -18,6 +24,7 @@ median of the paired ratios Betty / mlo, and writes a log-scale plot.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import time
@@ -60,7 +67,7 @@ def names(n: int) -> list[str]:
     return [f"l{k}" for k in range(n)]
 
 
-def mlo_step(n: int, dim: int):
+def mlo_step(n: int, dim: int, jacobian: str | None = "partial"):
     b, start = coefficients(n, dim)
     level_names = names(n)
 
@@ -76,7 +83,7 @@ def mlo_step(n: int, dim: int):
     problems = []
     for k, name in enumerate(level_names):
         module = Vec(start[k])
-        config = mlo.ProblemConfig(solver=mlo.solvers.Darts(epsilon=EPSILON), jacobian="partial")
+        config = mlo.ProblemConfig(solver=mlo.solvers.Darts(epsilon=EPSILON), jacobian=jacobian)
         p = Level(name, module, torch.optim.SGD(module.parameters(), lr=LR), config=config)
         p.index = k
         problems.append(p)
@@ -136,6 +143,35 @@ def betty_step(n: int, dim: int):
     return step
 
 
+class TooSlow(Exception):
+    pass
+
+
+def finishes(step, seconds: float) -> bool:
+    """Whether one call of ``step`` ends within ``seconds`` (it is stopped otherwise;
+    an autograd pass already running ends first)."""
+
+    def stop(*_):
+        raise TooSlow
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        step()
+        return True
+    except TooSlow:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def estimated_ratio(n: int) -> float:
+    """The engine's estimate of the exact/partial time ratio of one tick (nothing runs)."""
+    engine = mlo_step(n, 4, None).__self__
+    return engine.hypergradients.cost.ratio({name: 1 for name in engine.problems})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-levels", type=int, default=7)
@@ -143,17 +179,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--plot", type=Path, help="write a log-scale PNG of both curves")
+    parser.add_argument("--total-limit", type=float, default=2.0)
+    parser.add_argument("--plot", type=Path, help="write a log-scale PNG of the curves")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"dense chain, dim {args.dim}, darts, {args.rounds} rounds, torch {torch.__version__}, "
         f"{args.threads} thread(s)"
     )
-    print("levels   mlo ms/tick   Betty ms/tick   Betty / mlo")
+    print(
+        "levels   "
+        + "total ms/tick".rjust(24)
+        + "   partial ms/tick   Betty ms/tick   Betty/total   Betty/partial"
+    )
     rows = []
+    slow = False
     for n in range(2, args.max_levels + 1):
-        versions = {"mlo": mlo_step(n, args.dim), "Betty": betty_step(n, args.dim)}
+        versions = {"partial": mlo_step(n, args.dim), "Betty": betty_step(n, args.dim)}
+        if not slow:
+            total_step = mlo_step(n, args.dim, None)
+            slow = not finishes(total_step, args.total_limit)
+            if not slow:
+                versions["total"] = total_step
         times: dict[str, list[float]] = {k: [] for k in versions}
         for i in range(args.warmup + args.rounds):
             for name, step in versions.items():
@@ -161,17 +208,34 @@ def main() -> None:
                 step()
                 if i >= args.warmup:
                     times[name].append(time.perf_counter() - start)
-        ratio = statistics.median(b / m for b, m in zip(times["Betty"], times["mlo"]))
-        row = (n, 1e3 * statistics.median(times["mlo"]), 1e3 * statistics.median(times["Betty"]))
-        rows.append(row)
-        print(f"{n:6d}   {row[1]:11.2f}   {row[2]:13.2f}   {ratio:11.2f}", flush=True)
+        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        ratio = {
+            k: statistics.median(b / m for b, m in zip(times["Betty"], times[k])) for k in times
+        }
+        if slow:
+            total = f"(estimate {estimated_ratio(n):.0f}x partial)"
+            betty_total = "-"
+        else:
+            total, betty_total = f"{ms['total']:.2f}", f"{ratio['total']:.2f}"
+        rows.append((n, ms.get("total"), ms["partial"], ms["Betty"]))
+        print(
+            f"{n:6d}   {total:>24}   {ms['partial']:15.2f}   {ms['Betty']:13.2f}   "
+            f"{betty_total:>11}   {ratio['partial']:13.2f}",
+            flush=True,
+        )
     if args.plot is not None:
+        timed = [r for r in rows if r[1] is not None]
         curves = {
-            "mlo (adjoints)": [r[1] for r in rows],
-            "Betty 0.1.1 (paths)": [r[2] for r in rows],
+            "mlo, partial (adjoints)": [r[2] for r in rows],
+            "Betty 0.1.1 (paths)": [r[3] for r in rows],
         }
         log_plot(
-            args.plot, [r[0] for r in rows], curves, "levels in the dense chain", "ms per tick"
+            args.plot,
+            [r[0] for r in rows],
+            curves,
+            "levels in the dense chain",
+            "ms per tick",
+            extra={"mlo, default total (exact)": ([r[0] for r in timed], [r[1] for r in timed])},
         )
         print(f"plot: {args.plot}")
 

@@ -54,9 +54,14 @@ SUITE = [
         "depth",
         "Depth: dense chains of 2 to 7 levels",
         "depth.py",
-        "Every level reads every other, `darts` everywhere: mlo's adjoint propagation "
-        "against Betty's path enumeration, ms per tick and peak memory.",
-        ["--rounds", "40"],
+        "Every level reads every other, `darts` everywhere: mlo in both Jacobian modes (the "
+        "default, exact `total`, and Betty's approximation `partial`) against Betty's path "
+        "enumeration, ms per tick. With `partial`, mlo's adjoint propagation grows "
+        "polynomially with depth and Betty's path enumeration exponentially. The default "
+        "`total` is exact and compounds with the depth of the nesting: slower than Betty "
+        "from 3 levels on, and past 5 levels its first tick does not end within the limit "
+        '(docs/concepts.md, "What exactness costs"; the engine warns before that tick).',
+        ["--dim", "2000", "--rounds", "15", "--total-limit", "10"],
         ["--max-levels", "3", "--rounds", "2", "--warmup", "0", "--dim", "8"],
         plots=("depth.png",),
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .graph import LevelGraph
+from .hypergradient.cost import CostEstimate
 from .hypergradient.jacobian import JacobianModes
 from .problem import Problem
 from .schedule import Action, Schedule
@@ -17,10 +18,16 @@ def describe(
     tick: int,
     modes: JacobianModes,
     ticks: int = 1,
+    cost: CostEstimate | None = None,
 ) -> str:
-    """The level graph, each level's solver and Jacobian, and the update order of the
-    next ``ticks`` ticks after tick ``tick``, simulated from ``schedule``'s current state
-    (nothing is trained)."""
+    """The level graph, each level's solver and Jacobian, the autograd products a tick
+    costs (with ``cost``), and the update order of the next ``ticks`` ticks after tick
+    ``tick``, simulated from ``schedule``'s current state (nothing is trained)."""
+    simulation = _simulation(graph, schedule)
+    updates: dict[str, int] = {}
+    for action in simulation.tick():
+        if action.kind == "update":
+            updates[action.problem] = updates.get(action.problem, 0) + 1
     lines = ["levels (top to bottom):"]
     for name in graph.order:
         cfg = problems[name].config
@@ -28,7 +35,10 @@ def describe(
         if not graph.parents[name]:
             # No level above differentiates through a top level: its solver, unroll steps
             # and Jacobian are never used.
-            lines.append(f"  {name}: top level (no solver: nothing above reads it){lowers}")
+            lines.append(
+                f"  {name}: top level (no solver: nothing above reads it){lowers}"
+                + _products(name, updates, cost)
+            )
             continue
         solver = cfg.solver
         knobs = ", ".join(f"{k}={v}" for k, v in solver.model_dump().items())
@@ -37,23 +47,43 @@ def describe(
             + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
             + lowers
             + modes.describe(name, True)
+            + _products(name, updates, cost)
         )
     lines.append("edges (upper → lower):")
     edges = graph.edges()
     lines.extend(f"  {u} → {lo}" for u, lo in edges)
     if not edges:
         lines.append("  (none)")
-    simulation = Schedule(
-        graph,
-        schedule.unroll_steps,
-        schedule.warmup_steps,
-        schedule.reset,
-    )
-    simulation.load_state_dict(schedule.state_dict())
+    if cost is not None:
+        exact, partial = cost.per_tick(updates, True), cost.per_tick(updates, False)
+        line = f"autograd passes per tick: {exact:g}"
+        if exact != partial:
+            line += (
+                f" (exact nested Jacobians); {partial:g} with jacobian='partial' on every "
+                f"level; estimated time ratio at least {cost.ratio(updates):.1f}x"
+            )
+        lines.append(line)
+    simulation = _simulation(graph, schedule)
     for t in range(ticks):
         lines.append(f"tick {tick + t + 1}: " + _compress(simulation.tick()))
     text = "\n".join(lines)
     return text
+
+
+def _simulation(graph: LevelGraph, schedule: Schedule) -> Schedule:
+    simulation = Schedule(graph, schedule.unroll_steps, schedule.warmup_steps, schedule.reset)
+    simulation.load_state_dict(schedule.state_dict())
+    return simulation
+
+
+def _products(name: str, updates: dict[str, int], cost: CostEstimate | None) -> str:
+    """`` passes/tick=N`` for a level updated by the next tick (its gradients and
+    its propagations through its lower levels), with the partial figure where it differs."""
+    if cost is None or name not in updates:
+        return ""
+    exact = updates[name] * cost.per_update(name, True)
+    partial = updates[name] * cost.per_update(name, False)
+    return f" passes/tick={exact:g}" + (f" (partial: {partial:g})" if partial != exact else "")
 
 
 def _compress(actions: list[Action]) -> str:

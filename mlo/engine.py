@@ -118,6 +118,7 @@ class Engine:
         self.rotation = CheckpointRotation(folder, self.config.keep_last, writer=lead)
         self._losses: dict[str, Tensor | None] = {}
         self._warned: set[str] = set()
+        self._cost_said = False
         self._preflight_done = False
         if resume is not None:
             self.load(resume)
@@ -143,8 +144,14 @@ class Engine:
         done = self.tick + 1
         every, steps = self.config.log_every, self.config.steps
         self.hypergradients.diagnose = done == 1 or done % every == 0 or done == steps
+        actions = self.schedule.tick()
+        if not self._cost_said:  # said before the first tick, which may be the slow one
+            self._cost_said = True
+            self.hypergradients.cost.say_if_expensive(
+                a.problem for a in actions if a.kind == "update"
+            )
         try:
-            for action in self.schedule.tick():
+            for action in actions:
                 if action.kind == "reset":
                     self._reset(action.problem)
                 else:
@@ -335,7 +342,15 @@ class Engine:
         """Print and return the level graph, each level's solver, and the update order of
         the next ``ticks`` ticks (simulated; nothing is trained)."""
         modes = self.hypergradients.modes
-        text = describe(self.graph, self.problems, self.schedule, self.tick, modes, ticks)
+        text = describe(
+            self.graph,
+            self.problems,
+            self.schedule,
+            self.tick,
+            modes,
+            ticks,
+            self.hypergradients.cost,
+        )
         print(text)
         return text
 

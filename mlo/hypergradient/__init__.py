@@ -11,5 +11,7 @@ Read in this order:
 - ``nested``: the Hessian-vector and mixed products of a nested
   level's total gradient;
 - ``total``: ``Hypergradients``, which composes them: total
-  gradients, and the [`mlo.solvers.Level`][mlo.solvers.Level] view each solver gets.
+  gradients, and the [`mlo.solvers.Level`][mlo.solvers.Level] view each solver gets;
+- ``cost``: the autograd passes a tick takes in either mode, counted from the graph and
+  the solvers (``Engine.describe`` shows them; the engine warns when exactness is dear).
 """

@@ -18,6 +18,7 @@ from ..graph import LevelGraph
 from ..observe import cuda_devices
 from ..solvers import Level
 from .adjoint import AdjointPropagation, Watch
+from .cost import CostEstimate
 from .evaluator import Evaluator
 from .jacobian import JacobianModes
 from .nested import TotalSecondOrder
@@ -53,6 +54,8 @@ class Hypergradients:
         self.propagate = AdjointPropagation(
             evaluator, graph, self.descendants, self.level, self.modes, watch, self.diagnostics
         )
+        self.cost = CostEstimate(self.propagate, self.modes)
+        """Autograd products per update and per tick, exact or partial."""
 
     def total_gradient(self, name: str, loss: Tensor) -> Vector | None:
         """``d f_P / d θ_P`` with every descendant at its best response, by adjoint

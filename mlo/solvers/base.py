@@ -122,6 +122,14 @@ class Solver(Options, ABC):
         """Human-readable warnings for materialised diagnostics (none by default)."""
         return []
 
+    def products(self, unroll_steps: int) -> int:
+        """Autograd passes one call of [`vjp`][mlo.solvers.Solver.vjp] takes (the gradient
+        its products differentiate, Hessian-vector and mixed products), for the engine's
+        cost estimate (``Engine.describe``). On a nested level each pass is one through the
+        level's total gradient, which the estimate prices. Two by default; a solver of
+        your own overrides it when it knows better."""
+        return 2
+
 
 class ImplicitSolver(Solver):
     """Solvers built on the implicit function theorem at a stationary point of ``f_D``:
@@ -147,6 +155,11 @@ class ImplicitSolver(Solver):
         flat = [t for group in parents for t in group]
         mixed = hessian.mixed(w, flat)
         return SolverResult(split_by_parents([-m for m in mixed], parents), diagnostics)
+
+    def products(self, unroll_steps: int) -> int:
+        """The gradient, its Hessian-vector products (``iterations``, where it has them),
+        and one mixed product."""
+        return getattr(self, "iterations", 1) + 2
 
 
 def split_by_parents(flat: list[Tensor], groups: Sequence[Sequence[Tensor]]) -> list[Vector]:

@@ -32,6 +32,11 @@ class Darts(Solver):
 
     supports_total: ClassVar[bool] = True
 
+    def products(self, unroll_steps: int) -> int:
+        """Two gradients (the finite difference); when nested, the total gradient and its
+        exact mixed product."""
+        return 2
+
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         xi = level.default_step(self.xi, "darts", "xi")
         flat = [t for group in parents for t in group]

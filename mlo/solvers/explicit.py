@@ -22,6 +22,10 @@ class Explicit(Solver):
 
     needs_best_response: ClassVar[bool] = True
 
+    def products(self, unroll_steps: int) -> int:
+        """One backward pass through the recomputed response."""
+        return 1
+
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         if level.response is None:
             raise SetupError(

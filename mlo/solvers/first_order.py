@@ -25,5 +25,9 @@ class FirstOrder(Solver):
         if "vjp" in cls.__dict__:  # a subclass with its own product is not zero
             cls.zero_jacobian = False
 
+    def products(self, unroll_steps: int) -> int:
+        """None: nothing is differentiated."""
+        return 0
+
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         return SolverResult([[torch.zeros_like(t) for t in group] for group in parents])

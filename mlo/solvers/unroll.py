@@ -36,6 +36,10 @@ class Unroll(Solver):
     needs_trajectory = True
     supports_total: ClassVar[bool] = True
 
+    def products(self, unroll_steps: int) -> int:
+        """One gradient per replayed step, and one backward pass through them."""
+        return unroll_steps + 1
+
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         trajectory = level.trajectory
         flat = [t for group in parents for t in group]

@@ -1,0 +1,136 @@
+"""The estimate of what a tick costs (``mlo.hypergradient.cost``): exact where nothing is
+nested (it is then a count of autograd passes, checked by counting them), an estimate
+where levels are nested, shown by ``describe()``, and said once at start when exactness
+costs more than 10x the partial Jacobian."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import mlo
+import mlo.autodiff.products as products
+
+
+class Vec(nn.Module):
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.v = nn.Parameter(value.clone())
+
+
+def dense_chain(n: int, solver: str = "darts", jacobian=None, dim: int = 4) -> mlo.Engine:
+    """n levels, each reading every other: f_k = ½‖x_k‖² + x_kᵀ Σ_{j≠k} B_kj x_j / n."""
+    gen = torch.Generator().manual_seed(n)
+    b = {(k, j): torch.randn(dim, dim, generator=gen) / 4 for k in range(n) for j in range(n)}
+    names = [f"l{k}" for k in range(n)]
+
+    class Level(mlo.Problem):
+        def training_step(self, batch):
+            k = names.index(self.name)
+            values = [self.module.v if m == self.name else getattr(self, m).module.v for m in names]
+            x = values[k]
+            coupled = sum(b[(k, j)] @ values[j] for j in range(n) if j != k)
+            return 0.5 * x @ x + x @ coupled / n
+
+    problems = []
+    for name in names:
+        module = Vec(torch.randn(dim, generator=gen))
+        config = mlo.ProblemConfig(solver=solver, jacobian=jacobian)
+        problems.append(
+            Level(name, module, torch.optim.SGD(module.parameters(), lr=0.05), config=config)
+        )
+    deps = {names[k]: names[k + 1 :] for k in range(n - 1)}
+    return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False))
+
+
+def passes_of_one_tick(engine: mlo.Engine, monkeypatch) -> int:
+    count = [0]
+    run = products._engine_run_backward
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(products, "_engine_run_backward", counted)
+    engine.step()
+    monkeypatch.setattr(products, "_engine_run_backward", run)
+    return count[0]
+
+
+def one_tick(engine: mlo.Engine) -> dict[str, int]:
+    return {name: 1 for name in engine.problems}
+
+
+@pytest.mark.parametrize(
+    "n, solver, expected",
+    [
+        (2, "darts", 4),  # l1: 1; l0: 1 + darts' 2 gradients
+        # l1: 1; l0: 1 + (the gradient, 3 Hessian-vector products, 1 mixed product)
+        (2, mlo.solvers.CG(iterations=3), 7),
+        (3, "darts", 9),  # l2: 1; l1: 1 + 2; l0: 1 + 2 + 2
+        (3, mlo.solvers.Neumann(iterations=2), 15),  # l2: 1; l1: 1 + 4; l0: 1 + 4 + 4
+    ],
+)
+def test_without_nested_levels_the_estimate_is_the_count_of_autograd_passes(
+    n, solver, expected, monkeypatch
+):
+    engine = dense_chain(n, solver, jacobian="partial")
+    engine.step()  # the first tick also evaluates each level's structure once
+    assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=True) == expected
+    assert passes_of_one_tick(engine, monkeypatch) == expected
+
+
+@pytest.mark.parametrize(("n", "expected"), [(3, 13), (4, 40), (5, 121)])
+def test_with_nested_levels_the_count_is_still_exact(n, expected, monkeypatch):
+    # dense chain, darts: a nested level's call is 2 passes through its total gradient,
+    # each 1 + its own propagation's passes; at 3 levels: l2 1, l1 1 + 2, l0 1 + 2 + 2·3.
+    engine = dense_chain(n)
+    engine.step()
+    assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=True) == expected
+    assert passes_of_one_tick(engine, monkeypatch) == expected
+    assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=False) == n * n
+
+
+def test_describe_shows_each_levels_mode_and_passes_per_tick():
+    engine = dense_chain(3)
+    engine.step()
+    text = engine.describe()
+    assert "l1: solver=darts" in text and "jacobian=total (it reads its lower levels)" in text
+    assert "l0: top level" in text and "passes/tick=9 (partial: 5)" in text
+    assert "autograd passes per tick: 13 (exact nested Jacobians); 9 with" in text
+    assert "estimated time ratio at least 1.9x" in text
+
+
+def test_an_expensive_exactness_is_said_once_at_start_with_the_switch(caplog):
+    with caplog.at_level(logging.WARNING, logger="mlo"):
+        engine = dense_chain(5)
+        engine.step()
+        engine.step()
+    said = [r.getMessage() for r in caplog.records if "exact nested" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "ProblemConfig(jacobian='partial') on 'l1', 'l2', 'l3'" in said[0]
+    assert "x the partial Jacobian" in said[0]
+
+
+@pytest.mark.parametrize("n, jacobian", [(3, None), (5, "partial")])
+def test_a_cheap_or_partial_run_says_nothing(n, jacobian, caplog):
+    with caplog.at_level(logging.WARNING, logger="mlo"):
+        dense_chain(n, jacobian=jacobian).step()
+    assert not [r for r in caplog.records if "exact nested" in r.getMessage()]
+
+
+def test_it_is_said_before_the_first_tick_runs(caplog, monkeypatch):
+    # At 6 levels the first tick takes minutes: the message must not wait for it.
+    engine = dense_chain(6)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.hypergradients, "total_gradient", stop)
+    with caplog.at_level(logging.WARNING, logger="mlo"), pytest.raises(KeyboardInterrupt):
+        engine.step()
+    said = [r.getMessage() for r in caplog.records if "exact nested" in r.getMessage()]
+    assert len(said) == 1 and "at least 54x" in said[0], said
