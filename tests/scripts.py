@@ -41,6 +41,20 @@ def run_child(command: list[str], timeout: float, **env: str) -> subprocess.Comp
     )
 
 
+def build_site(out: Path) -> None:
+    """Build the documentation site into ``out`` with ``mkdocs build --strict``; asserts
+    that it built."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**subprocess_env(), "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def load_script(path: Path) -> ModuleType:
     """A fresh module executed from ``path``, registered under its stem (pydantic resolves
     a script's annotations through ``sys.modules``)."""
