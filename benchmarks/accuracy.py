@@ -281,9 +281,9 @@ def errors(case: Case, budgets: list[int]) -> dict[str, list[float]]:
 
 def report(case: Case, budgets: list[int], curves: dict[str, list[float]]) -> None:
     print(f"{case.name}, float64; relative error of the hypergradient")
-    print("products " + "".join(f"{name:>14s}" for name in curves))
+    print("products " + "".join(f"{name:>16s}" for name in curves))
     for i, k in enumerate(budgets):
-        print(f"{k:8d} " + "".join(f"{curves[name][i]:14.3e}" for name in curves))
+        print(f"{k:8d} " + "".join(f"{curves[name][i]:16.3e}" for name in curves))
 
 
 def main() -> None:

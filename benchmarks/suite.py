@@ -18,6 +18,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -170,11 +171,49 @@ def section(bench: Benchmark, output: str, args: list[str], quick: bool) -> str:
     lines = [f"## {bench.title}", "", bench.what, ""]
     if quick:
         lines += ["**Quick smoke run: tiny sizes, not measurements.**", ""]
-    lines += [f"Measured {datetime.date.today().isoformat()}: `{command}`", "", "```text"]
-    lines += [output, "```", ""]
+    lines += [f"Measured {datetime.date.today().isoformat()}: `{command}`", ""]
+    lines += [formatted(output), ""]
     for plot in bench.plots:
         lines += [f"![{bench.title}]({plot})", ""]
     return "\n".join(lines)
+
+
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+def formatted(output: str) -> str:
+    """A script's output for the page: each aligned table (a header line without digits,
+    then rows with as many columns, columns apart by two or more spaces) as a Markdown
+    table, which the site lays out in its column; every other line as printed, in text
+    blocks, in order."""
+    lines = output.strip("\n").split("\n")
+    parts: list[str] = []
+    text: list[str] = []
+
+    def flush() -> None:
+        if text:
+            parts.append("\n".join(["```text", *text, "```"]))
+            text.clear()
+
+    i = 0
+    while i < len(lines):
+        header = _cells(lines[i])
+        j = i + 1
+        while j < len(lines) and len(_cells(lines[j])) == len(header):
+            j += 1
+        if len(header) >= 2 and j - i >= 3 and not re.search(r"\d", lines[i].replace("×", "")):
+            flush()
+            rows = [header, *(_cells(line) for line in lines[i + 1 : j])]
+            table = ["| " + " | ".join(r) + " |" for r in rows]
+            table.insert(1, "|" + "---|" * len(header))
+            parts.append("\n".join(table))
+            i = j
+        else:
+            text.append(lines[i])
+            i += 1
+    flush()
+    return "\n\n".join(parts)
 
 
 def page(sections: dict[str, str]) -> str:

@@ -43,3 +43,34 @@ def test_a_failing_script_stops_the_suite_and_writes_nothing(monkeypatch, tmp_pa
     with pytest.raises(SystemExit, match=r"error: benchmarks/no_such_script.py failed"):
         suite.main()
     assert not (tmp_path / "out").exists()
+
+
+def test_an_aligned_table_in_a_scripts_output_becomes_a_markdown_table(monkeypatch):
+    suite = run_suite(monkeypatch)
+    output = "\n".join(
+        [
+            "dense chain, dim 8, 2 rounds",
+            "levels   partial ms/tick   Betty ms/tick",
+            "     2              0.46            0.63",
+            "     3              0.78            1.25",
+            "plot: docs/depth.png",
+        ]
+    )
+    assert suite.formatted(output) == "\n".join(
+        [
+            "```text",
+            "dense chain, dim 8, 2 rounds",
+            "```",
+            "",
+            "| levels | partial ms/tick | Betty ms/tick |",
+            "|---|---|---|",
+            "| 2 | 0.46 | 0.63 |",
+            "| 3 | 0.78 | 1.25 |",
+            "",
+            "```text",
+            "plot: docs/depth.png",
+            "```",
+        ]
+    )
+    # a line of figures is not taken for a header, and two lines are not a table
+    assert "|" not in suite.formatted("  mlo   median   1.0 ms\n  hand   median   1.1 ms")
