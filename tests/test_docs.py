@@ -118,17 +118,25 @@ def test_the_first_tutorial_prints_what_its_page_shows_and_draws_its_plot(tmp_pa
     # python docs/tutorials/first_bilevel.py docs/tutorials, moving the plot, when this fails.
     tutorial = load_script(ROOT / "docs" / "tutorials" / "first_bilevel.py")
     losses = tutorial.main(tmp_path)
-    printed = capsys.readouterr().out
-    assert printed == (ROOT / "docs" / "tutorials" / "first_bilevel.txt").read_text()
+    printed_as_its_page_shows("first_bilevel", capsys)
     assert (tmp_path / "validation_loss.png").stat().st_size > 0
     assert 0.0 < losses["last"] < losses["first"] < 10.0
     page = (ROOT / "docs" / "tutorials" / "first_bilevel.md").read_text()
     assert "first_bilevel.txt" in page and "first_bilevel.png" in page
 
 
-def test_the_second_tutorial_prints_the_nested_and_the_partial_answer():
+def printed_as_its_page_shows(name: str, capsys) -> None:
+    """What tutorial ``name`` printed equals the output its page includes
+    (docs/tutorials/NAME.txt; regenerate with python docs/tutorials/NAME.py > that file)."""
+    printed = capsys.readouterr().out
+    assert printed == (ROOT / "docs" / "tutorials" / f"{name}.txt").read_text()
+    assert f"{name}.txt" in (ROOT / "docs" / "tutorials" / f"{name}.md").read_text()
+
+
+def test_the_second_tutorial_prints_the_nested_and_the_partial_answer(capsys):
     tutorial = load_script(ROOT / "docs" / "tutorials" / "three_levels.py")
     answers = tutorial.main()
+    printed_as_its_page_shows("three_levels", capsys)
     assert abs(answers["total"] - (-0.75)) < 1e-12
     assert abs(answers["partial"] - (-1.5)) < 1e-12
 
@@ -141,9 +149,10 @@ def test_the_betty_tutorial_trains_to_bettys_parameters():
     assert 0.5 < result["val_accuracy"] <= 1.0
 
 
-def test_the_solver_tutorial_converges_to_the_closed_form():
+def test_the_solver_tutorial_converges_to_the_closed_form(capsys):
     tutorial = load_script(ROOT / "docs" / "tutorials" / "own_solver.py")
     errors = tutorial.main()
+    printed_as_its_page_shows("own_solver", capsys)
     sweep = [errors[f"steepest_descent({k})"] for k in (2, 10, 50, 200)]
     assert sweep == sorted(sweep, reverse=True) and sweep[-1] < 1e-13
     assert errors["by name"] == errors["steepest_descent(50)"] < 1e-10
