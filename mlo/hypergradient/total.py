@@ -134,6 +134,8 @@ class Hypergradients:
                 else None
             ),
             create_graph=create_graph,
+            optimizer=problem.optimizer,
+            own_params=list(problem.params.tensors),
             diagnose=self.diagnose and not create_graph,
         )
 

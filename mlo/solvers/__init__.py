@@ -4,6 +4,7 @@
 |---------------|--------------------------------------------|
 | ``first_order`` | 0                                        |
 | ``darts``       | ``ξ v``, mixed product by finite difference |
+| ``sama``        | ``ξ v / (√v̂ + ε)`` (Adam's map; SGD: ``ξ v``), finite difference |
 | ``neumann``     | ``α Σ_{k≤K} (I − αH)^k v``                  |
 | ``cg``          | CG solve of ``(H + ρI) w = v``              |
 | ``unroll``      | exact reverse mode through D's last K steps |
@@ -25,6 +26,7 @@ from .darts import Darts
 from .explicit import Explicit
 from .first_order import FirstOrder
 from .neumann import Neumann
+from .sama import Sama
 from .unroll import Unroll
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ImplicitSolver",
     "Level",
     "Neumann",
+    "Sama",
     "Solver",
     "SolverResult",
     "Unroll",

@@ -69,6 +69,13 @@ class Level:
     create_graph: bool = False
     """Whether the products a solver returns must be differentiable in turn (an upper
     level that is itself nested differentiates through them)."""
+    optimizer: Any = None
+    """The level's ``torch.optim.Optimizer`` (``None`` for an explicit level), for solvers
+    that read its state (``sama``'s Adam preconditioner); its state is keyed by
+    ``own_params``."""
+    own_params: list[Tensor] = field(default_factory=list)
+    """The level's own parameter tensors, in the order of ``params`` (which may be
+    stand-ins for them while a computation substitutes them)."""
     diagnose: bool = True
     """Whether the solver's diagnostics will be read. The engine asks for them on the
     ticks it reports (the first, every ``log_every``-th and the last) and in

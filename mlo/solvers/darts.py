@@ -37,9 +37,14 @@ class Darts(Solver):
         exact mixed product."""
         return 2
 
+    def direction(self, level: Level, v: Vector) -> Vector:
+        """What stands for ``H⁻¹ v`` before the ``ξ`` scale: ``v`` itself for DARTS."""
+        return v
+
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
-        xi = level.default_step(self.xi, "darts", "xi")
+        xi = level.default_step(self.xi, self.name, "xi")
         flat = [t for group in parents for t in group]
+        v = self.direction(level, v)
         if level.total:
             # A nested level: the mixed product of its total gradient, taken exactly (a
             # finite difference of total gradients would cost two nested propagations).
