@@ -12,7 +12,10 @@ What maps to what:
 
 - ``u2l`` edges and reversed ``l2u`` edges form mlo's ``{upper: [lowers]}`` graph.
 - A lower level's ``Config.type`` becomes its solver: ``darts`` →
-  ``mlo.solvers.Darts`` (``epsilon=darts_alpha``, ``xi=1``, Betty's scale),
+  ``mlo.solvers.Darts`` (``epsilon=darts_alpha``, ``xi=1``, Betty's scale), ``sama``
+  (Betty 0.2) → ``mlo.solvers.Sama`` (``epsilon=darts_adam_alpha``, ``xi=1``; mlo's
+  reading of the paper's preconditioner, not compared with Betty 0.2, which is not
+  installable),
   ``neumann`` → ``mlo.solvers.Neumann`` (``iterations=neumann_iterations``,
   ``alpha=neumann_alpha``), ``cg`` → ``mlo.solvers.CG``
   (``iterations=cg_iterations``; a correct conjugate-gradient solve, where Betty 0.1.1's
@@ -323,13 +326,16 @@ def _solver(problem: Any, uppers: list[Any]) -> Any:
     kind = config.type
     if kind == "darts":
         return solvers.Darts(epsilon=config.darts_alpha, xi=1.0)
+    if kind == "sama":  # Betty 0.2's type; its step is darts_adam_alpha, its scale 1
+        epsilon = getattr(config, "darts_adam_alpha", None) or config.darts_alpha
+        return solvers.Sama(epsilon=epsilon, xi=1.0)
     if kind == "neumann":
         return solvers.Neumann(iterations=config.neumann_iterations, alpha=config.neumann_alpha)
     if kind == "cg":
         return solvers.CG(iterations=config.cg_iterations)
     raise SetupError(
         f"Betty problem {problem.name!r}: Config(type={kind!r}) has no mlo counterpart "
-        "(mlo has darts, neumann, cg, unroll and first_order); choose one of those"
+        "(mlo has darts, sama, neumann, cg, unroll and first_order); choose one of those"
     )
 
 

@@ -263,3 +263,14 @@ def test_an_iterative_problem_is_refused_with_the_alternative():
         )
     with pytest.raises(mlo.SetupError, match=r"IterativeProblem.*'solver': 'unroll'"):
         mlo.from_betty(engine)
+
+
+def test_bettys_sama_type_maps_to_mlos_sama_at_bettys_step_and_scale():
+    from types import SimpleNamespace
+
+    from mlo.compat.betty import _solver
+
+    upper = SimpleNamespace(name="upper", config=SimpleNamespace(first_order=True))
+    config = SimpleNamespace(type="sama", darts_adam_alpha=0.02, darts_alpha=0.01)
+    solver = _solver(SimpleNamespace(name="lower", config=config), [upper])
+    assert solver == mlo.solvers.Sama(epsilon=0.02, xi=1.0)
