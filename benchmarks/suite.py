@@ -67,6 +67,33 @@ SUITE = [
         plots=("depth.png",),
     ),
     Benchmark(
+        "memory",
+        "Peak memory per solver against a plain training step",
+        "memory.py",
+        "The DARTS supernet (3 cells, 8 channels, batch 16, 16×16 images), CPU: peak "
+        "resident growth of 3 ticks over the state before the first, in fresh processes, "
+        "for each solver on the supernet level and `unroll` at K = 1, 2, 4, 8, against the "
+        "supernet's own training step (forward, backward, optimizer step).",
+        ["--rounds", "2"],
+        [
+            "--rounds",
+            "1",
+            "--ticks",
+            "1",
+            "--layers",
+            "1",
+            "--channels",
+            "4",
+            "--batch",
+            "4",
+            "--size",
+            "8",
+            "--only",
+            "plain",
+            "darts",
+        ],
+    ),
+    Benchmark(
         "accuracy",
         "Hypergradient accuracy against Hessian-vector products",
         "accuracy.py",

@@ -1,0 +1,140 @@
+"""Peak memory of a hypergradient tick, per solver, against a plain training step of the
+same network: the DARTS supernet (problems.nas), CPU, one fresh process per measurement.
+
+Each child builds the supernet and its architecture weights, draws its batches, resets the
+process's peak resident set (Linux: ``/proc/self/clear_refs``), runs ``--ticks`` ticks and
+reports the peak resident growth over the resident set before the first tick, and the
+median time per tick. ``plain`` is the supernet's own training step (forward, backward,
+its optimizer's step, the architecture held); the others are mlo's DARTS search with that
+solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet steps).
+Rounds alternate the configurations; the script prints medians over rounds and the ratios
+to ``plain``.
+
+    python benchmarks/memory.py [--rounds 2] [--ticks 3] [--layers 3] [--channels 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CONFIGS = [
+    "plain",
+    "first_order",
+    "darts",
+    "sama",
+    "cg",
+    "neumann",
+    "unroll1",
+    "unroll2",
+    "unroll4",
+    "unroll8",
+]
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` figure, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(config: str, args) -> dict:
+    import mlo
+    from problems.nas import ArchitectureWeights, SearchHyper, Supernet, build_darts
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import random_batches
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    net, arch = Supernet(10, args.layers, args.channels), ArchitectureWeights()
+    train = random_batches(4, args.batch, args.size, gen)
+    val = random_batches(4, args.batch, args.size, gen)
+    if config == "plain":
+        hyper = SearchHyper()
+        optimizer, _ = hyper.weight_optimizer(net.parameters(), 10_000)
+        batches = iter(train * args.ticks)
+        with torch.no_grad():
+            held = arch.normalized()  # the architecture is held in a plain step
+
+        def step() -> None:
+            x, y = next(batches)
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(net(x, held), y)
+            loss.backward()
+            optimizer.step()
+
+    else:
+        solvers = {
+            "cg": mlo.solvers.CG(iterations=5),
+            "neumann": mlo.solvers.Neumann(iterations=5),
+        }
+        solver = solvers.get(config, "unroll" if config.startswith("unroll") else config)
+        unroll = int(config[len("unroll") :]) if config.startswith("unroll") else 1
+        problems, deps = build_darts(
+            net, arch, train, val, total_updates=10_000, solver=solver, unroll_steps=unroll
+        )
+        step = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
+    Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
+    before = _status("VmRSS")
+    times = []
+    for _ in range(args.ticks):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"peak": _status("VmHWM") - before, "ms": 1e3 * statistics.median(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--ticks", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--only", nargs="+", choices=CONFIGS, default=CONFIGS)
+    parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return
+    passed = [f"--{k}={getattr(args, k)}" for k in ("ticks", "layers", "channels", "batch", "size")]
+    print(
+        f"DARTS supernet {args.layers} cells x {args.channels} channels, batch {args.batch}, "
+        f"{args.size}x{args.size} images, {args.ticks} ticks, CPU, 1 thread, "
+        f"torch {torch.__version__}; {args.rounds} rounds of fresh processes"
+    )
+    found: dict[str, list[dict]] = {c: [] for c in args.only}
+    for _ in range(args.rounds):
+        for config in args.only:
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", config, *passed],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+            found[config].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    peak = {c: statistics.median(r["peak"] for r in runs) for c, runs in found.items()}
+    ms = {c: statistics.median(r["ms"] for r in runs) for c, runs in found.items()}
+    base = "plain" if "plain" in peak else None
+    print("config        peak MiB   ms/tick   peak / plain   time / plain")
+    for c in args.only:
+        ratio = f"{peak[c] / peak[base]:.2f}" if base else "-"
+        slower = f"{ms[c] / ms[base]:.2f}" if base else "-"
+        print(f"{c:12s}  {peak[c] / 2**20:8.1f}  {ms[c]:8.1f}  {ratio:>13}  {slower:>13}")
+
+
+if __name__ == "__main__":
+    main()
