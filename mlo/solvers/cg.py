@@ -11,13 +11,15 @@ from .base import ImplicitSolver, Level, register
 
 @register("cg")
 class CG(ImplicitSolver):
-    """Conjugate gradient on ``(H + ρI) w = v`` (Rajeswaran et al., 2019; Pedregosa, 2016).
+    r"""Conjugate gradient on \((H + \rho I)\, w = v\) (Rajeswaran et al., 2019; Pedregosa,
+    2016).
 
     Runs ``iterations`` steps, or fewer in effect: once the residual falls below
-    ``tol·‖v‖`` further steps leave ``w`` unchanged (decided on the device, with no host
-    synchronisation). Exact for a quadratic ``f_D`` after ``dim θ_D`` iterations.
-    Diagnostics (when the engine asks, ``Level.diagnose``): ``cg_residual`` (final
-    ‖r‖/‖v‖) and ``cg_negative_curvature`` (1 when a direction with ``pᵀ(H+ρI)p ≤ 0`` was
+    \(\mathrm{tol} \cdot \lVert v \rVert\) further steps leave \(w\) unchanged (decided on
+    the device, with no host synchronisation). Exact for a quadratic \(f_D\) after
+    \(\dim \theta_D\) iterations. Diagnostics (when the engine asks, ``Level.diagnose``):
+    ``cg_residual`` (final \(\lVert r \rVert / \lVert v \rVert\)) and
+    ``cg_negative_curvature`` (1 when a direction with \(p^\top (H + \rho I) p \le 0\) was
     met, where CG is not valid).
     """
 

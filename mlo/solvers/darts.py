@@ -14,17 +14,21 @@ from .base import Level, Solver, SolverResult, register, split_by_parents
 
 @register("darts")
 class Darts(Solver):
-    """The DARTS approximation (Liu et al., 2019).
+    r"""The DARTS approximation (Liu et al., 2019).
 
-    ``H⁻¹ v`` is replaced by ``ξ v`` (one SGD step's worth of look-ahead), and the mixed
-    second derivative by a central finite difference of the parents' gradients::
+    \(H^{-1} v\) is replaced by \(\xi v\) (one SGD step's worth of look-ahead), and the
+    mixed second derivative by a central finite difference of the parents' gradients:
 
-        J_{D,U}ᵀ v ≈ −ξ · [∇_U f_D(θ_D + r v) − ∇_U f_D(θ_D − r v)] / (2r),  r = ε / ‖v‖
+    \[
+    J_{D,U}^\top v \approx -\xi\,
+    \frac{\nabla_U f_D(\theta_D + r v) - \nabla_U f_D(\theta_D - r v)}{2r},
+    \qquad r = \varepsilon / \lVert v \rVert
+    \]
 
     ``xi`` defaults to D's learning rate. The perturbed objectives are evaluated with
     substituted tensors, so D's parameters are never written. On a nested level
     (``ProblemConfig(jacobian="total")``, reading its own lower levels) the mixed product
-    is that of D's total gradient, computed exactly; ``ξ`` stays.
+    is that of D's total gradient, computed exactly; \(\xi\) stays.
     """
 
     epsilon: float = Field(0.01, gt=0, description="finite-difference step, divided by ‖v‖")
@@ -38,7 +42,7 @@ class Darts(Solver):
         return 2
 
     def direction(self, level: Level, v: Vector) -> Vector:
-        """What stands for ``H⁻¹ v`` before the ``ξ`` scale: ``v`` itself for DARTS."""
+        r"""What stands for \(H^{-1} v\) before the \(\xi\) scale: \(v\) itself for DARTS."""
         return v
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:

@@ -13,11 +13,12 @@ from .base import Level, Solver, SolverResult, register, split_by_parents
 
 @register("explicit")
 class Explicit(Solver):
-    """Reverse mode through a level's explicit solution ``θ_D* = g(θ_U, ...)``.
+    r"""Reverse mode through a level's explicit solution \(\theta_D^* = g(\theta_U, \ldots)\).
 
     For levels that implement ``Problem.best_response``: the response is recomputed with
-    the parents' current parameters and ``J_{D,U}ᵀ v = (∂g/∂θ_U)ᵀ v`` comes from one
-    backward pass. Exact, with no stationarity assumption.
+    the parents' current parameters and
+    \(J_{D,U}^\top v = (\partial g / \partial\theta_U)^\top v\) comes from one backward
+    pass. Exact, with no stationarity assumption.
     """
 
     needs_best_response: ClassVar[bool] = True

@@ -11,9 +11,9 @@ from .base import Level, Solver, SolverResult, register
 
 @register("first_order")
 class FirstOrder(Solver):
-    """``J_{D,U}ᵀ v = 0``: the lower level is treated as independent of its uppers.
+    r"""\(J_{D,U}^\top v = 0\): the lower level is treated as independent of its uppers.
 
-    The upper level then follows only its direct gradient ``∂f_P/∂θ_P``.
+    The upper level then follows only its direct gradient \(\partial f_P / \partial\theta_P\).
     """
 
     zero_jacobian = True

@@ -11,19 +11,23 @@ from .base import ImplicitSolver, Level, register
 
 @register("neumann")
 class Neumann(ImplicitSolver):
-    """Truncated Neumann series (Lorraine et al., 2020)::
+    r"""Truncated Neumann series (Lorraine et al., 2020):
 
-        H⁻¹ v ≈ α Σ_{k=0..K} (I − αH)^k v
+    \[
+    H^{-1} v \approx \alpha \sum_{k=0}^{K} (I - \alpha H)^k v
+    \]
 
-    ``K = iterations`` Hessian-vector products; ``alpha`` defaults to D's learning rate.
-    The series converges when every eigenvalue λ of H has ``0 < αλ < 2`` and decays
-    monotonically when ``α‖H‖ < 1``. Diagnostics (when the engine asks for them,
-    ``Level.diagnose``), computed on the device from the products the series needs
-    anyway:
+    \(K\) = ``iterations`` Hessian-vector products; ``alpha`` defaults to D's learning
+    rate. The series converges when every eigenvalue \(\lambda\) of \(H\) has
+    \(0 < \alpha\lambda < 2\) and decays monotonically when \(\alpha \lVert H \rVert < 1\).
+    Diagnostics (when the engine asks for them, ``Level.diagnose``), computed on the
+    device from the products the series needs anyway:
 
-    - ``neumann_alpha_h``: the largest ``α‖Hp‖/‖p‖`` over the terms ``p``, a lower bound on
-      ``α‖H‖``; at or above 1 a warning is logged;
-    - ``neumann_growth``: the largest ratio ``‖p_{k+1}‖/‖p_k‖``; above 1 the series grows.
+    - ``neumann_alpha_h``: the largest \(\alpha \lVert Hp \rVert / \lVert p \rVert\) over
+      the terms \(p\), a lower bound on \(\alpha \lVert H \rVert\); at or above 1 a warning
+      is logged;
+    - ``neumann_growth``: the largest ratio \(\lVert p_{k+1} \rVert / \lVert p_k \rVert\);
+      above 1 the series grows.
     """
 
     iterations: int = Field(10, ge=0, description="number of Hessian-vector products K")

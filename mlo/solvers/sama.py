@@ -17,18 +17,24 @@ PLAIN = (torch.optim.SGD,)
 
 @register("sama")
 class Sama(Darts):
-    """Identity base Jacobian with the optimizer's own adaptation, mixed product by finite
+    r"""Identity base Jacobian with the optimizer's own adaptation, mixed product by finite
     difference: only gradients, no second-order pass.
 
-    SAMA replaces ``H⁻¹`` by the identity and keeps the one part of the lower level's
+    SAMA replaces \(H^{-1}\) by the identity and keeps the one part of the lower level's
     response that is cheap and matters, the optimizer's map from gradient to update. For
-    Adam and AdamW that map is, per entry, the division by ``√v̂ + ε`` (``v̂`` the
-    bias-corrected second moment in the optimizer's state), so ``H⁻¹ v`` is replaced by
-    ``ξ · v / (√v̂ + ε)``; for SGD it is the identity, and ``sama`` is then ``darts``. The
-    mixed product along that direction is DARTS's central finite difference::
+    Adam and AdamW that map is, per entry, the division by \(\sqrt{\hat v} + \epsilon\)
+    (\(\hat v\) the bias-corrected second moment in the optimizer's state), so
+    \(H^{-1} v\) is replaced by \(\xi\, v / (\sqrt{\hat v} + \epsilon)\); for SGD it is the
+    identity, and ``sama`` is then ``darts``. The mixed product along that direction is
+    DARTS's central finite difference:
 
-        J_{D,U}ᵀ v ≈ −ξ · [∇_U f_D(θ_D + r u) − ∇_U f_D(θ_D − r u)] / (2r),
-        u = v / (√v̂ + ε),  r = ε_fd / ‖u‖
+    \[
+    J_{D,U}^\top v \approx -\xi\,
+    \frac{\nabla_U f_D(\theta_D + r u) - \nabla_U f_D(\theta_D - r u)}{2r},
+    \qquad u = \frac{v}{\sqrt{\hat v} + \epsilon}, \quad r = \frac{\varepsilon}{\lVert u \rVert}
+    \]
+
+    (\(\varepsilon\) is ``epsilon``, \(\epsilon\) the optimizer's ``eps``.)
 
     ``xi`` defaults to D's learning rate. Before D's first Adam step (no second moment yet)
     the direction is ``v``. Other optimizers are refused by name: their update map is not

@@ -13,24 +13,27 @@ from .base import Level, Solver, SolverResult, register, split_by_parents
 
 @register("unroll")
 class Unroll(Solver):
-    """Exact reverse-mode differentiation through D's most recent optimizer steps.
+    r"""Exact reverse-mode differentiation through D's most recent optimizer steps.
 
     The engine records the state before each of D's last ``unroll_steps`` updates (its
     parameters, optimizer state, hyperparameters and batch). This solver replays those
     steps with differentiable SGD/Adam/AdamW steps, from the oldest recorded state, with
-    the parents' parameters as they are now, and returns ``(∂θ_D^{(K)}/∂θ_U)ᵀ v``.
+    the parents' parameters as they are now, and returns
+    \((\partial\theta_D^{(K)} / \partial\theta_U)^\top v\).
 
-    Each replayed step uses the gradient D was trained by: ``∂f_D/∂θ_D`` for a level that
-    does not read its lower levels (or with ``jacobian="partial"``), and for a nested level
-    its total gradient ``g_D`` (``Level.total_gradient``, D's lower levels at their
-    current values and best responses), so that the replay differentiates the training
-    procedure through those total gradients. Under data parallelism each rank replays
-    its own shard of every recorded batch and the replayed gradients are averaged over
-    the ranks (differentiably, ``mlo.parallel.distributed.Reducer.mean``), as D's steps were.
+    Each replayed step uses the gradient D was trained by:
+    \(\partial f_D / \partial\theta_D\) for a level that does not read its lower levels
+    (or with ``jacobian="partial"``), and for a nested level its total gradient \(g_D\)
+    (``Level.total_gradient``, D's lower levels at their current values and best
+    responses), so that the replay differentiates the training procedure through those
+    total gradients. Under data parallelism each rank replays its own shard of every
+    recorded batch and the replayed gradients are averaged over the ranks
+    (differentiably, ``mlo.parallel.distributed.Reducer.mean``), as D's steps were.
     Diagnostic (when the engine asks, ``Level.diagnose``) ``unroll_replay_error``:
-    ‖θ_D^{(K)} − θ_D‖/‖θ_D‖, the distance between the replayed end point and D's actual
-    parameters; it is 0 up to rounding unless the parents (or, for a nested level, its
-    lower levels) changed during the window.
+    \(\lVert \theta_D^{(K)} - \theta_D \rVert / \lVert \theta_D \rVert\), the distance
+    between the replayed end point and D's actual parameters; it is 0 up to rounding
+    unless the parents (or, for a nested level, its lower levels) changed during the
+    window.
     """
 
     needs_trajectory = True
