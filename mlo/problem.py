@@ -16,7 +16,7 @@ from .parameters import ParameterSet
 
 
 class Problem:
-    """One learning problem: parameters (``module``), an optimizer, data and an objective.
+    r"""One learning problem: parameters (``module``), an optimizer, data and an objective.
 
     Subclass it and implement ``training_step``, which returns the scalar objective
     ``f_P`` on a batch. Inside it, other problems of the same engine are reached by name:
@@ -24,7 +24,7 @@ class Problem:
 
     Args:
         name: unique name of the level; also the attribute other problems use to reach it.
-        module: the ``nn.Module`` holding this level's trainable parameters ``θ_P`` (a
+        module: the ``nn.Module`` holding this level's trainable parameters \(\theta_P\) (a
             ``DistributedDataParallel`` wrapper is unwrapped: the engine averages itself).
         optimizer: a ``torch.optim.Optimizer`` over (a subset of) ``module``'s parameters;
             ``None`` for a level that implements ``best_response`` instead.

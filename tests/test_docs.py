@@ -100,14 +100,10 @@ class _InlineCode(HTMLParser):
 
 
 def math_in_code(site: Path) -> dict[str, list[str]]:
-    """Per written page and the solvers' API page (other API pages' docstrings still
-    write some formulas as code), the inline code spans that hold mathematical symbols:
-    formulas that should be math markup."""
+    """Per page (written pages and the API pages generated from docstrings), the inline
+    code spans that hold mathematical symbols: formulas that should be math markup."""
     found = {}
     for page in site.rglob("index.html"):
-        parts = page.relative_to(site).parts
-        if "api" in parts and "solvers" not in parts:
-            continue
         parser = _InlineCode()
         parser.feed(page.read_text())
         found[str(page.relative_to(site))] = [s for s in parser.spans if MATH_CHARACTERS.search(s)]

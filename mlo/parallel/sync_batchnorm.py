@@ -26,10 +26,10 @@ from . import distributed
 
 
 class SyncBatchNorm(_BatchNorm):
-    """``BatchNorm1d/2d/3d`` whose training-mode statistics are the global batch's.
+    r"""``BatchNorm1d/2d/3d`` whose training-mode statistics are the global batch's.
 
     The mean and variance come from one all-reduce per call (and one in the backward) of
-    each rank's sums of ``x − c`` and ``(x − c)²`` and its example count, about a shift
+    each rank's sums of \(x - c\) and \((x - c)^2\) and its example count, about a shift
     ``c`` every rank holds (the running mean, which follows the batch mean, so the
     one-pass variance loses little to cancellation; 0 without running statistics). The
     running statistics are updated with the global values (the unbiased variance over all

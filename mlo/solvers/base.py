@@ -123,7 +123,7 @@ class Solver(Options, ABC):
 
     @abstractmethod
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
-        """Return ``J_{D,U}ᵀ v`` for each parameter list in ``parents``."""
+        r"""Return \(J_{D,U}^\top v\) for each parameter list in ``parents``."""
 
     def warnings(self, diagnostics: dict[str, float]) -> list[str]:
         """Human-readable warnings for materialised diagnostics (none by default)."""
@@ -139,9 +139,10 @@ class Solver(Options, ABC):
 
 
 class ImplicitSolver(Solver):
-    """Solvers built on the implicit function theorem at a stationary point of ``f_D``:
+    r"""Solvers built on the implicit function theorem at a stationary point of ``f_D``:
 
-    ``J_{D,U}ᵀ v = −∂²f_D/∂θ_U∂θ_D · w`` with ``w ≈ H_D⁻¹ v``.
+    \(J_{D,U}^\top v = -\partial^2 f_D / \partial\theta_U \partial\theta_D \cdot w\) with
+    \(w \approx H_D^{-1} v\).
 
     Subclasses supply ``w``. The mixed product for all parents comes from one backward
     pass, so ``w`` is shared by all of them. For a nested level the products are those
@@ -154,7 +155,7 @@ class ImplicitSolver(Solver):
     def inverse_hvp(
         self, hessian: SecondOrder, v: Vector, level: Level
     ) -> tuple[Vector, dict[str, Tensor]]:
-        """Approximate ``H_D⁻¹ v``."""
+        r"""Approximate \(H_D^{-1} v\)."""
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         hessian = level.products()

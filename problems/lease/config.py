@@ -63,10 +63,10 @@ class LeaseHyper(NumbersNotBooleans):
     )
 
     def author(self) -> LeaseHyper:
-        """The ``lease-author`` preset: this configuration in the authors' setting.
+        r"""The ``lease-author`` preset: this configuration in the authors' setting.
 
         Explanations are one sign-PGD step of size ε = 8/255 in normalised units, clamped
-        to the ε-ball, without a random start; the explainer trains on ``x + δ``; the
+        to the ε-ball, without a random start; the explainer trains on \(x + \delta\); the
         audience is built but never trained, so its loss in relearn is constant in ``A``
         (no explain or audience level is trained).
         """

@@ -160,12 +160,12 @@ _METHODS: dict[str, ExplanationMethod] = {}
 
 
 def register_explanation(name: str) -> Callable[[ExplanationMethod], ExplanationMethod]:
-    """Decorator: make ``method(forward, x, y, start, config, pixel_std) -> mask`` the
+    r"""Decorator: make ``method(forward, x, y, start, config, pixel_std) -> mask`` the
     explanation method ``name``.
 
     ``forward`` maps inputs to the explainer's logits; the mask has ``x``'s shape and the
-    audience sees ``x ⊙ mask``. Keep the mask a differentiable function of the explainer
-    when ``config.differentiable`` and gradients are enabled (``create_graph`` in any
+    audience sees \(x \odot \mathrm{mask}\). Keep the mask a differentiable function of the
+    explainer when ``config.differentiable`` and gradients are enabled (``create_graph`` in any
     inner ``autograd.grad``), so that the audience's loss reaches ``A`` and ``W``; under
     ``torch.no_grad()`` compute only its value. ``start`` is the random start of ``pgd``
     (zeros for other methods); ``pixel_std`` the inputs' per-channel standard deviation.

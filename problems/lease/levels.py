@@ -30,9 +30,9 @@ class Explanations(nn.Module):
 
 
 class Explainer(ImageLevel):
-    """``W``: the supernet's weights, trained on search-train.
+    r"""``W``: the supernet's weights, trained on search-train.
 
-    With ``adversarial`` set (the ``lease-author`` preset) it trains on ``x + δ``, ``δ``
+    With ``adversarial`` set (the ``lease-author`` preset) it trains on \(x + \delta\), \(\delta\)
     the explanation method's perturbation of its own batch at the current weights, held
     constant (sign steps have derivative zero), as in the authors' public code.
     """
@@ -92,7 +92,7 @@ class Explain(ImageLevel):
         return [mask.to(self.module.mask.dtype)]
 
     def training_step(self, batch):
-        """A diagnostic: the explainer's loss on its own explained inputs ``x ⊙ E``."""
+        r"""A diagnostic: the explainer's loss on its own explained inputs \(x \odot E\)."""
         x, y = self.images(batch)
         return cross_entropy(self.forward_fn()(x * self.module.mask), y)
 

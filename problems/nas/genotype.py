@@ -80,10 +80,10 @@ class Genotype(BaseModel):
 
 
 def derive_genotype(normal: torch.Tensor, reduce: torch.Tensor, steps: int = 4) -> Genotype:
-    """The DARTS rule: for each node keep the two incoming edges whose strongest
+    r"""The DARTS rule: for each node keep the two incoming edges whose strongest
     non-``none`` operation is strongest, each with that operation.
 
-    ``normal`` and ``reduce`` are (edges × operations) weights, e.g. softmaxed ``α``.
+    ``normal`` and ``reduce`` are (edges × operations) weights, e.g. softmaxed \(\alpha\).
     """
     none = PRIMITIVES.index("none")
 

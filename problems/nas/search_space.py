@@ -31,7 +31,7 @@ def edges_per_cell(steps: int = STEPS) -> int:
 
 
 class ArchitectureWeights(nn.Module):
-    """``α`` for normal and reduction cells (edges × operations), and ``β`` per edge when
+    r"""\(\alpha\) for normal and reduction cells (edges × operations), and ``β`` per edge when
     partial channels with edge normalisation are used."""
 
     def __init__(
@@ -89,7 +89,8 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class MixedOp(nn.Module):
-    """``Σ_o w_o · o(x)`` over the eight operations (on ``1/k`` of the channels with PC)."""
+    r"""\(\sum_o w_o \cdot o(x)\) over the eight operations (on ``1/k`` of the channels
+    with PC)."""
 
     def __init__(self, channels: int, stride: int, partial_channels: int = 1) -> None:
         super().__init__()
