@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .graph import LevelGraph
-from .hypergradient.cost import CostEstimate
+from .hypergradient.cost import CostEstimate, updates_of
 from .hypergradient.jacobian import JacobianModes
 from .problem import Problem
 from .schedule import Action, Schedule
@@ -23,11 +23,10 @@ def describe(
     """The level graph, each level's solver and Jacobian, the autograd products a tick
     costs (with ``cost``), and the update order of the next ``ticks`` ticks after tick
     ``tick``, simulated from ``schedule``'s current state (nothing is trained)."""
-    simulation = _simulation(graph, schedule)
-    updates: dict[str, int] = {}
-    for action in simulation.tick():
-        if action.kind == "update":
-            updates[action.problem] = updates.get(action.problem, 0) + 1
+    simulation = Schedule(graph, schedule.unroll_steps, schedule.warmup_steps, schedule.reset)
+    simulation.load_state_dict(schedule.state_dict())
+    ticked = [simulation.tick() for _ in range(max(ticks, 1))]
+    updates = updates_of(ticked[0])
     lines = ["levels (top to bottom):"]
     for name in graph.order:
         cfg = problems[name].config
@@ -63,17 +62,10 @@ def describe(
                 f"level; estimated time ratio at least {cost.ratio(updates):.1f}x"
             )
         lines.append(line)
-    simulation = _simulation(graph, schedule)
     for t in range(ticks):
-        lines.append(f"tick {tick + t + 1}: " + _compress(simulation.tick()))
+        lines.append(f"tick {tick + t + 1}: " + _compress(ticked[t]))
     text = "\n".join(lines)
     return text
-
-
-def _simulation(graph: LevelGraph, schedule: Schedule) -> Schedule:
-    simulation = Schedule(graph, schedule.unroll_steps, schedule.warmup_steps, schedule.reset)
-    simulation.load_state_dict(schedule.state_dict())
-    return simulation
 
 
 def _products(name: str, updates: dict[str, int], cost: CostEstimate | None) -> str:

@@ -27,6 +27,7 @@ from .durable.rotation import CheckpointRotation
 from .durable.state import engine_state, fingerprint, restore_engine_state
 from .errors import UnknownProblemError
 from .graph import LevelGraph
+from .hypergradient.cost import updates_of
 from .hypergradient.evaluator import Evaluator
 from .hypergradient.total import Hypergradients
 from .monitor import MetricsWriter, RunMonitor, solver_warnings
@@ -147,9 +148,7 @@ class Engine:
         actions = self.schedule.tick()
         if not self._cost_said:  # said before the first tick, which may be the slow one
             self._cost_said = True
-            self.hypergradients.cost.say_if_expensive(
-                a.problem for a in actions if a.kind == "update"
-            )
+            self.hypergradients.cost.say_if_expensive(updates_of(actions))
         try:
             for action in actions:
                 if action.kind == "reset":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .adjoint import AdjointPropagation
 from .jacobian import JacobianModes
@@ -31,6 +32,15 @@ logger = logging.getLogger("mlo")
 
 NESTING_WEIGHT = 2
 """The factor by which a nested level weighs the passes inside it, in ``estimate``."""
+
+
+def updates_of(actions: Iterable[Any]) -> dict[str, int]:
+    """Updates per level in a tick's schedule actions (``mlo.schedule.Action``)."""
+    updates: dict[str, int] = {}
+    for action in actions:
+        if action.kind == "update":
+            updates[action.problem] = updates.get(action.problem, 0) + 1
+    return updates
 
 
 class CostEstimate:
@@ -72,17 +82,14 @@ class CostEstimate:
         exact, partial = self.estimate(updates)
         return exact / partial if partial else 1.0
 
-    def say_if_expensive(self, updated: Iterable[str], threshold: float = 10.0) -> str | None:
+    def say_if_expensive(self, updates: Mapping[str, int], threshold: float = 10.0) -> str | None:
         """Warn when exactness is estimated to cost more than ``threshold`` times the
-        partial Jacobian on a tick that updates the levels ``updated`` (one entry per
-        update; the engine calls it once, after its first tick): the figures and the
-        switch. Returns the message, or ``None``."""
+        partial Jacobian on a tick whose updates per level are ``updates`` (the engine
+        calls it once, before its first tick): the figures and the switch. Returns the
+        message, or ``None``."""
         nested = self.nested_levels()
         if not nested:
             return None
-        updates: dict[str, int] = {}
-        for name in updated:
-            updates[name] = updates.get(name, 0) + 1
         exact, partial = self.estimate(updates)
         if exact <= threshold * partial:
             return None

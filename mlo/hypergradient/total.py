@@ -135,7 +135,7 @@ class Hypergradients:
             ),
             create_graph=create_graph,
             optimizer=problem.optimizer,
-            own_params=list(problem.params.tensors),
+            own_params=problem.params.tensors,
             diagnose=self.diagnose and not create_graph,
         )
 
