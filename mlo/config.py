@@ -83,6 +83,15 @@ class EngineConfig(Options):
     metrics_path: Path | None = Field(
         None, description="append metrics as JSON lines to this file (None: off)"
     )
+    logger: Literal["none", "tensorboard", "wandb"] = Field(
+        "none",
+        description="where run() also logs each record's losses and solver diagnostics: "
+        "'tensorboard' (event files in log_dir; pip install \"mlo[tensorboard]\") or 'wandb' "
+        "(a Weights & Biases run; pip install \"mlo[wandb]\"); 'none': only metrics_path",
+    )
+    log_dir: Path | None = Field(
+        None, description="the tensorboard logger's folder (None: a new one under runs/)"
+    )
     check_finite_every: int | None = Field(
         None,
         ge=1,

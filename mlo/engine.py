@@ -30,6 +30,7 @@ from .graph import LevelGraph
 from .hypergradient.cost import updates_of
 from .hypergradient.evaluator import Evaluator
 from .hypergradient.total import Hypergradients
+from .loggers import make_logger
 from .monitor import MetricsWriter, RunMonitor, solver_warnings
 from .observe import cuda_devices, observing
 from .parallel.distributed import Reducer
@@ -269,7 +270,8 @@ class Engine:
             self.preflight()
         lead = self.reducer is None or self.reducer.rank == 0  # the rank that reports
         monitor = RunMonitor(total, list(self.problems), self.config.progress and lead)
-        writer = MetricsWriter(self.config.metrics_path if lead else None)
+        metrics = make_logger(self.config.logger, log_dir=self.config.log_dir) if lead else None
+        writer = MetricsWriter(self.config.metrics_path if lead else None, metrics)
         every = self.config.checkpoint_every
         try:
             while self.tick < total:

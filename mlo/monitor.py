@@ -1,4 +1,4 @@
-"""Progress bar, summary table and JSON-lines metrics for ``Engine.run``."""
+"""Progress bar, summary table, JSON-lines metrics and metric loggers for ``Engine.run``."""
 
 from __future__ import annotations
 
@@ -14,14 +14,19 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .loggers import Logger
+
 logger = logging.getLogger("mlo")
 
 
 class MetricsWriter:
-    """Appends one JSON object per line; the file is flushed after every record."""
+    """Appends one JSON object per line (the file is flushed after every record), and
+    hands each record to a metric logger (``mlo.loggers``): the losses under ``loss/``,
+    each level's solver diagnostics under ``<level>/``, against the tick."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, metrics: Logger | None = None) -> None:
         self.path = path
+        self.metrics = metrics
         self._file = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,11 +36,19 @@ class MetricsWriter:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self.metrics is not None:
+            step = record["step"]
+            self.metrics.log(record["loss"], tag="loss", step=step)
+            for name, values in record["diagnostics"].items():
+                self.metrics.log(values, tag=name, step=step)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
 
 class RunMonitor:

@@ -72,6 +72,9 @@ class BufferGuard:
                 if id(buf) not in seen:
                     seen.add(id(buf))
                     self._buffers.append(buf)
+        self.preserving = True
+        """``False``: ``preserved()`` keeps nothing, so every train-mode forward pass updates
+        running statistics (Betty's behaviour, ``mlo.betty``'s ``running_stats="update"``)."""
 
     def broadcast(self, reducer: Any) -> None:
         """Set every buffer to rank 0's (data-parallel training, ``mlo.parallel.distributed``)."""
@@ -80,7 +83,7 @@ class BufferGuard:
 
     @contextmanager
     def preserved(self) -> Iterator[None]:
-        if not self._buffers:
+        if not self._buffers or not self.preserving:
             yield
             return
         saved = [b.clone() for b in self._buffers]

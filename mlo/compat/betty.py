@@ -13,7 +13,7 @@ What maps to what:
 - ``u2l`` edges and reversed ``l2u`` edges form mlo's ``{upper: [lowers]}`` graph.
 - A lower level's ``Config.type`` becomes its solver: ``darts`` →
   ``mlo.solvers.Darts`` (``epsilon=darts_alpha``, ``xi=1``, Betty's scale), ``sama``
-  (Betty 0.2) → ``mlo.solvers.Sama`` (``epsilon=darts_adam_alpha``, ``xi=1``; mlo's
+  (Betty 0.2) → ``mlo.solvers.Sama`` (``epsilon=sama_adam_alpha``, ``xi=1``; mlo's
   reading of the paper's preconditioner, not compared with Betty 0.2, which is not
   installable),
   ``neumann`` → ``mlo.solvers.Neumann`` (``iterations=neumann_iterations``,
@@ -55,6 +55,7 @@ from typing import Any
 from torch import Tensor
 
 from .. import solvers
+from ..betty.levels import solver_of
 from ..config import EngineConfig, ProblemConfig
 from ..engine import Engine
 from ..errors import SetupError
@@ -322,21 +323,7 @@ def _solver(problem: Any, uppers: list[Any]) -> Any:
             f"({implicit}); mlo applies one solver per lower level, so set first_order the "
             "same on all of them"
         )
-    config = problem.config
-    kind = config.type
-    if kind == "darts":
-        return solvers.Darts(epsilon=config.darts_alpha, xi=1.0)
-    if kind == "sama":  # Betty 0.2's type; its step is darts_adam_alpha, its scale 1
-        epsilon = getattr(config, "darts_adam_alpha", None) or config.darts_alpha
-        return solvers.Sama(epsilon=epsilon, xi=1.0)
-    if kind == "neumann":
-        return solvers.Neumann(iterations=config.neumann_iterations, alpha=config.neumann_alpha)
-    if kind == "cg":
-        return solvers.CG(iterations=config.cg_iterations)
-    raise SetupError(
-        f"Betty problem {problem.name!r}: Config(type={kind!r}) has no mlo counterpart "
-        "(mlo has darts, sama, neumann, cg, unroll and first_order); choose one of those"
-    )
+    return solver_of(problem.name, problem.config)
 
 
 def _betty_update_counts(problems: list[Any], iterations: int) -> dict[str, int]:

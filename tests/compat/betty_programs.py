@@ -74,12 +74,16 @@ def logistic_hpo(
     iterations: int = 8,
     seed: int = 0,
     engine_class: type[Engine] = Engine,
+    shuffled: bool = False,
     **inner_config,
 ) -> Engine:
     quiet()
     torch.manual_seed(seed)
     x, y = _digits(seed, 240)
     train, val = _batches(x[:160], y[:160], 20), _batches(x[160:], y[160:], 20)
+    if shuffled:  # the classifier's batches from a shuffling DataLoader
+        dataset = torch.utils.data.TensorDataset(x[:160], y[:160])
+        train = torch.utils.data.DataLoader(dataset, batch_size=20, shuffle=True)
     net = nn.Linear(16, 1).to(DTYPE)
     hyper = LogL2(16)
     config = {"type": solver, "neumann_iterations": 5, "neumann_alpha": 0.1, **inner_config}
@@ -146,7 +150,7 @@ class Meta(ImplicitProblem):
         return F.binary_cross_entropy_with_logits(self.classifier(x).squeeze(-1), y)
 
 
-def meta_weight_net(iterations: int = 6, seed: int = 0) -> Engine:
+def meta_weight_net(iterations: int = 6, seed: int = 0, batchnorm: bool = False) -> Engine:
     quiet()
     torch.manual_seed(seed)
     x, y = _digits(seed, 200)
@@ -154,6 +158,8 @@ def meta_weight_net(iterations: int = 6, seed: int = 0) -> Engine:
     flip = torch.rand(160, generator=torch.Generator().manual_seed(seed)) < 0.3
     noisy[flip] = 1 - noisy[flip]  # 30 % label noise in the training half
     net = nn.Linear(16, 1).to(DTYPE)
+    if batchnorm:  # running statistics, updated by every train-mode forward pass
+        net = nn.Sequential(nn.BatchNorm1d(16), net).to(DTYPE)
     weigher = WeightNet()
     classifier = Reweighted(
         name="classifier",

@@ -271,6 +271,6 @@ def test_bettys_sama_type_maps_to_mlos_sama_at_bettys_step_and_scale():
     from mlo.compat.betty import _solver
 
     upper = SimpleNamespace(name="upper", config=SimpleNamespace(first_order=True))
-    config = SimpleNamespace(type="sama", darts_adam_alpha=0.02, darts_alpha=0.01)
+    config = SimpleNamespace(type="sama", sama_adam_alpha=0.02, darts_alpha=0.01)  # Betty 0.2.1
     solver = _solver(SimpleNamespace(name="lower", config=config), [upper])
     assert solver == mlo.solvers.Sama(epsilon=0.02, xi=1.0)
