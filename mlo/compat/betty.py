@@ -142,6 +142,8 @@ class BettyProgram(Engine):
         passed a multiple of ``valid_step``."""
         before = self.updates[self._leaf]
         super().step()
+        # Betty's iteration count, read by programs (a validation's file names).
+        self.betty_engine.global_step = self.updates[self._leaf]
         if not self._validates or self._valid_step <= 0:
             return
         if self.updates[self._leaf] // self._valid_step > before // self._valid_step:
@@ -206,7 +208,8 @@ def from_betty(betty_engine: Any, **overrides: Any) -> BettyProgram:
     leaves = [n for n in names if not lowers[n]]
     roots = [n for n in names if not uppers[n]]
     counts = _betty_update_counts(problems, int(betty_engine.config.train_iters))
-    engine_settings: dict[str, Any] = {"steps": max(counts[r] for r in roots)}
+    # No preflight: it would run each training_step once more, side effects included.
+    engine_settings: dict[str, Any] = {"steps": max(counts[r] for r in roots), "preflight": False}
     log_steps = [p.config.log_step for p in problems if p.config.log_step > 0]
     if log_steps:
         engine_settings["log_every"] = min(log_steps)
@@ -359,49 +362,20 @@ def _betty_update_counts(problems: list[Any], iterations: int) -> dict[str, int]
 
 
 class _BettyBatches:
-    """A Betty problem's batches as Betty's ``get_batch`` forms them: each loader's batch
-    as a tuple of its items on the problem's device, several loaders as a tuple of those;
-    one pass is one pass of the first loader (the others cycle on their own), after which
-    ``on_epoch_end`` runs. A problem with its own ``get_batch`` is asked for every batch."""
+    """A Betty problem's batches from Betty's own ``get_batch``: the iterators Betty's
+    ``initialize()`` made (so a shuffled loader's order is Betty's at the same seed), its
+    restart of an ended loader with ``on_epoch_end``, its conversion of the items, or the
+    problem's own ``get_batch``."""
 
     def __init__(self, problem: Any) -> None:
         self.problem = problem
-        self._others: list[Iterator[Any] | None] = []
 
     def __iter__(self) -> Iterator[Any]:
         problem = self.problem
-        if _overrides(problem, "get_batch"):
-            while True:
-                yield problem.get_batch()
-        loaders = problem.train_data_loader
-        if loaders is None:
+        if problem.train_data_loader is None and not _overrides(problem, "get_batch"):
             raise SetupError(f"Betty problem {problem.name!r} has no train_data_loader")
-        if not isinstance(loaders, tuple):
-            loaders = (loaders,)
-        if len(self._others) != len(loaders) - 1:
-            self._others = [None] * (len(loaders) - 1)
-        for first in loaders[0]:
-            parts = [self._convert(first)]
-            for i, loader in enumerate(loaders[1:]):
-                parts.append(self._convert(self._next(i, loader)))
-            yield parts[0] if len(parts) == 1 else tuple(parts)
-        if callable(getattr(problem, "on_epoch_end", None)):
-            problem.on_epoch_end()
-
-    def _next(self, i: int, loader: Any) -> Any:
-        iterator = self._others[i]
-        if iterator is not None:
-            try:
-                return next(iterator)
-            except StopIteration:
-                pass
-        self._others[i] = iter(loader)
-        return next(self._others[i])
-
-    def _convert(self, batch: Any) -> tuple[Any, ...]:
-        from betty.utils import convert_tensor  # Betty's own conversion of a batch's items
-
-        return tuple(convert_tensor(item, self.problem.device) for item in batch)
+        while True:
+            yield problem.get_batch()
 
 
 def _overrides(problem: Any, method: str) -> bool:

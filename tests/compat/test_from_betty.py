@@ -274,3 +274,34 @@ def test_bettys_sama_type_maps_to_mlos_sama_at_bettys_step_and_scale():
     config = SimpleNamespace(type="sama", sama_adam_alpha=0.02, darts_alpha=0.01)  # Betty 0.2.1
     solver = _solver(SimpleNamespace(name="lower", config=config), [upper])
     assert solver == mlo.solvers.Sama(epsilon=0.02, xi=1.0)
+
+
+def test_the_bridge_reads_bettys_batches_counts_bettys_steps_and_adds_no_call():
+    def inner_batches(engine, run) -> list[torch.Tensor]:
+        inner = next(p for p in engine.problems if p.name == "inner")
+        step, seen = inner.training_step, []
+
+        def recorded(batch):
+            seen.append(batch[1].clone())
+            return step(batch)
+
+        inner.training_step = recorded
+        run(engine)
+        return [b for i, b in enumerate(seen) if i == 0 or not torch.equal(b, seen[i - 1])]
+
+    theirs = inner_batches(
+        programs.logistic_hpo(iterations=10, shuffled=True), lambda e: betty_trajectory(e, 10)
+    )
+    program = None
+
+    def convert_and_run(engine):
+        nonlocal program
+        program = mlo.from_betty(engine, progress=False)
+        program.run()
+
+    ours = inner_batches(programs.logistic_hpo(iterations=10, shuffled=True), convert_and_run)
+    # The iterators Betty's set-up made are the ones read: the same shuffled batches.
+    assert len(ours) == len(theirs) == 10
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert program.betty_engine.global_step == 10  # Betty's iteration count advances
+    assert program.config.preflight is False  # no extra training_step call before training
