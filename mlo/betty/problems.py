@@ -120,6 +120,11 @@ class Problem:
         if self.device is not None:
             self.module.to(self.device)
         if self.train_data_loader is not None:
+            if self._strategy == "distributed" and self._world_size > 1:
+                self.train_data_loader = tuple(
+                    _sharded(loader, self._world_size, self._rank)
+                    for loader in self.train_data_loader
+                )
             self.train_data_iterator = [iter(loader) for loader in self.train_data_loader]
             self.epoch_counter = [0] * len(self.train_data_loader)
 
@@ -297,6 +302,32 @@ class HigherIterativeProblem(IterativeProblem):
     """Betty's ``higher``-based iterative problem: the same as
     [`IterativeProblem`][mlo.betty.problems.IterativeProblem] here (mlo needs no patched
     optimizer)."""
+
+
+def _sharded(loader: Any, ranks: int, rank: int) -> Any:
+    """A DataLoader that reads this rank's shard of ``loader``'s dataset (every
+    ``ranks``-th example from ``rank``, reshuffled each epoch if ``loader`` shuffles),
+    with its batch size and other settings; anything else is read whole on every rank."""
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    if not isinstance(loader, DataLoader) or loader.batch_size is None:
+        return loader
+    sampler = DistributedSampler(
+        loader.dataset,
+        num_replicas=ranks,
+        rank=rank,
+        shuffle=isinstance(loader.sampler, RandomSampler),
+        drop_last=loader.drop_last,
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+    )
 
 
 def _to(value: Any, device: Any) -> Any:

@@ -299,3 +299,25 @@ def test_a_missing_logger_package_is_a_setup_error_in_mlos_own_engine():
         make_logger("wandb")
     with pytest.raises(mlo.SetupError, match="logger"):
         mlo.EngineConfig(logger="mlflow")
+
+
+# ------------------------------------------------------------ strategy="distributed"
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one_process_with_the_doubled_batch(tmp_path):
+    from ..scripts import run_child, torchrun_command
+    from . import distributed_worker as worker
+
+    out = tmp_path / "rank0.pt"
+    command = [*torchrun_command(2), "-m", "tests.betty.distributed_worker", str(out)]
+    done = run_child(command, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = torch.load(out)
+    one = worker.build(batch=16, strategy="cpu")
+    start = worker.parameters(one)
+    one.run()
+    single = worker.parameters(one)
+    for name in single:
+        assert torch.allclose(ranks[name], single[name], rtol=1e-12, atol=1e-13), name
+    assert float((single["outer"] - start["outer"]).abs().max()) > 1e-4
