@@ -184,7 +184,13 @@ def from_betty(betty_engine: Any, **overrides: Any) -> BettyProgram:
             f"from_betty takes a constructed betty.engine.Engine; got {type(betty_engine).__name__}"
         )
     problem_overrides = overrides.pop("problems", {}) or {}
-    _check_engine(betty, betty_engine)
+    refusals = _refusals(betty, betty_engine)
+    if refusals:
+        listed = "\n".join(f"  - {r}" for r in refusals)
+        raise SetupError(
+            f"from_betty cannot convert this program; it uses {len(refusals)} thing(s) "
+            f"mlo's engine has no counterpart for:\n{listed}\nAlternatively, {_ON_MLO_BETTY}."
+        )
     problems = list(betty_engine.problems)
     names = [p.name for p in problems]
     if len(set(names)) != len(names):
@@ -201,7 +207,6 @@ def from_betty(betty_engine: Any, **overrides: Any) -> BettyProgram:
     by_name = {p.name: p for p in problems}
     configs = {}
     for problem in problems:
-        _check_problem(betty, problem)
         settings = _problem_settings(problem, [by_name[u] for u in uppers[problem.name]])
         settings.update(problem_overrides.get(problem.name, {}))
         configs[problem.name] = ProblemConfig(**settings)
@@ -224,28 +229,39 @@ def from_betty(betty_engine: Any, **overrides: Any) -> BettyProgram:
 
 
 _ENGINE_METHODS = ("train_step", "run")
+_ON_MLO_BETTY = (
+    "mlo.betty runs it: change the program's betty imports to mlo.betty (Betty 0.2's API, "
+    "no Betty needed), where roll_back, gradient_accumulation, fp16, param_callback, "
+    "custom_optimizer_step, environments, early stopping and train_step overrides work as "
+    "in Betty"
+)
 
 
-def _check_engine(betty: Any, engine: Any) -> None:
+def _refusals(betty: Any, engine: Any) -> list[str]:
+    """Everything in a Betty 0.1.1 program that ``from_betty`` cannot convert, each with
+    what to do instead."""
     config = engine.config
+    found = []
     refused = {
-        "roll_back": "mlo has no roll-back of lower levels after an upper update",
-        "distributed": "Betty's distributed flag has no counterpart; launch with torchrun "
-        "and pass from_betty(engine, distributed='ddp')",
+        "roll_back": "mlo's engine has no roll-back of lower levels after an upper update",
+        "distributed": "launch with torchrun and pass from_betty(engine, distributed='ddp')",
         "early_stopping": "stop on your validation statistics outside engine.run()",
     }
     for field, why in refused.items():
         if getattr(config, field, False):
-            raise SetupError(f"Betty EngineConfig({field}=True) is not supported: {why}")
+            found.append(f"EngineConfig({field}=True): {why}")
     if engine.env is not None:
-        raise SetupError("Betty environments (Engine(env=...)) are not supported by from_betty")
+        found.append("an environment (Engine(env=...)): mlo's engine has no environments")
     base = betty.engine.Engine
     for method in _ENGINE_METHODS:
         if getattr(type(engine), method) is not getattr(base, method):
-            raise SetupError(
-                f"{type(engine).__name__} overrides Betty's Engine.{method}, which mlo's "
-                "engine replaces; move that logic into validation() or around engine.run()"
+            found.append(
+                f"{type(engine).__name__} overrides Engine.{method}, which mlo's engine "
+                "replaces; move that logic into validation() or around engine.run()"
             )
+    for problem in engine.problems:
+        found.extend(_problem_refusals(betty, problem))
+    return found
 
 
 _HOOKS = {
@@ -254,11 +270,12 @@ _HOOKS = {
 }
 
 
-def _check_problem(betty: Any, problem: Any) -> None:
+def _problem_refusals(betty: Any, problem: Any) -> list[str]:
     name = problem.name
+    found = []
     if not isinstance(problem, betty.problems.ImplicitProblem):
-        raise SetupError(
-            f"Betty problem {name!r} is a {type(problem).__name__}; from_betty converts "
+        found.append(
+            f"problem {name!r} is a {type(problem).__name__}; from_betty converts "
             "ImplicitProblem levels (betty-ml 0.1.1's IterativeProblem replaces the module's "
             "optimizer by its functorch-patched one, and cannot step on torch 2.x). For "
             "differentiation through the unrolled steps, make it an ImplicitProblem and pass "
@@ -266,18 +283,16 @@ def _check_problem(betty: Any, problem: Any) -> None:
         )
     config = problem.config
     if config.fp16:
-        raise SetupError(
-            f"Betty problem {name!r}: Config(fp16=True) is not supported by from_betty; "
-            "train in float32 or bfloat16"
-        )
+        found.append(f"problem {name!r}: Config(fp16=True); train in float32 or bfloat16")
     if config.gradient_accumulation != 1:
-        raise SetupError(
-            f"Betty problem {name!r}: Config(gradient_accumulation="
-            f"{config.gradient_accumulation}) has no mlo counterpart; use a larger batch"
+        found.append(
+            f"problem {name!r}: Config(gradient_accumulation={config.gradient_accumulation}); "
+            "use a larger batch"
         )
     for hook, fix in _HOOKS.items():
         if callable(getattr(problem, hook, None)):
-            raise SetupError(f"Betty problem {name!r}: the {hook} hook is not supported; {fix}")
+            found.append(f"problem {name!r}: the {hook} hook; {fix}")
+    return found
 
 
 # ---------------------------------------------------------------------------- mapping

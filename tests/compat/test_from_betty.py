@@ -305,3 +305,17 @@ def test_the_bridge_reads_bettys_batches_counts_bettys_steps_and_adds_no_call():
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
     assert program.betty_engine.global_step == 10  # Betty's iteration count advances
     assert program.config.preflight is False  # no extra training_step call before training
+
+
+def test_every_blocker_is_named_at_once_with_the_way_to_run_it_on_mlo_betty():
+    engine = programs.logistic_hpo()
+    engine.config.roll_back = True
+    engine.problems[1].config.gradient_accumulation = 4
+    engine.problems[0].param_callback = lambda: None
+    with pytest.raises(mlo.SetupError) as caught:
+        mlo.from_betty(engine)
+    message = str(caught.value)
+    assert "3 thing(s)" in message
+    for named in ("roll_back=True", "gradient_accumulation=4", "param_callback"):
+        assert named in message
+    assert "change the program's betty imports to mlo.betty" in message
