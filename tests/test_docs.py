@@ -165,28 +165,30 @@ def test_the_solver_tutorial_converges_to_the_closed_form(capsys):
 
 
 @pytest.mark.slow
-def test_the_lease_tutorial_searches_extends_and_evaluates(tmp_path):
+def test_the_lease_tutorial_searches_extends_and_evaluates(tmp_path, capsys):
+    # Its page includes lease.txt as the run's output and the shipped search's pictures
+    # (lease_cells.png, lease_alphas.png): regenerate them with
+    # python docs/tutorials/lease.py --out OUT > docs/tutorials/lease.txt, copying
+    # OUT/pgd/cells.png and OUT/pgd/alphas.png, when this fails.
     tutorial = load_script(ROOT / "docs" / "tutorials" / "lease.py")
-    result = tutorial.main(tmp_path, steps=2)
+    result = tutorial.main(tmp_path)  # the page's budget: 4 architecture updates
+    printed_as_its_page_shows("lease", capsys)
     for run in ("shipped", "extended"):
         files = result[run].files
         for name in ("genotype", "cells", "alphas", "checkpoint"):
             assert files[name].stat().st_size > 0, (run, name)
-        assert result[run].steps == 2
+        assert result[run].steps == 4
     saved = torch.load(tmp_path / "extended" / "checkpoint.pt", weights_only=True)
-    assert saved["extra"]["settings"]["lease.explanation.method"] == "gradient_x_input"
-    assert (
-        saved["extra"]["settings"].get("lease.explanation.method")
-        != (
-            torch.load(tmp_path / "pgd" / "checkpoint.pt", weights_only=True)["extra"]["settings"][
-                "lease.explanation.method"
-            ]
-        )
-    )
+    shipped = torch.load(tmp_path / "pgd" / "checkpoint.pt", weights_only=True)
+    method = "lease.explanation.method"
+    assert saved["extra"]["settings"][method] == "gradient_x_input"
+    assert shipped["extra"]["settings"].get(method) != "gradient_x_input"
     # The extended search's audience is the tutorial's CNN, not a ResNet.
     audience = saved["engine"]["problems"]["audience"]["module"]
     assert any(key.startswith("features.") for key in audience)
     assert 0.0 <= result["evaluation"].test_error <= 1.0
+    page = (ROOT / "docs" / "tutorials" / "lease.md").read_text()
+    assert "lease_cells.png" in page and "lease_alphas.png" in page
 
 
 def test_the_home_pages_example_prints_what_the_page_shows():

@@ -22,6 +22,7 @@ from problems.nas.config import EvalRun
 from problems.nas.retrain import run_evaluation
 from problems.nas.runner import run_search
 from problems.nas.search import cross_entropy
+from problems.nas.summary import genotype_rows
 
 # --------------------------------------------------------------- 1. a search, as it ships
 
@@ -84,11 +85,21 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+def report(title: str, result, out: Path) -> None:
+    """The derived cells, one intermediate node a line, named as ``cells.png`` names them
+    (``c_{k-2}``, ``c_{k-1}``: the two previous cells' outputs; ``node 0``–``node 3``)."""
+    print(title)
+    for name, row in genotype_rows(result.genotype).items():
+        for i, node in enumerate(row.split("; ")):
+            print(f"  {name if i == 0 else '':<15} {node}")
+    pictures = [result.files[n].relative_to(out).as_posix() for n in ("cells", "alphas")]
+    print(f"  {'pictures':<15} {', '.join(pictures)}")
+
+
 def main(out: Path = Path("runs/tutorial_lease"), steps: int = 4) -> dict[str, object]:
     # 1. The search as it ships: differentiable PGD explanations, a ResNet audience.
     shipped = search(out / "pgd", steps)
-    print("genotype (pgd):", shipped.genotype)
-    print("pictures:", shipped.files["cells"], shipped.files["alphas"])
+    report("search as it ships (differentiable PGD, ResNet audience):", shipped, out)
 
     # 2 and 3. The same search with the new explanation method and the new audience.
     extended = search(
@@ -97,7 +108,7 @@ def main(out: Path = Path("runs/tutorial_lease"), steps: int = 4) -> dict[str, o
         wire=partial(wire_search, audience=SmallCNN()),
         method="gradient_x_input",
     )
-    print("genotype (gradient × input, small CNN audience):", extended.genotype)
+    report("search extended (gradient × input, small CNN audience):", extended, out)
 
     # 4. Evaluate the searched cell: retrain it from scratch, report the test error.
     evaluation = run_evaluation(
@@ -117,7 +128,9 @@ def main(out: Path = Path("runs/tutorial_lease"), steps: int = 4) -> dict[str, o
             cutout=0,
         )
     )
-    print(f"test error of the retrained cell: {100 * evaluation.test_error:.1f} %")
+    print(
+        f"test error of the retrained cell ({steps * 5} steps): {100 * evaluation.test_error:.1f} %"
+    )
     return {"shipped": shipped, "extended": extended, "evaluation": evaluation}
 
 

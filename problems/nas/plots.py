@@ -61,7 +61,9 @@ def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title
     ax.set_ylim(-0.15, 1.15)
     ax.set_title(title)
     ax.axis("off")
+    # The inputs as math (c with a subscript), the intermediate nodes by number.
     names = {i: input_name(i).removeprefix("node ") for i in range(2 + nodes)}
+    names.update({i: f"${names[i]}$" for i in (0, 1)})
     for k, (op, src) in enumerate(cell):
         dst = 2 + k // 2
         rad = 0.2 if k % 2 else -0.2
@@ -114,7 +116,7 @@ def _draw_cell(ax, cell: Sequence[tuple[str, int]], concat: Sequence[int], title
     )
     ax.text(
         *out,
-        "c_{k}",
+        "$c_{k}$",
         ha="center",
         va="center",
         fontsize=10,
