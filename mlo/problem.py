@@ -19,7 +19,7 @@ class Problem:
     r"""One learning problem: parameters (``module``), an optimizer, data and an objective.
 
     Subclass it and implement ``training_step``, which returns the scalar objective
-    ``f_P`` on a batch. Inside it, other problems of the same engine are reached by name:
+    \(f_P\) on a batch. Inside it, other problems of the same engine are reached by name:
     ``self.outer.module(x)``.
 
     Args:
@@ -99,7 +99,7 @@ class Problem:
         self._peers = dict(peers)
 
     def training_step(self, batch: Any) -> Tensor:
-        """The objective ``f_P`` on ``batch``: a scalar tensor."""
+        r"""The objective \(f_P\) on ``batch``: a scalar tensor."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement training_step(self, batch) -> scalar tensor"
         )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 from html.parser import HTMLParser
@@ -69,6 +70,11 @@ def test_the_site_builds_strictly(tmp_path):
     # Long code lines wrap in the column; code names in tables stay whole.
     css = (tmp_path / "stylesheets" / "extra.css").read_text()
     assert "pre-wrap" in css and "nowrap" in css and "stylesheets/extra.css" in concepts
+    # Search snippets show formulas as text (docs/hooks/search_math.py), not as TeX.
+    index = json.loads((tmp_path / "search" / "search_index.json").read_text())
+    texts = [doc["text"] for doc in index["docs"]]
+    assert not [t for t in texts if "\\(" in t or "\\[" in t]
+    assert any("∂θ" in t.replace(" ", "") for t in texts)
 
 
 MATH_CHARACTERS = re.compile(r"[θ∂ᵀ⁻¹Σ∇‖ξλ≈≤≥∈²ρα½εμ∪δ⊙ℓ]")

@@ -105,7 +105,12 @@ def test_a_search_shows_its_results(served, tmp_path):
             shown = [item.text for item in items if item.is_displayed() and item.text]
             time.sleep(0.25)
         meta = driver.find_element(By.CSS_SELECTOR, ".md-search-result__meta").text
+        snippets = [
+            a.text for a in driver.find_elements(By.CSS_SELECTOR, ".md-search-result__article")
+        ]
     finally:
         driver.quit()
     assert "matching documents" in meta, meta
     assert any("hypergradient" in title.lower() for title in shown), shown
+    # The snippets show formulas as text, not TeX (docs/hooks/search_math.py).
+    assert snippets and not [t for t in snippets if "\\(" in t or "\\frac" in t], snippets
