@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 import sys
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -70,6 +71,13 @@ def test_the_site_builds_strictly(tmp_path):
     # Long code lines wrap in the column; code names in tables stay whole.
     css = (tmp_path / "stylesheets" / "extra.css").read_text()
     assert "pre-wrap" in css and "nowrap" in css and "stylesheets/extra.css" in concepts
+    # Every tutorial page shows what its script printed (the .txt the suite compares).
+    for page in sorted((ROOT / "docs" / "tutorials").glob("*.md")):
+        output = page.with_suffix(".txt")
+        assert output.exists(), f"{page.name} has no output file"
+        html = (tmp_path / "tutorials" / page.stem / "index.html").read_text()
+        first = next(line for line in output.read_text().splitlines() if line.strip())
+        assert escape(first.strip(), quote=False) in html, (page.name, first)
     # Search snippets show formulas as text (docs/hooks/search_math.py), not as TeX.
     index = json.loads((tmp_path / "search" / "search_index.json").read_text())
     texts = [doc["text"] for doc in index["docs"]]
