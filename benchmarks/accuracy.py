@@ -1,5 +1,6 @@
 """Hypergradient accuracy against the number of Hessian-vector products, for mlo's
-``cg``, ``neumann``, ``darts`` and ``unroll`` and Betty's ``cg``, ``neumann`` and ``darts``,
+``cg``, ``neumann``, ``darts``, ``sama`` and ``unroll`` and Betty's ``cg``, ``neumann`` and
+``darts``,
 in float64, against a dense solve, on two bilevel problems:
 
 - ``quadratic``: a 200-dimensional quadratic, A SPD with eigenvalues in [1, κ]::
@@ -16,7 +17,9 @@ The lower level sits at its best response (exact for the quadratic, Newton's met
 machine precision for the logistic problem); the truth is ``∇_x F − ∂²f/∂x∂y · H⁻¹ ∇_y F``
 with the Hessian and the mixed derivatives formed densely. ``cg`` and ``neumann`` spend
 K products (K = 1 … 200); ``darts`` spends two gradient evaluations whatever K (a constant
-line). ``unroll`` trains the lower level K SGD steps from 0 and differentiates through
+line); ``sama`` too, with an Adam lower level whose second moments precondition the
+direction (Adam trains the lower level from 0 to fill them, then the lower level is put at
+its best response). ``unroll`` trains the lower level K SGD steps from 0 and differentiates through
 them: K products in reverse, and its error against the fixed point's truth falls as the K
 steps approach the best response. Betty (betty-ml 0.1.1) computes on the same state
 through its own ``backward``: its ``neumann`` is the same series, its ``cg`` is not a
@@ -168,7 +171,14 @@ def _flat(grads: dict[str, torch.Tensor], module: nn.Module) -> torch.Tensor:
     return torch.cat([grads[k].reshape(-1) for k, _ in module.named_parameters()])
 
 
-def mlo_engine(case: Case, solver, start: torch.Tensor, upper_lr: float, unroll_steps: int = 1):
+def mlo_engine(
+    case: Case,
+    solver,
+    start: torch.Tensor,
+    upper_lr: float,
+    unroll_steps: int = 1,
+    adam_lr: float | None = None,
+):
     class Lower(mlo.Problem):
         def training_step(self, batch):
             return case.lower(self.module.v, self.upper.module)
@@ -178,10 +188,14 @@ def mlo_engine(case: Case, solver, start: torch.Tensor, upper_lr: float, unroll_
             return case.upper(self.lower.module.v, self.module)
 
     lower_module, upper_module = Vec(start), case.make_upper()
+    if adam_lr is None:
+        optimizer = torch.optim.SGD(lower_module.parameters(), lr=case.step)
+    else:
+        optimizer = torch.optim.Adam(lower_module.parameters(), lr=adam_lr)
     lower = Lower(
         "lower",
         lower_module,
-        torch.optim.SGD(lower_module.parameters(), lr=case.step),
+        optimizer,
         config=mlo.ProblemConfig(solver=solver, unroll_steps=unroll_steps),
     )
     upper = Upper("upper", upper_module, torch.optim.SGD(upper_module.parameters(), lr=upper_lr))
@@ -201,6 +215,24 @@ def unrolled(case: Case, steps: int) -> torch.Tensor:
     start = torch.zeros_like(case.y_star)
     engine, upper_module = mlo_engine(case, mlo.solvers.Unroll(), start, 0.0, steps)
     engine.step()
+    return _flat(engine.hypergradient("upper"), upper_module)
+
+
+ADAM_LR = 0.01
+ADAM_STEPS = 500
+
+
+def sama_hypergradient(case: Case) -> torch.Tensor:
+    """mlo's ``sama`` with an Adam lower level: Adam (lr ``ADAM_LR``) trains the lower
+    level ``ADAM_STEPS`` steps from 0, which fills its second moments, then the lower
+    level is set to its best response and the hypergradient read there (ξ is Adam's
+    learning rate, the paper's one-step reading)."""
+    start = torch.zeros_like(case.y_star)
+    engine, upper_module = mlo_engine(case, mlo.solvers.Sama(), start, 0.0, adam_lr=ADAM_LR)
+    for _ in range(ADAM_STEPS):
+        engine.step()
+    with torch.no_grad():
+        engine.problems["lower"].module.v.copy_(case.y_star)
     return _flat(engine.hypergradient("upper"), upper_module)
 
 
@@ -257,11 +289,27 @@ def betty_hypergradient(case: Case, kind: str, k: int) -> torch.Tensor | None:
     return torch.cat([p.grad.detach().reshape(-1) for p in up.parameters()])
 
 
+cosines: dict[str, dict[str, float]] = {}
+"""The first-order solvers' direction: the cosine of their hypergradient with the truth."""
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
 def errors(case: Case, budgets: list[int]) -> dict[str, list[float]]:
     curves: dict[str, list[float]] = {"cg": [], "neumann": [], "darts": [], "unroll": []}
 
     def error(got: torch.Tensor) -> float:
         return float((got - case.truth).norm() / case.truth.norm())
+
+    sama = sama_hypergradient(case).detach()  # two gradient evaluations, whatever K
+    curves["sama (Adam)"] = [error(sama)] * len(budgets)
+    darts = hypergradient(case, mlo.solvers.Darts(xi=case.step)).detach()
+    cosines[case.name] = {
+        "darts": cosine(darts, case.truth),
+        "sama (Adam)": cosine(sama, case.truth),
+    }
 
     for k in budgets:
         solvers = {
@@ -284,6 +332,9 @@ def report(case: Case, budgets: list[int], curves: dict[str, list[float]]) -> No
     print("products " + "".join(f"{name:>16s}" for name in curves))
     for i, k in enumerate(budgets):
         print(f"{k:8d} " + "".join(f"{curves[name][i]:16.3e}" for name in curves))
+    if case.name in cosines:
+        said = ", ".join(f"{n} {c:.3f}" for n, c in cosines[case.name].items())
+        print(f"first-order directions, cosine with the truth: {said}")
 
 
 def main() -> None:
