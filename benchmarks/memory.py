@@ -6,7 +6,8 @@ process's peak resident set (Linux: ``/proc/self/clear_refs``), runs ``--ticks``
 reports the peak resident growth over the resident set before the first tick, and the
 median time per tick. ``plain`` is the supernet's own training step (forward, backward,
 its optimizer's step, the architecture held); the others are mlo's DARTS search with that
-solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet steps).
+solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet steps;
+``-forward``: the same solver with ``ProblemConfig(hvp="forward")``).
 Rounds alternate the configurations; the script prints medians over rounds and the ratios
 to ``plain``.
 
@@ -32,6 +33,8 @@ CONFIGS = [
     "sama",
     "cg",
     "neumann",
+    "cg-forward",
+    "neumann-forward",
     "unroll1",
     "unroll2",
     "unroll4",
@@ -79,11 +82,15 @@ def child(config: str, args) -> dict:
             "cg": mlo.solvers.CG(iterations=5),
             "neumann": mlo.solvers.Neumann(iterations=5),
         }
-        solver = solvers.get(config, "unroll" if config.startswith("unroll") else config)
-        unroll = int(config[len("unroll") :]) if config.startswith("unroll") else 1
+        name = config.removesuffix("-forward")
+        solver = solvers.get(name, "unroll" if name.startswith("unroll") else name)
+        unroll = int(name[len("unroll") :]) if name.startswith("unroll") else 1
         problems, deps = build_darts(
             net, arch, train, val, total_updates=10_000, solver=solver, unroll_steps=unroll
         )
+        if config.endswith("-forward"):  # the same solver, products by forward-over-reverse
+            supernet = next(p for p in problems if p.config.solver.name == name)
+            supernet.config = supernet.config.model_copy(update={"hvp": "forward"})
         step = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
     Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
     before = _status("VmRSS")

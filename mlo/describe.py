@@ -44,6 +44,7 @@ def describe(
         lines.append(
             f"  {name}: solver={solver.name}({knobs}) unroll_steps={cfg.unroll_steps}"
             + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
+            + (" hvp=forward" if cfg.hvp == "forward" else "")
             + lowers
             + modes.describe(name, True)
             + _products(name, updates, cost)

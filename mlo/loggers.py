@@ -100,13 +100,20 @@ class WandbLogger(Logger):
                 'the wandb logger needs the wandb package: pip install "mlo[wandb]"'
             ) from error
         self.wandb = wandb
-        if wandb.run is None:
+        self._started = wandb.run is None
+        if self._started:
             wandb.init(project=project)
 
     def log(self, stats: Stats, tag: str | None = None, step: int | None = None) -> None:
         values = scalars(stats, tag)
         if values:
             self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        """Finish the run this logger started (a run the program started stays open)."""
+        if self._started and self.wandb.run is not None:
+            self.wandb.finish()
+            self._started = False
 
 
 def make_logger(

@@ -136,6 +136,7 @@ class Hypergradients:
             create_graph=create_graph,
             optimizer=problem.optimizer,
             own_params=problem.params.tensors,
+            forward_products=problem.config.hvp == "forward",
             diagnose=self.diagnose and not create_graph,
         )
 

@@ -21,6 +21,7 @@ from pydantic import ConfigDict
 from torch import Tensor
 
 from ..autodiff import SecondOrder
+from ..autodiff.forward import ForwardSecondOrder
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import Trajectory
 from ..errors import SetupError
@@ -76,6 +77,9 @@ class Level:
     own_params: list[Tensor] = field(default_factory=list)
     """The level's own parameter tensors, in the order of ``params`` (which may be
     stand-ins for them while a computation substitutes them)."""
+    forward_products: bool = False
+    """Take ``products()`` by forward-over-reverse (``ProblemConfig(hvp="forward")``)
+    where they need not be differentiable further."""
     diagnose: bool = True
     """Whether the solver's diagnostics will be read. The engine asks for them on the
     ticks it reports (the first, every ``log_every``-th and the last) and in
@@ -86,6 +90,10 @@ class Level:
         """D's second-order products (see ``second_order``)."""
         if self.second_order is not None:
             return self.second_order()
+        if self.forward_products and not self.create_graph:
+            return ForwardSecondOrder(
+                lambda params: self.objective(params=params), self.params, self.average, self.name
+            )
         return SecondOrder(self.objective(), self.params, self.average, self.create_graph)
 
     def default_step(self, value: float | None, solver: str, knob: str) -> float:
@@ -119,6 +127,9 @@ class Solver(Options, ABC):
     # True: the solver works from Level.products(), so it is exact for a nested level
     # when those are the total gradient's products (ProblemConfig(jacobian="total")).
     supports_total: ClassVar[bool] = False
+    # True: with ProblemConfig(jacobian=None) a nested level uses its total Jacobian; a
+    # solver that approximates H⁻¹ by a scaled identity (darts, sama) defaults to partial.
+    total_by_default: ClassVar[bool] = True
     needs_best_response: ClassVar[bool] = False  # True: only for levels with best_response
 
     @abstractmethod

@@ -321,3 +321,27 @@ def test_two_ranks_train_as_one_process_with_the_doubled_batch(tmp_path):
     for name in single:
         assert torch.allclose(ranks[name], single[name], rtol=1e-12, atol=1e-13), name
     assert float((single["outer"] - start["outer"]).abs().max()) > 1e-4
+
+
+@pytest.mark.slow
+def test_the_wandb_logger_logs_losses_and_validation_offline(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    engine = P.ridge_hpo(iterations=8, logger_type="wandb")
+    assert type(engine.logger).__name__ == "WandbLogger"
+    seen: list[tuple[dict, int]] = []
+    log = wandb.log
+
+    def recorded(values, step=None, **kwargs):
+        seen.append((dict(values), step))
+        return log(values, step=step, **kwargs)
+
+    monkeypatch.setattr(wandb, "log", recorded)
+    engine.run()
+    assert wandb.run is None  # the engine's cleanup finished the run it started
+    validations = [(v, s) for v, s in seen if "validation/error" in v]
+    assert [s for _, s in validations] == [4, 8]
+    assert any("outer/loss" in v and "outer/size" in v for v, _ in seen)
+    assert list(tmp_path.rglob("*.wandb"))  # the offline run's file
