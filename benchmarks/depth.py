@@ -7,13 +7,13 @@ Level k (0 = top) has a vector ``x_k`` of ``--dim`` entries and the quadratic ob
 
 so every level reads every other level; the graph is dense (each level is an upper of
 every level below it), so the top reaches level k along 2^(k−1) paths. Every lower level
-uses ``darts`` (ε = 0.01) and SGD. mlo runs twice: with the default Jacobian
-(``total``: every middle level reads its lower levels, so its Jacobian is the exact nested
-one) and with ``jacobian="partial"``, the Jacobian Betty computes, so that mlo and Betty
+uses ``darts`` (ε = 0.01) and SGD. mlo runs twice: with ``jacobian="total"`` (every
+middle level reads its lower levels, so its Jacobian is the exact nested one) and with
+``jacobian="partial"`` — darts' default, and the Jacobian Betty computes — so that mlo and Betty
 compute the same kind of hypergradient: mlo by adjoint propagation (one solver call per
 edge group), Betty by enumerating paths. Rounds alternate between the versions at each
 depth; the script prints the median ms per tick, the medians of the paired ratios
-Betty / mlo, and writes a log-scale plot. The default mode's cost compounds with depth
+Betty / mlo, and writes a log-scale plot. The exact mode's cost compounds with depth
 (docs/concepts.md, "What exactness costs"): where its first tick takes more than
 ``--total-limit`` seconds (it is stopped there), it is not timed at that depth or
 deeper, and the engine's own estimate of the exact/partial ratio is printed instead.
@@ -168,7 +168,7 @@ def finishes(step, seconds: float) -> bool:
 
 def estimated_ratio(n: int) -> float:
     """The engine's estimate of the exact/partial time ratio of one tick (nothing runs)."""
-    engine = mlo_step(n, 4, None).__self__
+    engine = mlo_step(n, 4, "total").__self__
     return engine.hypergradients.cost.ratio({name: 1 for name in engine.problems})
 
 
@@ -197,7 +197,7 @@ def main() -> None:
     for n in range(2, args.max_levels + 1):
         versions = {"partial": mlo_step(n, args.dim), "Betty": betty_step(n, args.dim)}
         if not slow:
-            total_step = mlo_step(n, args.dim, None)
+            total_step = mlo_step(n, args.dim, "total")
             slow = not finishes(total_step, args.total_limit)
             if not slow:
                 versions["total"] = total_step
@@ -235,7 +235,7 @@ def main() -> None:
             curves,
             "levels in the dense chain",
             "ms per tick",
-            extra={"mlo, default total (exact)": ([r[0] for r in timed], [r[1] for r in timed])},
+            extra={"mlo, total (exact)": ([r[0] for r in timed], [r[1] for r in timed])},
         )
         print(f"plot: {args.plot}")
 

@@ -56,11 +56,11 @@ SUITE = [
         "Depth: dense chains of 2 to 7 levels",
         "depth.py",
         "Every level reads every other, `darts` everywhere: mlo in both Jacobian modes (the "
-        "default, exact `total`, and Betty's approximation `partial`) against Betty's path "
-        "enumeration, ms per tick. With `partial`, mlo's adjoint propagation grows "
-        "polynomially with depth and Betty's path enumeration exponentially. The default "
-        "`total` is exact and compounds with the depth of the nesting: slower than Betty "
-        "from 3 levels on, and past 5 levels its first tick does not end within the limit "
+        "exact `total`, and `partial`: darts' default, and Betty's approximation) against "
+        "Betty's path enumeration, ms per tick. With `partial`, mlo's adjoint propagation "
+        "grows polynomially with depth and Betty's path enumeration exponentially. `total` "
+        "is exact and compounds with the depth of the nesting: slower than Betty from 3 "
+        "levels on, and past 5 levels its first tick does not end within the limit "
         '(docs/concepts.md, "What exactness costs"; the engine warns before that tick).',
         ["--dim", "2000", "--rounds", "15", "--total-limit", "10"],
         ["--max-levels", "3", "--rounds", "2", "--warmup", "0", "--dim", "8"],
@@ -73,7 +73,18 @@ SUITE = [
         "The DARTS supernet (3 cells, 8 channels, batch 16, 16×16 images), CPU: peak "
         "resident growth of 3 ticks over the state before the first, in fresh processes, "
         "for each solver on the supernet level and `unroll` at K = 1, 2, 4, 8, against the "
-        "supernet's own training step (forward, backward, optimizer step).",
+        "supernet's own training step (forward, backward, optimizer step). `darts` and "
+        "`sama` (two gradients) hold 1.14× the plain step's peak, `cg(5)` and `neumann(5)` "
+        "2.9× (their double-backward graph). `-forward` is the same solver with "
+        '`ProblemConfig(hvp="forward")`, its products by forward-over-reverse with nothing '
+        "retained between them: 3.0× and about 1.6× the time, since here the peak is one "
+        "forward and backward pass's activations, which forward mode's tangents double, "
+        "not the retained graph; it is therefore not the default. `unroll` grows linearly "
+        "with K, about 210 MiB per replayed step: reverse mode through K steps keeps each "
+        "step's activations until the backward pass (checkpointing the replay would trade "
+        "time for that memory; it is not built). Times are per tick of a search (a supernet "
+        "step and an architecture step) against one plain step, so even `first_order` is "
+        "about 2×.",
         ["--rounds", "2"],
         [
             "--rounds",

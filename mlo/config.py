@@ -43,10 +43,24 @@ class ProblemConfig(Options):
     jacobian: Literal["total", "partial"] | None = Field(
         None,
         description="for a level whose objective reads its own lower levels: 'total' "
-        "differentiates the nested problem the engine trains (exact; the default where "
-        "the solver allows it), 'partial' holds the lower levels fixed in this level's "
-        "Jacobian (cheaper; Betty's behaviour, an approximation). None: 'total' unless "
-        "the solver is 'explicit'. No effect on other levels.",
+        "differentiates the nested problem the engine trains (exact), 'partial' holds the "
+        "lower levels fixed in this level's Jacobian (cheaper; Betty's behaviour, an "
+        "approximation). None: 'total' with the solvers that converge to the exact "
+        "Jacobian (cg, neumann, unroll), 'partial' with those that approximate H⁻¹ by a "
+        "scaled identity (darts, sama), where the nested term is below their own error; "
+        "the 'explicit' solver has no total. No effect on other levels.",
+    )
+
+    hvp: Literal["reverse", "forward"] = Field(
+        "reverse",
+        description="how this level's Hessian-vector and mixed products are taken (cg, "
+        "neumann): 'reverse' differentiates the gradient's retained graph again (one "
+        "double backward a product); 'forward' takes each product by forward-over-reverse "
+        "(a forward and a backward pass with tangents, nothing retained between products). "
+        "Same values; measured on the DARTS supernet on a CPU, 'forward' holds more memory "
+        "and takes longer (docs/benchmarks.md, memory), so it is not the default. A nested "
+        "level (jacobian='total' on a level that reads its own lower levels) always uses "
+        "'reverse'",
     )
 
     @field_validator("solver", mode="before")
@@ -67,7 +81,9 @@ class ProblemConfig(Options):
 
     def uses_total(self) -> bool:
         """Whether this level's Jacobian is the total one when it reads its lower levels."""
-        return self.jacobian != "partial" and self.solver.supports_total
+        if self.jacobian is None:
+            return self.solver.supports_total and self.solver.total_by_default
+        return self.jacobian == "total" and self.solver.supports_total
 
 
 class EngineConfig(Options):

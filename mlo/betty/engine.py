@@ -14,7 +14,8 @@ loggers, environments and ``train_step`` overrides behave as in Betty.
 
 Where the arithmetic differs from Betty's, the page "Moving from Betty" says how: mlo's
 ``cg`` solves its system, and a middle level that reads its own lower levels gets the
-exact nested Jacobian unless its ``Config(jacobian="partial")``.
+exact nested Jacobian with ``cg`` and ``neumann`` (Betty's partial one with ``darts`` and
+``sama``, mlo's default for them) unless its ``Config(jacobian=...)`` says otherwise.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ Where the results differ from Betty's (see the docs page "Moving from Betty"): m
 solves the linear system (Betty's updates the search direction with the old residual), its
 finite differences leave the lower level's parameters where they were (Betty 0.1.1's
 darts leaves them moved by ``darts_alpha``), a middle level that reads its own lower
-levels gets the exact nested Jacobian (``jacobian="total"``; Betty's is the partial one),
+levels gets the exact nested Jacobian with ``cg`` and ``neumann`` (``jacobian="total"``,
+their default; Betty's is the partial one, which is also mlo's default with ``darts``),
 and hypergradients are propagated over edges rather than enumerated over paths.
 """
 

@@ -89,9 +89,12 @@ class JacobianModes:
             return ""
         cfg = self.evaluator.problems[name].config
         if not cfg.uses_total():
-            why = (
-                "as configured" if cfg.jacobian == "partial" else f"{cfg.solver.name} has no total"
-            )
+            if cfg.jacobian == "partial":
+                why = "as configured"
+            elif cfg.solver.supports_total:
+                why = f"{cfg.solver.name}'s default; jacobian='total' for the exact nested one"
+            else:
+                why = f"{cfg.solver.name} has no total"
             return f" jacobian=partial ({why})"
         if name in self.partial_because:
             return f" jacobian=partial ({self.partial_because[name]})"

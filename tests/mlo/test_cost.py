@@ -21,7 +21,7 @@ class Vec(nn.Module):
         self.v = nn.Parameter(value.clone())
 
 
-def dense_chain(n: int, solver: str = "darts", jacobian=None, dim: int = 4) -> mlo.Engine:
+def dense_chain(n: int, solver: str = "darts", jacobian="total", dim: int = 4) -> mlo.Engine:
     """n levels, each reading every other: f_k = ½‖x_k‖² + x_kᵀ Σ_{j≠k} B_kj x_j / n."""
     gen = torch.Generator().manual_seed(n)
     b = {(k, j): torch.randn(dim, dim, generator=gen) / 4 for k in range(n) for j in range(n)}
@@ -115,11 +115,26 @@ def test_an_expensive_exactness_is_said_once_at_start_with_the_switch(caplog):
     assert "x the partial Jacobian" in said[0]
 
 
-@pytest.mark.parametrize("n, jacobian", [(3, None), (5, "partial")])
+@pytest.mark.parametrize("n, jacobian", [(3, "total"), (5, "partial"), (5, None)])
 def test_a_cheap_or_partial_run_says_nothing(n, jacobian, caplog):
     with caplog.at_level(logging.WARNING, logger="mlo"):
         dense_chain(n, jacobian=jacobian).step()
     assert not [r for r in caplog.records if "exact nested" in r.getMessage()]
+
+
+def test_the_default_is_total_with_exact_solvers_and_partial_with_darts():
+    # darts and sama approximate H⁻¹ by a scaled identity: their nested term is below
+    # their own error (docs/concepts.md), so by default a nested level uses the partial
+    # Jacobian with them; cg, neumann and unroll converge to the exact one, and get it.
+    darts, cg = dense_chain(3, "darts", None), dense_chain(3, "cg", None)
+    for engine in (darts, cg):
+        engine.step()
+    assert "jacobian=partial (darts's default; jacobian='total' for the exact" in darts.describe()
+    assert "jacobian=total (it reads its lower levels)" in cg.describe()
+    assert not mlo.ProblemConfig(solver="sama").uses_total()
+    for solver in ("cg", "neumann", "unroll"):
+        assert mlo.ProblemConfig(solver=solver).uses_total()
+    assert mlo.ProblemConfig(solver="darts", jacobian="total").uses_total()
 
 
 def test_it_is_said_before_the_first_tick_runs(caplog, monkeypatch):
