@@ -283,6 +283,8 @@ class Engine:
                     break
         self.mlo.guard.check()
         self.cleanup()
+        if self.is_rank_zero():
+            self.logger.info(f"Multilevel optimization finished: {self.global_step} iterations")
 
     def train_step(self) -> None:
         """One iteration: every leaf problem steps (and the uppers it makes ready)."""
