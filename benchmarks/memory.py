@@ -7,7 +7,10 @@ reports the peak resident growth over the resident set before the first tick, an
 median time per tick. ``plain`` is the supernet's own training step (forward, backward,
 its optimizer's step, the architecture held); the others are mlo's DARTS search with that
 solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet steps;
-``-forward``: the same solver with ``ProblemConfig(hvp="forward")``).
+``-forward``: the same solver with ``ProblemConfig(hvp="forward")``). With
+``--network lease`` the search is LeaSE's four levels on the same supernet (a tiny ResNet
+audience, 2-step differentiable PGD explanations), the solver on the explainer and the
+audience, against the same plain supernet step.
 Rounds alternate the configurations; the script prints medians over rounds and the ratios
 to ``plain``.
 
@@ -85,12 +88,20 @@ def child(config: str, args) -> dict:
         name = config.removesuffix("-forward")
         solver = solvers.get(name, "unroll" if name.startswith("unroll") else name)
         unroll = int(name[len("unroll") :]) if name.startswith("unroll") else 1
-        problems, deps = build_darts(
-            net, arch, train, val, total_updates=10_000, solver=solver, unroll_steps=unroll
-        )
+        if args.network == "lease":
+            problems, deps = lease_levels(net, arch, train, val, args, gen)
+            for problem in problems:  # the explainer's and the audience's Jacobians
+                if problem.name in ("explainer", "audience"):
+                    update = {"solver": mlo.solvers.resolve(solver), "unroll_steps": unroll}
+                    problem.config = problem.config.model_copy(update=update)
+        else:
+            problems, deps = build_darts(
+                net, arch, train, val, total_updates=10_000, solver=solver, unroll_steps=unroll
+            )
         if config.endswith("-forward"):  # the same solver, products by forward-over-reverse
-            supernet = next(p for p in problems if p.config.solver.name == name)
-            supernet.config = supernet.config.model_copy(update={"hvp": "forward"})
+            for problem in problems:
+                if problem.config.solver.name == name:
+                    problem.config = problem.config.model_copy(update={"hvp": "forward"})
         step = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
     Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
     before = _status("VmRSS")
@@ -102,6 +113,34 @@ def child(config: str, args) -> dict:
     return {"peak": _status("VmHWM") - before, "ms": 1e3 * statistics.median(times)}
 
 
+def lease_levels(net, arch, train, val, args, gen):
+    """LeaSE's four levels on the same supernet (``problems.lease.build``): a tiny ResNet
+    audience on its own batches, 2-step differentiable PGD explanations."""
+    from common import random_batches
+
+    from problems.lease import AudienceHyper, ExplanationConfig, LeaseHyper, ResNet, build
+
+    audience_data = random_batches(4, args.batch, args.size, gen)
+    hyper = LeaseHyper(
+        explanation=ExplanationConfig(steps=2), audience=AudienceHyper(arch="resnet_tiny")
+    )
+    return build(
+        net,
+        arch,
+        train,
+        audience_data,
+        val,
+        num_classes=10,
+        batch_size=args.batch,
+        total_updates=10_000,
+        image_shape=(3, args.size, args.size),
+        pixel_std=torch.full((3,), 0.25),
+        hyper=hyper,
+        audience=ResNet("resnet_tiny", 10),
+        seed=0,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -111,14 +150,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--only", nargs="+", choices=CONFIGS, default=CONFIGS)
+    parser.add_argument(
+        "--network",
+        choices=["darts", "lease"],
+        default="darts",
+        help="the DARTS search, or LeaSE's four levels on the same supernet",
+    )
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    passed = [f"--{k}={getattr(args, k)}" for k in ("ticks", "layers", "channels", "batch", "size")]
+    keys = ("ticks", "layers", "channels", "batch", "size", "network")
+    passed = [f"--{k}={getattr(args, k)}" for k in keys]
+    what = "DARTS" if args.network == "darts" else "LeaSE (4 levels) on a"
     print(
-        f"DARTS supernet {args.layers} cells x {args.channels} channels, batch {args.batch}, "
+        f"{what} supernet {args.layers} cells x {args.channels} channels, batch {args.batch}, "
         f"{args.size}x{args.size} images, {args.ticks} ticks, CPU, 1 thread, "
         f"torch {torch.__version__}; {args.rounds} rounds of fresh processes"
     )

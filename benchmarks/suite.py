@@ -105,6 +105,53 @@ SUITE = [
         ],
     ),
     Benchmark(
+        "memory_lease",
+        "Peak memory per solver on LeaSE",
+        "memory.py",
+        "LeaSE's four levels (`problems.lease.build`: a tiny ResNet audience, 2-step "
+        "differentiable PGD explanations, the explicit explain level) on the same supernet "
+        "as above, each solver on the explainer and the audience, against the same plain "
+        "supernet step; one round of fresh processes, 2 ticks each. Here the solver hardly "
+        "matters: `darts`, `sama`, `cg(5)` and `neumann(5)` all peak at 3.9–4.0× the plain "
+        "step, because the relearn level's gradient reaches the architecture through the "
+        "differentiable PGD explanations, whose graph through the supernet is held for it; "
+        "`first_order` (no Jacobian, so no such graph) holds 1.19×.",
+        [
+            "--network",
+            "lease",
+            "--rounds",
+            "1",
+            "--ticks",
+            "2",
+            "--only",
+            "plain",
+            "first_order",
+            "darts",
+            "sama",
+            "cg",
+            "neumann",
+        ],
+        [
+            "--network",
+            "lease",
+            "--rounds",
+            "1",
+            "--ticks",
+            "1",
+            "--layers",
+            "1",
+            "--channels",
+            "4",
+            "--batch",
+            "4",
+            "--size",
+            "8",
+            "--only",
+            "plain",
+            "darts",
+        ],
+    ),
+    Benchmark(
         "accuracy",
         "Hypergradient accuracy against Hessian-vector products",
         "accuracy.py",
