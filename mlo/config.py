@@ -40,7 +40,7 @@ class ProblemConfig(Options):
         "own data, so that two levels see the same examples (the problem's data must be None)",
     )
 
-    jacobian: Literal["total", "partial"] | None = Field(
+    jacobian: Literal["total", "partial", "one_system"] | None = Field(
         None,
         description="for a level whose objective reads its own lower levels: 'total' "
         "differentiates the nested problem the engine trains (exact), 'partial' holds the "
@@ -48,7 +48,11 @@ class ProblemConfig(Options):
         "approximation). None: 'total' with the solvers that converge to the exact "
         "Jacobian (cg, neumann, unroll), 'partial' with those that approximate H⁻¹ by a "
         "scaled identity (darts, sama), where the nested term is below their own error; "
-        "the 'explicit' solver has no total. No effect on other levels.",
+        "the 'explicit' solver has no total. 'one_system' (cg, neumann): the same exact "
+        "Jacobian, taken by one MINRES solve per level of the lower levels' chain over "
+        "their Lagrangian (docs/concepts.md, 'The one-system solve') instead of solves "
+        "nested in each other's products; each solve takes the solver's iterations. No "
+        "effect on other levels.",
     )
 
     hvp: Literal["reverse", "forward"] = Field(
@@ -70,6 +74,11 @@ class ProblemConfig(Options):
 
     @model_validator(mode="after")
     def _total_needs_a_capable_solver(self) -> ProblemConfig:
+        if self.jacobian == "one_system" and self.solver.name not in ("cg", "neumann"):
+            raise ValueError(
+                f"jacobian='one_system' takes the exact Jacobian by linear solves, which the "
+                f"{self.solver.name!r} solver does not make; use it with 'cg' or 'neumann'"
+            )
         if self.jacobian == "total" and not self.solver.supports_total:
             raise ValueError(
                 f"jacobian='total' is not available with the {self.solver.name!r} solver "
@@ -83,7 +92,7 @@ class ProblemConfig(Options):
         """Whether this level's Jacobian is the total one when it reads its lower levels."""
         if self.jacobian is None:
             return self.solver.supports_total and self.solver.total_by_default
-        return self.jacobian == "total" and self.solver.supports_total
+        return self.jacobian in ("total", "one_system") and self.solver.supports_total
 
 
 class EngineConfig(Options):

@@ -98,7 +98,9 @@ class CostEstimate:
             f"exact nested hypergradients cost at least {exact / partial:.0f}x the partial "
             f"Jacobian's time here ({counted:.0f} autograd passes per tick against "
             f"{partial:.0f}, and a pass inside a nested level differentiates a larger graph; "
-            "engine.describe() itemises them). To trade exactness for speed, set "
+            "engine.describe() itemises them). To keep exactness without nested solves, "
+            "set ProblemConfig(jacobian='one_system') on those with cg or neumann whose "
+            "lower levels form a chain; to trade exactness for speed, set "
             f"ProblemConfig(jacobian='partial') on {', '.join(repr(n) for n in nested)} "
             "(the approximation Betty makes)"
         )
@@ -115,7 +117,12 @@ class CostEstimate:
         if lower not in memo:
             config = self.problems[lower].config
             passes = config.solver.products(config.unroll_steps)
-            if exact and self.modes.nested(lower):
+            if exact and self.modes.nested(lower) and config.jacobian == "one_system":
+                # One MINRES solve per level of its chain, none nested in another's
+                # products (each product is one backward pass, of a higher order).
+                solves = 1 + len(self.propagation.graph.descendants(lower))
+                passes = solves * (getattr(config.solver, "iterations", 10) + 2)
+            elif exact and self.modes.nested(lower):
                 passes *= 1 + weight * self._below(lower, exact, weight, memo)
             memo[lower] = passes
         return memo[lower]

@@ -98,6 +98,8 @@ class JacobianModes:
             return f" jacobian=partial ({why})"
         if name in self.partial_because:
             return f" jacobian=partial ({self.partial_because[name]})"
+        if self.nested(name) and cfg.jacobian == "one_system":
+            return " jacobian=one_system (exact: one solve per level of its lower levels)"
         if self.nested(name):
             return " jacobian=total (it reads its lower levels)"
         return " jacobian=partial (it reads none of its lower levels: the same)"

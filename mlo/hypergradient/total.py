@@ -14,6 +14,7 @@ from torch import Tensor
 from ..autodiff import gradient_or_none, materialized
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import CURRENT_BATCH, Trajectory
+from ..errors import SetupError
 from ..graph import LevelGraph
 from ..observe import cuda_devices
 from ..solvers import Level
@@ -22,6 +23,7 @@ from .cost import CostEstimate
 from .evaluator import Evaluator
 from .jacobian import JacobianModes
 from .nested import TotalSecondOrder
+from .one_system import OneSystem
 
 
 class Hypergradients:
@@ -42,6 +44,7 @@ class Hypergradients:
         watch: Watch,
     ) -> None:
         self.evaluator = evaluator
+        self.graph = graph
         self.trajectories = trajectories
         self.descendants = {n: graph.descendants(n) for n in graph.names}
         self.modes = JacobianModes(evaluator, self.descendants)
@@ -137,8 +140,25 @@ class Hypergradients:
             optimizer=problem.optimizer,
             own_params=problem.params.tensors,
             forward_products=problem.config.hvp == "forward",
+            one_system=self._one_system(name, nested, create_graph),
             diagnose=self.diagnose and not create_graph,
         )
+
+    def _one_system(self, name: str, nested: bool, create_graph: bool) -> Any:
+        """The one-system products of a nested level that asks for them, else ``None``."""
+        config = self.evaluator.problems[name].config
+        if not nested or config.jacobian != "one_system":
+            return None
+        if create_graph:
+            raise SetupError(
+                f"problem {name!r}: jacobian='one_system' gives values, and a level above it "
+                "that is itself nested differentiates through them; give that level "
+                "jacobian='one_system' too (or use 'total' here)"
+            )
+        system = OneSystem(
+            self.evaluator, self.graph, name, getattr(config.solver, "iterations", 10)
+        )
+        return system.vjp
 
 
 def _objective_of(evaluator: Evaluator, name: str) -> Callable[..., Tensor]:

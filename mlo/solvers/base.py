@@ -77,6 +77,10 @@ class Level:
     own_params: list[Tensor] = field(default_factory=list)
     """The level's own parameter tensors, in the order of ``params`` (which may be
     stand-ins for them while a computation substitutes them)."""
+    one_system: Callable[[Vector, Sequence[Sequence[Tensor]]], list[Vector]] | None = None
+    """For a nested level with ``ProblemConfig(jacobian="one_system")``: its
+    \\(J_{D,U}^\top v\\) for the parents' parameter lists, by one solve per level of its
+    lower levels' chain (``mlo.hypergradient.one_system``)."""
     forward_products: bool = False
     """Take ``products()`` by forward-over-reverse (``ProblemConfig(hvp="forward")``)
     where they need not be differentiable further."""
@@ -169,6 +173,8 @@ class ImplicitSolver(Solver):
         r"""Approximate \(H_D^{-1} v\)."""
 
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
+        if level.one_system is not None:
+            return SolverResult(level.one_system(v, parents))
         hessian = level.products()
         w, diagnostics = self.inverse_hvp(hessian, v, level)
         flat = [t for group in parents for t in group]

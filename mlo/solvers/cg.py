@@ -39,7 +39,8 @@ class CG(ImplicitSolver):
         p = list(v)
         rr = dot(r, r)
         rr0 = rr
-        threshold = (self.tol**2) * rr
+        # Below rounding the residual only adds noise (and, differentiated, infinities).
+        threshold = max(self.tol**2, torch.finfo(rr.dtype).eps ** 2) * rr
         tiny = torch.finfo(rr.dtype).tiny
         actives, curvatures = [], []  # kept for the diagnostics only
         for _ in range(self.iterations):

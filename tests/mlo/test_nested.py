@@ -364,3 +364,18 @@ def test_with_darts_the_nested_term_is_below_darts_own_error(graph):
     darts_error = relative_error(answers["partial"], truth)
     assert darts_error > 0.3
     assert 0 < nested_term < 0.02 * darts_error, (nested_term, darts_error)
+
+
+def test_cg_past_convergence_stays_exact_in_total_mode():
+    # tol=0 and 140 steps on 3-entry levels: once the residual is below rounding, further
+    # steps change nothing; differentiated through them (b is nested) they gave nan.
+    from .quadratic import DTYPE as F64
+
+    names = ["l0", "l1", "l2"]
+    deps = {"l0": ["l1"], "l1": ["l2"]}
+    spec = NestedQuadraticSpec({n: 3 for n in names}, deps, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    values = spec.solve_lowers({n: torch.randn(3, generator=gen, dtype=F64) for n in names})
+    engine = spec.build(mlo.solvers.CG(iterations=140, tol=0.0), values, jacobian="total")
+    truth = spec.total_derivative("l0", values)
+    assert relative_error(engine.hypergradient("l0")["x"], truth) < 1e-12
