@@ -40,6 +40,10 @@ class Benchmark:
     plots: tuple[str, ...] = ()  # its PNGs: --plot names the first, the script the rest
 
 
+# memory.py at tiny sizes (--quick): one fresh process each for the plain step and darts.
+TINY_SUPERNET = ["--rounds", "1", "--ticks", "1", "--layers", "1", "--channels", "4"]
+TINY_SUPERNET += ["--batch", "4", "--size", "8", "--only", "plain", "darts"]
+
 SUITE = [
     Benchmark(
         "overhead",
@@ -100,23 +104,7 @@ SUITE = [
         "step and an architecture step) against one plain step, so even `first_order` is "
         "about 2×.",
         ["--rounds", "2"],
-        [
-            "--rounds",
-            "1",
-            "--ticks",
-            "1",
-            "--layers",
-            "1",
-            "--channels",
-            "4",
-            "--batch",
-            "4",
-            "--size",
-            "8",
-            "--only",
-            "plain",
-            "darts",
-        ],
+        TINY_SUPERNET,
     ),
     Benchmark(
         "memory_lease",
@@ -145,25 +133,7 @@ SUITE = [
             "cg",
             "neumann",
         ],
-        [
-            "--network",
-            "lease",
-            "--rounds",
-            "1",
-            "--ticks",
-            "1",
-            "--layers",
-            "1",
-            "--channels",
-            "4",
-            "--batch",
-            "4",
-            "--size",
-            "8",
-            "--only",
-            "plain",
-            "darts",
-        ],
+        ["--network", "lease", *TINY_SUPERNET],
     ),
     Benchmark(
         "accuracy",

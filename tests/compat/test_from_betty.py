@@ -19,6 +19,7 @@ from ..mlo.test_nested import GRAPHS
 
 pytest.importorskip("betty", reason="betty-ml comes with the dev extra: pip install -e '.[dev]'")
 from . import betty_programs as programs  # after the skip: it imports betty
+from .batches import record_inner_batches, updates
 
 
 def betty_trajectory(engine, iterations: int) -> list[dict[str, torch.Tensor]]:
@@ -278,16 +279,9 @@ def test_bettys_sama_type_maps_to_mlos_sama_at_bettys_step_and_scale():
 
 def test_the_bridge_reads_bettys_batches_counts_bettys_steps_and_adds_no_call():
     def inner_batches(engine, run) -> list[torch.Tensor]:
-        inner = next(p for p in engine.problems if p.name == "inner")
-        step, seen = inner.training_step, []
-
-        def recorded(batch):
-            seen.append(batch[1].clone())
-            return step(batch)
-
-        inner.training_step = recorded
+        seen = record_inner_batches(engine)
         run(engine)
-        return [b for i, b in enumerate(seen) if i == 0 or not torch.equal(b, seen[i - 1])]
+        return updates(seen)
 
     theirs = inner_batches(
         programs.logistic_hpo(iterations=10, shuffled=True), lambda e: betty_trajectory(e, 10)

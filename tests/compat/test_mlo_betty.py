@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("betty", reason="betty-ml comes with the dev extra: pip install -e '.[dev]'")
 from . import betty_programs as programs  # after the skip: it imports betty
+from .batches import record_inner_batches, updates
 
 SOURCE = Path(programs.__file__).read_text()
 
@@ -62,22 +63,10 @@ def test_a_program_trains_to_bettys_parameters_with_only_its_imports_changed(bui
     assert moved > 1e-4
 
 
-def updates(seen: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each update's batch: a solver's re-evaluations read the same batch again."""
-    return [b for i, b in enumerate(seen) if i == 0 or not torch.equal(b, seen[i - 1])]
-
-
 def test_a_shuffled_loader_gives_bettys_batches_at_the_same_seed():
     def batches_seen(source) -> list[torch.Tensor]:
         engine = source.logistic_hpo(iterations=12, shuffled=True)
-        inner = next(p for p in engine.problems if p.name == "inner")
-        step, seen = inner.training_step, []
-
-        def recorded(batch):
-            seen.append(batch[1].clone())
-            return step(batch)
-
-        inner.training_step = recorded
+        seen = record_inner_batches(engine)
         engine.train()
         for _ in range(12):  # past the end of the first epoch (8 batches)
             iterate(engine)
