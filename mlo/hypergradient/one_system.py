@@ -42,6 +42,10 @@ class OneSystem:
     def __init__(self, evaluator: Evaluator, graph: LevelGraph, name: str, iterations: int) -> None:
         self.evaluator = evaluator
         self.iterations = iterations
+        # Data parallel: the system is linear in the levels' objectives, so the global
+        # batch's products, right-hand sides and solutions are the ranks' averages.
+        reducer = evaluator.reducer
+        self.mean = (lambda vector: vector) if reducer is None else reducer.mean
         below = [n for n in graph.order if n in set(graph.descendants(name))]
         chain = [name, *below]
         for upper, lower in pairwise(chain):
@@ -104,9 +108,10 @@ class OneSystem:
             vectors = [xi for xi, k in zip(x, keep) if k]
             if not outputs:
                 return [torch.zeros_like(t) for t in z]
-            return materialized(vjp(outputs, list(z), vectors, retain_graph=True), list(z))
+            products = vjp(outputs, list(z), vectors, retain_graph=True)
+            return self.mean(materialized(products, list(z)))
 
-        return minres(matvec, rhs, self.iterations)
+        return minres(matvec, self.mean(list(rhs)), self.iterations)
 
     def point(self, k: int) -> list[Tensor]:
         """``z_k`` at the current state, each λ from its linear system (deepest first)."""

@@ -149,12 +149,6 @@ class Hypergradients:
         config = self.evaluator.problems[name].config
         if not nested or config.jacobian != "one_system":
             return None
-        if self.evaluator.reducer is not None:
-            raise SetupError(
-                f"problem {name!r}: jacobian='one_system' does not average its products "
-                "across data-parallel ranks yet; use jacobian='total' under distributed "
-                "training"
-            )
         if create_graph:
             raise SetupError(
                 f"problem {name!r}: jacobian='one_system' gives values, and a level above it "

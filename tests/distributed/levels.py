@@ -185,6 +185,9 @@ CASES = {
         )
         for s in ["cg", "darts", "unroll"]
     },
+    "three-cg-one_system": lambda batch, distributed="none", dtype=torch.float64: three_levels(
+        batch, distributed, dtype, "one_system", "cg"
+    ),
     "two-cg-ddp-wrapped": lambda batch, distributed="none", dtype=torch.float64: two_levels(
         "cg", batch, distributed, dtype, wrap=True
     ),
@@ -195,7 +198,11 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # distributed="fsdp": every case but unroll's (refused there: its replay needs the full
 # optimizer state of every recorded step).
 FSDP_CASES = {
-    **{k: v for k, v in CASES.items() if "unroll" not in k and "wrapped" not in k},
+    **{
+        k: v
+        for k, v in CASES.items()
+        if "unroll" not in k and "wrapped" not in k and "one_system" not in k
+    },
     # The inner module sharded by the user (fully_shard, then its optimizer), as FSDP2's
     # documentation does it; the engine shards the others itself.
     "two-cg-sharded-by-the-user": lambda batch, distributed="none", dtype=torch.float64: two_levels(

@@ -32,9 +32,16 @@ def two_ranks(tmp_path_factory) -> Path:
 TOLERANCE = {"float64": 1e-12, "float32": 1e-6}
 FLOAT32_DARTS = 5e-6
 FLOAT64_THREE_CG = 1e-10
+# one_system solves the middle level's indefinite Lagrangian system, whose conditioning
+# amplifies the different order of the ranks' sums further: 4.0e-9 in float64 and
+# 6.8e-5 in float32 after 5 ticks (measured; the ranks stay bit-identical, and an
+# averaging mistake would show at the 1e-2 level).
+ONE_SYSTEM = {"float64": 1e-8, "float32": 2e-4}
 
 
 def tolerance(case: str, dtype: str) -> float:
+    if case.endswith("one_system"):
+        return ONE_SYSTEM[dtype]
     if (dtype, case) == ("float32", "two-darts"):
         return FLOAT32_DARTS
     if dtype == "float64" and case.startswith("three-cg"):
@@ -79,7 +86,8 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_with_the_doubled_batch(case, m
     for _ in range(SAVE_AT):
         reference.step()
     top = next(iter(engine.problems))
-    assert_close(engine.hypergradient(top), reference.hypergradient(top), atol=1e-10)
+    close = max(1e-10, tolerance(case, "float64"))  # the states differ by that much
+    assert_close(engine.hypergradient(top), reference.hypergradient(top), atol=close)
     for _ in range(TICKS - SAVE_AT):
         engine.step()
     final = torch.load(two_ranks / f"{_name(case, 'float64', mode)}.rank0.pt")[-1]

@@ -11,8 +11,6 @@ float64: this is the definition, not an implementation."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from torch.autograd.functional import jacobian
@@ -171,11 +169,3 @@ def test_a_total_level_above_a_one_system_level_is_told_what_to_do():
     engine = mlo.Engine(list(engine.problems.values()), deps, engine.config)
     with pytest.raises(mlo.SetupError, match=r"problem 'c'.*jacobian='one_system' too"):
         engine.hypergradient("a")
-
-
-def test_one_system_under_data_parallel_training_is_refused_for_now():
-    engine = with_one_system(nested_setup("three_level_chain", mlo.solvers.CG(iterations=20))[2])
-    # as under EngineConfig(distributed="ddp") (a reducer whose average is the identity)
-    engine.evaluator.reducer = SimpleNamespace(mean=lambda vector: vector)
-    with pytest.raises(mlo.SetupError, match="across data-parallel ranks"):
-        engine.hypergradients.level("b", ["a"])
