@@ -410,7 +410,7 @@ class Engine:
             engine.guard.watch(name, "loss", [stats["loss"]])
             engine.guard.watch(name, "gradient", [p.grad for p in params if p.grad is not None])
         else:  # the scaler finds and skips non-finite steps itself
-            engine.guard.pending = [x for x in engine.guard.pending if x[1] != name]
+            engine.guard.discard(name)
         if problem.is_implemented("grad_callback"):
             problem.grad_callback()
         if problem._count % problem.gas == 0:

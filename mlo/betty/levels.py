@@ -42,10 +42,15 @@ class BettyLevel(Level):
         )
         self.problem = problem
         self.stats: dict[str, Any] = {}
+        # The engine placed the module before building its level: read its device once.
+        device = next(iter(problem.module.parameters())).device.type
+        self._autocast = (
+            None if problem.dtype is None else {"device_type": device, "dtype": problem.dtype}
+        )
 
     def training_step(self, batch: Any) -> Tensor:
         problem = self.problem
-        with autocast_of(problem):
+        with nullcontext() if self._autocast is None else torch.autocast(**self._autocast):
             out = problem.training_step(batch)
         if isinstance(out, dict):
             if "loss" not in out:
@@ -129,11 +134,3 @@ def level_config(
     if config.jacobian is not None:
         settings["jacobian"] = config.jacobian
     return ProblemConfig(**settings)
-
-
-def autocast_of(problem: Problem) -> Any:
-    """The autocast block of a problem's precision (nothing for fp32)."""
-    if problem.dtype is None:
-        return nullcontext()
-    device = next(iter(problem.module.parameters())).device.type
-    return torch.autocast(device_type=device, dtype=problem.dtype)

@@ -66,6 +66,11 @@ class FiniteGuard:
         group = list(tensors) if self.every == 1 else [torch.stack(_norms(tensors))]
         self.pending.append((self.clock() + 1, name, what, group))
 
+    def discard(self, name: str) -> None:
+        """Drop the values queued for level ``name`` (one whose non-finite steps another
+        mechanism handles: a loss scaler that skips them)."""
+        self.pending = [entry for entry in self.pending if entry[1] != name]
+
     def finite_or_skip(self, name: str) -> bool:
         """Check the pending values; in skip mode drop a non-finite update (False)."""
         if self.config.on_nonfinite == "raise":

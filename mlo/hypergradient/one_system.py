@@ -56,16 +56,16 @@ class OneSystem:
                 )
         self.names = chain
         self.counts = [len(evaluator.params(n)) for n in chain]
+        # Tensors in z_k: level k's parameters, then z_{k+1} and λ_{k+1} (deepest first).
+        self.sizes = [0] * len(chain)
+        for k in reversed(range(len(chain))):
+            below = 2 * self.sizes[k + 1] if k + 1 < len(chain) else 0
+            self.sizes[k] = self.counts[k] + below
 
     # ------------------------------------------------------------------ z's layout
 
-    def size(self, k: int) -> int:
-        """Tensors in ``z_k``: level k's parameters, then z_{k+1} and λ_{k+1}."""
-        own = self.counts[k]
-        return own if k == len(self.names) - 1 else own + 2 * self.size(k + 1)
-
     def split(self, k: int, z: Sequence[Tensor]) -> tuple[list, list, list]:
-        own, below = self.counts[k], self.size(k + 1)
+        own, below = self.counts[k], self.sizes[k + 1]
         return list(z[:own]), list(z[own : own + below]), list(z[own + below :])
 
     def thetas(self, k: int, z: Sequence[Tensor]) -> dict[str, list[Tensor]]:

@@ -46,6 +46,7 @@ class Hypergradients:
         self.evaluator = evaluator
         self.graph = graph
         self.trajectories = trajectories
+        self._one_systems: dict[str, OneSystem] = {}
         self.descendants = {n: graph.descendants(n) for n in graph.names}
         self.modes = JacobianModes(evaluator, self.descendants)
         self.diagnostics: dict[str, dict[str, Tensor]] = {}
@@ -155,10 +156,10 @@ class Hypergradients:
                 "that is itself nested differentiates through them; give that level "
                 "jacobian='one_system' too (or use 'total' here)"
             )
-        system = OneSystem(
-            self.evaluator, self.graph, name, getattr(config.solver, "iterations", 10)
-        )
-        return system.vjp
+        if name not in self._one_systems:  # the chain below a level is fixed with the graph
+            iterations = getattr(config.solver, "iterations", 10)
+            self._one_systems[name] = OneSystem(self.evaluator, self.graph, name, iterations)
+        return self._one_systems[name].vjp
 
 
 def _objective_of(evaluator: Evaluator, name: str) -> Callable[..., Tensor]:
