@@ -7,7 +7,8 @@ reports the peak resident growth over the resident set before the first tick, an
 median time per tick. ``plain`` is the supernet's own training step (forward, backward,
 its optimizer's step, the architecture held); the others are mlo's DARTS search with that
 solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet steps;
-``-forward``: the same solver with ``ProblemConfig(hvp="forward")``). With
+``-forward``: the same solver with ``ProblemConfig(hvp="forward")``; ``-checkpoint``:
+``Unroll(checkpoint=True)``, the replay run backwards one step at a time). With
 ``--network lease`` the search is LeaSE's four levels on the same supernet (a tiny ResNet
 audience, 2-step differentiable PGD explanations), the solver on the explainer and the
 audience, against the same plain supernet step.
@@ -42,6 +43,10 @@ CONFIGS = [
     "unroll2",
     "unroll4",
     "unroll8",
+    "unroll1-checkpoint",
+    "unroll2-checkpoint",
+    "unroll4-checkpoint",
+    "unroll8-checkpoint",
 ]
 
 
@@ -85,9 +90,11 @@ def child(config: str, args) -> dict:
             "cg": mlo.solvers.CG(iterations=5),
             "neumann": mlo.solvers.Neumann(iterations=5),
         }
-        name = config.removesuffix("-forward")
+        name = config.removesuffix("-forward").removesuffix("-checkpoint")
         solver = solvers.get(name, "unroll" if name.startswith("unroll") else name)
         unroll = int(name[len("unroll") :]) if name.startswith("unroll") else 1
+        if config.endswith("-checkpoint"):
+            solver = mlo.solvers.Unroll(checkpoint=True)
         if args.network == "lease":
             problems, deps = lease_levels(net, arch, train, val, args, gen)
             for problem in problems:  # the explainer's and the audience's Jacobians

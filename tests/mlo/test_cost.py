@@ -21,7 +21,9 @@ class Vec(nn.Module):
         self.v = nn.Parameter(value.clone())
 
 
-def dense_chain(n: int, solver: str = "darts", jacobian="total", dim: int = 4) -> mlo.Engine:
+def dense_chain(
+    n: int, solver: str = "darts", jacobian="total", dim: int = 4, unroll_steps: int = 1
+) -> mlo.Engine:
     """n levels, each reading every other: f_k = ½‖x_k‖² + x_kᵀ Σ_{j≠k} B_kj x_j / n."""
     gen = torch.Generator().manual_seed(n)
     b = {(k, j): torch.randn(dim, dim, generator=gen) / 4 for k in range(n) for j in range(n)}
@@ -38,7 +40,7 @@ def dense_chain(n: int, solver: str = "darts", jacobian="total", dim: int = 4) -
     problems = []
     for name in names:
         module = Vec(torch.randn(dim, generator=gen))
-        config = mlo.ProblemConfig(solver=solver, jacobian=jacobian)
+        config = mlo.ProblemConfig(solver=solver, jacobian=jacobian, unroll_steps=unroll_steps)
         problems.append(
             Level(name, module, torch.optim.SGD(module.parameters(), lr=0.05), config=config)
         )
@@ -80,6 +82,23 @@ def test_without_nested_levels_the_estimate_is_the_count_of_autograd_passes(
     engine = dense_chain(n, solver, jacobian="partial")
     engine.step()  # the first tick also evaluates each level's structure once
     assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=True) == expected
+    assert passes_of_one_tick(engine, monkeypatch) == expected
+
+
+@pytest.mark.parametrize(
+    "checkpoint, expected",
+    [
+        (False, 10),  # l1: 4 steps, 1 pass each; l0: 1 + (4 replayed gradients + 1 backward)
+        (True, 17),  # l0: 1 + 3 passes a replayed step (no graph, with one, its backward)
+    ],
+)
+def test_unroll_passes_are_counted_with_and_without_checkpointing(
+    checkpoint, expected, monkeypatch
+):
+    solver = mlo.solvers.Unroll(checkpoint=checkpoint)
+    engine = dense_chain(2, solver, jacobian="partial", unroll_steps=4)
+    engine.step()  # fills the window of 4 recorded steps
+    assert engine.hypergradients.cost.per_tick({"l0": 1, "l1": 4}, exact=True) == expected
     assert passes_of_one_tick(engine, monkeypatch) == expected
 
 

@@ -271,7 +271,8 @@ def test_without_third_derivatives_an_explicit_total_is_an_error():
         engine.hypergradient("top")
 
 
-def test_unroll_on_a_nested_level_differentiates_its_training_through_total_gradients():
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["one_graph", "checkpoint"])
+def test_unroll_on_a_nested_level_differentiates_its_training_through_total_gradients(checkpoint):
     """b reads its lower level c, so the engine trains b by its total gradient
     g_b = ∂f_b/∂b + J_cbᵀ ∂f_b/∂c (J_cb = −H_c⁻¹ ∂²f_c/∂c∂b by c's cg, exact here). With
     ``unroll`` on b, a's hypergradient differentiates b's last K steps taken with g_b. The
@@ -290,7 +291,8 @@ def test_unroll_on_a_nested_level_differentiates_its_training_through_total_grad
 
     def build(jacobian):
         modules = {n: Vector(init[n]) for n in dims}
-        unroll = mlo.ProblemConfig(solver="unroll", unroll_steps=steps, jacobian=jacobian)
+        solver = mlo.solvers.Unroll(checkpoint=checkpoint)
+        unroll = mlo.ProblemConfig(solver=solver, unroll_steps=steps, jacobian=jacobian)
         configs = {
             "a": (0.0, mlo.ProblemConfig(solver="first_order")),
             "b": (lr_b, unroll),
@@ -303,7 +305,8 @@ def test_unroll_on_a_nested_level_differentiates_its_training_through_total_grad
         return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)), modules
 
     engine, modules = build(None)
-    assert "b: solver=unroll() unroll_steps=3 lowers=[c] jacobian=total" in engine.describe()
+    shown = f"unroll(checkpoint={checkpoint})"
+    assert f"b: solver={shown} unroll_steps=3 lowers=[c] jacobian=total" in engine.describe()
     engine.step()
     theta0 = engine.trajectories["b"].records[0].params[0].detach()
     a_now, b_now, c_now = (modules[n].x.detach() for n in "abc")

@@ -9,11 +9,12 @@ from torch import nn
 import mlo
 
 from .quadratic import DTYPE, Vector, spd
+from .saved_bytes import SavedBytes
 
 N_INNER, N_OUTER = 5, 3
 
 
-def quadratic_pair(optimizer_factory, k: int, seed: int = 0):
+def quadratic_pair(optimizer_factory, k: int, seed: int = 0, checkpoint: bool = False):
     """Inner f(x, y) = ½xᵀAx + xᵀBy + cᵀx; outer F(y, x) = ½‖x − t‖² + ½ρ‖y‖²."""
     gen = torch.Generator().manual_seed(seed)
     A = spd(N_INNER, gen)
@@ -39,7 +40,7 @@ def quadratic_pair(optimizer_factory, k: int, seed: int = 0):
         "inner",
         xm,
         optimizer_factory(xm.parameters()),
-        config=mlo.ProblemConfig(solver="unroll", unroll_steps=k),
+        config=mlo.ProblemConfig(solver=mlo.solvers.Unroll(checkpoint=checkpoint), unroll_steps=k),
     )
     # lr = 0 keeps y fixed, so that the closed form can use y0 after engine.step().
     outer = Outer("outer", ym, torch.optim.SGD(ym.parameters(), lr=0.0))
@@ -47,10 +48,14 @@ def quadratic_pair(optimizer_factory, k: int, seed: int = 0):
     return engine, dict(A=A, B=B, c=c, t=t, rho=rho, x0=x0, y0=y0)
 
 
+CHECKPOINT = pytest.mark.parametrize("checkpoint", [False, True], ids=["one_graph", "checkpoint"])
+
+
+@CHECKPOINT
 @pytest.mark.parametrize("k", [1, 3, 7])
-def test_unroll_matches_closed_form_of_k_gradient_descent_steps(k):
+def test_unroll_matches_closed_form_of_k_gradient_descent_steps(k, checkpoint):
     lr = 0.2
-    engine, q = quadratic_pair(lambda p: torch.optim.SGD(p, lr=lr), k)
+    engine, q = quadratic_pair(lambda p: torch.optim.SGD(p, lr=lr), k, checkpoint=checkpoint)
     engine.step()
     A, B, y = q["A"], q["B"], q["y0"]
     eye = torch.eye(N_INNER, dtype=DTYPE)
@@ -66,10 +71,13 @@ def test_unroll_matches_closed_form_of_k_gradient_descent_steps(k):
     assert float((got - truth).norm() / truth.norm()) < 1e-10
 
 
+@CHECKPOINT
 @pytest.mark.parametrize("k", [1, 4])
-def test_unroll_matches_closed_form_of_sgd_with_momentum_and_weight_decay(k):
+def test_unroll_matches_closed_form_of_sgd_with_momentum_and_weight_decay(k, checkpoint):
     lr, mu, wd = 0.1, 0.9, 0.05
-    engine, q = quadratic_pair(lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, weight_decay=wd), k)
+    engine, q = quadratic_pair(
+        lambda p: torch.optim.SGD(p, lr=lr, momentum=mu, weight_decay=wd), k, checkpoint=checkpoint
+    )
     # Two ticks: the second window starts from a non-empty momentum buffer.
     engine.step()
     state_x = engine.problems["inner"].module.x.detach().clone()
@@ -112,6 +120,22 @@ class FeatureScale(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(4))
 
 
+class Inner(mlo.Problem):
+    """An MLP's squared error on inputs scaled by the outer level's feature scales."""
+
+    def training_step(self, batch):
+        x, y = batch
+        return ((self.module(x * self.outer.module.log_scale.exp()) - y) ** 2).mean()
+
+
+class Outer(mlo.Problem):
+    """The inner MLP's squared error on the outer level's (validation) batches."""
+
+    def training_step(self, batch):
+        x, y = batch
+        return ((self.inner.module(x) - y) ** 2).mean()
+
+
 @pytest.mark.parametrize(
     "optimizer",
     [
@@ -121,7 +145,8 @@ class FeatureScale(nn.Module):
     ],
     ids=["sgd_nesterov", "adam", "adamw"],
 )
-def test_unroll_equals_autograd_through_explicit_loop_on_mlp(optimizer):
+@CHECKPOINT
+def test_unroll_equals_autograd_through_explicit_loop_on_mlp(optimizer, checkpoint):
     """Inner: an MLP on scaled inputs; outer: the per-feature input scales, on other data."""
     torch.manual_seed(0)
     k = 3
@@ -135,22 +160,12 @@ def test_unroll_equals_autograd_through_explicit_loop_on_mlp(optimizer):
         pred = torch.func.functional_call(mlp, params, (x * log_scale.exp(),))
         return ((pred - y) ** 2).mean()
 
-    class Inner(mlo.Problem):
-        def training_step(self, batch):
-            x, y = batch
-            return ((self.module(x * self.outer.module.log_scale.exp()) - y) ** 2).mean()
-
-    class Outer(mlo.Problem):
-        def training_step(self, batch):
-            x, y = batch
-            return ((self.inner.module(x) - y) ** 2).mean()
-
     inner = Inner(
         "inner",
         mlp,
         optimizer(mlp.parameters()),
         data=batches,
-        config=mlo.ProblemConfig(solver="unroll", unroll_steps=k),
+        config=mlo.ProblemConfig(solver=mlo.solvers.Unroll(checkpoint=checkpoint), unroll_steps=k),
     )
     outer = Outer("outer", scale, torch.optim.SGD(scale.parameters(), lr=0.0), data=[val])
     engine = mlo.Engine([outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(progress=False))
@@ -234,3 +249,39 @@ def test_unroll_refuses_unsupported_optimizer_with_a_clear_message():
     engine, _ = quadratic_pair(lambda p: torch.optim.RMSprop(p, lr=0.1), 1)
     with pytest.raises(TypeError, match="RMSprop is not supported"):
         engine.step()
+
+
+def _replay_saved_bytes(k: int, checkpoint: bool | None) -> int:
+    """The most bytes autograd holds while ``unroll`` replays k steps of an MLP's Adam."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(64, 4, dtype=DTYPE), torch.randn(64, 1, dtype=DTYPE)) for _ in range(k)]
+    mlp, scale = MLP().double(), FeatureScale().double()
+
+    solver = mlo.solvers.Unroll(checkpoint=checkpoint)
+    inner = Inner(
+        "inner",
+        mlp,
+        torch.optim.Adam(mlp.parameters(), lr=0.01),
+        data=batches,
+        config=mlo.ProblemConfig(solver=solver, unroll_steps=k),
+    )
+    outer = Outer("outer", scale, torch.optim.SGD(scale.parameters(), lr=0.0), data=batches[:1])
+    engine = mlo.Engine([outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(progress=False))
+    for _ in range(k):  # fill the window
+        engine.step()
+    with SavedBytes() as saved:
+        engine.hypergradient("outer")
+    return saved.peak
+
+
+def test_checkpointed_unroll_holds_one_steps_graph_whatever_k():
+    """Reverse mode through K steps holds K steps' graphs; the checkpointed replay one."""
+    one_graph = {k: _replay_saved_bytes(k, checkpoint=False) for k in (1, 8)}
+    checkpointed = {k: _replay_saved_bytes(k, checkpoint=True) for k in (1, 8)}
+    assert one_graph[8] > 6 * one_graph[1]
+    assert checkpointed[8] < 1.2 * checkpointed[1]
+    assert checkpointed[1] < 1.2 * one_graph[1]
+    # The default checkpoints from K = 4 on.
+    assert _replay_saved_bytes(8, checkpoint=None) < 1.2 * checkpointed[1]
+    assert _replay_saved_bytes(3, checkpoint=None) > 2.5 * one_graph[1]
+    assert mlo.solvers.Unroll().products(3) == 4 and mlo.solvers.Unroll().products(4) == 12
