@@ -7,8 +7,9 @@ reports the peak resident growth over the resident set before the first tick, an
 median time per tick. ``plain`` is the supernet's own training step (forward, backward,
 its optimizer's step, the architecture held); the others are mlo's DARTS search with that
 solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet steps;
-``-forward``: the same solver with ``ProblemConfig(hvp="forward")``; ``-checkpoint``:
-``Unroll(checkpoint=True)``, the replay run backwards one step at a time). With
+``-forward``: the same solver with ``ProblemConfig(hvp="forward")``; ``-fd``: with
+``ProblemConfig(hvp="finite_difference")`` (r = 0.01); ``unroll`` checkpoints its replay
+from K = 4 on by default, ``-checkpoint`` and ``-one_graph`` force either way). With
 ``--network lease`` the search is LeaSE's four levels on the same supernet (a tiny ResNet
 audience, 2-step differentiable PGD explanations), the solver on the explainer and the
 audience, against the same plain supernet step.
@@ -39,14 +40,15 @@ CONFIGS = [
     "neumann",
     "cg-forward",
     "neumann-forward",
+    "cg-fd",
+    "neumann-fd",
     "unroll1",
     "unroll2",
     "unroll4",
     "unroll8",
-    "unroll1-checkpoint",
     "unroll2-checkpoint",
-    "unroll4-checkpoint",
-    "unroll8-checkpoint",
+    "unroll4-one_graph",
+    "unroll8-one_graph",
 ]
 
 
@@ -90,11 +92,11 @@ def child(config: str, args) -> dict:
             "cg": mlo.solvers.CG(iterations=5),
             "neumann": mlo.solvers.Neumann(iterations=5),
         }
-        name = config.removesuffix("-forward").removesuffix("-checkpoint")
+        name = config.split("-")[0]
         solver = solvers.get(name, "unroll" if name.startswith("unroll") else name)
         unroll = int(name[len("unroll") :]) if name.startswith("unroll") else 1
-        if config.endswith("-checkpoint"):
-            solver = mlo.solvers.Unroll(checkpoint=True)
+        if config.endswith(("-checkpoint", "-one_graph")):
+            solver = mlo.solvers.Unroll(checkpoint=config.endswith("-checkpoint"))
         if args.network == "lease":
             problems, deps = lease_levels(net, arch, train, val, args, gen)
             for problem in problems:  # the explainer's and the audience's Jacobians
@@ -105,10 +107,11 @@ def child(config: str, args) -> dict:
             problems, deps = build_darts(
                 net, arch, train, val, total_updates=10_000, solver=solver, unroll_steps=unroll
             )
-        if config.endswith("-forward"):  # the same solver, products by forward-over-reverse
+        hvp = {"-forward": "forward", "-fd": "finite_difference"}.get(config[len(name) :])
+        if hvp:  # the same solver, its products by forward-over-reverse or differences
             for problem in problems:
                 if problem.config.solver.name == name:
-                    problem.config = problem.config.model_copy(update={"hvp": "forward"})
+                    problem.config = problem.config.model_copy(update={"hvp": hvp})
         step = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
     Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
     before = _status("VmRSS")

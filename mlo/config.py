@@ -49,22 +49,31 @@ class ProblemConfig(Options):
         "Jacobian (cg, neumann, unroll), 'partial' with those that approximate H⁻¹ by a "
         "scaled identity (darts, sama), where the nested term is below their own error; "
         "the 'explicit' solver has no total. 'one_system' (cg, neumann): the same exact "
-        "Jacobian, taken by one MINRES solve per level of the lower levels' chain over "
+        "Jacobian, taken by one MINRES solve per level of the lower levels' tree over "
         "their Lagrangian (docs/concepts.md, 'The one-system solve') instead of solves "
         "nested in each other's products; each solve takes the solver's iterations. No "
         "effect on other levels.",
     )
 
-    hvp: Literal["reverse", "forward"] = Field(
+    hvp: Literal["reverse", "forward", "finite_difference"] = Field(
         "reverse",
         description="how this level's Hessian-vector and mixed products are taken (cg, "
         "neumann): 'reverse' differentiates the gradient's retained graph again (one "
         "double backward a product); 'forward' takes each product by forward-over-reverse "
         "(a forward and a backward pass with tangents, nothing retained between products). "
         "Same values; measured on the DARTS supernet on a CPU, 'forward' holds more memory "
-        "and takes longer (docs/benchmarks.md, memory), so it is not the default. A nested "
-        "level (jacobian='total' on a level that reads its own lower levels) always uses "
-        "'reverse'",
+        "and takes longer (docs/benchmarks.md, memory), so it is not the default. "
+        "'finite_difference' approximates each product by the central difference of two "
+        "plain gradients at a distance hvp_radius (DARTS' mixed product): the memory of a "
+        "training step, not exact (an O(r²) truncation and an O(u/r) rounding error). A "
+        "nested level (jacobian='total' on a level that reads its own lower levels) always "
+        "uses 'reverse'",
+    )
+    hvp_radius: float = Field(
+        0.01,
+        gt=0,
+        description="with hvp='finite_difference': the distance r of the two evaluation "
+        "points from the parameters (ε = r/‖v‖ along v)",
     )
 
     @field_validator("solver", mode="before")

@@ -44,7 +44,8 @@ def describe(
         lines.append(
             f"  {name}: solver={solver.name}({knobs}) unroll_steps={cfg.unroll_steps}"
             + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
-            + (" hvp=forward" if cfg.hvp == "forward" else "")
+            + (f" hvp={cfg.hvp}" if cfg.hvp != "reverse" else "")
+            + (f"(r={cfg.hvp_radius:g})" if cfg.hvp == "finite_difference" else "")
             + lowers
             + modes.describe(name, True)
             + _products(name, updates, cost)

@@ -140,7 +140,8 @@ class Hypergradients:
             create_graph=create_graph,
             optimizer=problem.optimizer,
             own_params=problem.params.tensors,
-            forward_products=problem.config.hvp == "forward",
+            hvp=problem.config.hvp,
+            hvp_radius=problem.config.hvp_radius,
             one_system=self._one_system(name, nested, create_graph),
             diagnose=self.diagnose and not create_graph,
         )
@@ -156,7 +157,7 @@ class Hypergradients:
                 "that is itself nested differentiates through them; give that level "
                 "jacobian='one_system' too (or use 'total' here)"
             )
-        if name not in self._one_systems:  # the chain below a level is fixed with the graph
+        if name not in self._one_systems:  # the tree below a level is fixed with the graph
             iterations = getattr(config.solver, "iterations", 10)
             self._one_systems[name] = OneSystem(self.evaluator, self.graph, name, iterations)
         return self._one_systems[name].vjp

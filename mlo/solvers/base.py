@@ -21,6 +21,7 @@ from pydantic import ConfigDict
 from torch import Tensor
 
 from ..autodiff import SecondOrder
+from ..autodiff.finite_difference import FiniteDifferenceSecondOrder
 from ..autodiff.forward import ForwardSecondOrder
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import Trajectory
@@ -81,9 +82,12 @@ class Level:
     """For a nested level with ``ProblemConfig(jacobian="one_system")``: its
     \\(J_{D,U}^\top v\\) for the parents' parameter lists, by one solve per level of its
     lower levels' chain (``mlo.hypergradient.one_system``)."""
-    forward_products: bool = False
-    """Take ``products()`` by forward-over-reverse (``ProblemConfig(hvp="forward")``)
-    where they need not be differentiable further."""
+    hvp: str = "reverse"
+    """How ``products()`` are taken where they need not be differentiable further
+    (``ProblemConfig(hvp=...)``): ``"reverse"`` (``SecondOrder``), ``"forward"``
+    (``ForwardSecondOrder``) or ``"finite_difference"``
+    (``FiniteDifferenceSecondOrder``, at ``hvp_radius``)."""
+    hvp_radius: float = 0.01
     diagnose: bool = True
     """Whether the solver's diagnostics will be read. The engine asks for them on the
     ticks it reports (the first, every ``log_every``-th and the last) and in
@@ -94,9 +98,16 @@ class Level:
         """D's second-order products (see ``second_order``)."""
         if self.second_order is not None:
             return self.second_order()
-        if self.forward_products and not self.create_graph:
+        if self.hvp == "forward" and not self.create_graph:
             return ForwardSecondOrder(
                 lambda params: self.objective(params=params), self.params, self.average, self.name
+            )
+        if self.hvp == "finite_difference" and not self.create_graph:
+            return FiniteDifferenceSecondOrder(
+                lambda params: self.objective(params=params),
+                self.params,
+                self.hvp_radius,
+                self.average,
             )
         return SecondOrder(self.objective(), self.params, self.average, self.create_graph)
 
