@@ -97,14 +97,34 @@ SUITE = [
         '`ProblemConfig(hvp="forward")`, its products by forward-over-reverse with nothing '
         "retained between them: 3.0× and about 1.6× the time, since here the peak is one "
         "forward and backward pass's activations, which forward mode's tangents double, "
-        "not the retained graph; it is therefore not the default. `unroll` grows linearly "
-        "with K, about 210 MiB per replayed step: reverse mode through K steps keeps each "
-        "step's activations until the backward pass (checkpointing the replay would trade "
-        "time for that memory; it is not built). Times are per tick of a search (a supernet "
-        "step and an architecture step) against one plain step, so even `first_order` is "
-        "about 2×.",
+        "not the retained graph; it is therefore not the default. `-fd` takes each product "
+        '(`ProblemConfig(hvp="finite_difference")`) from two plain gradients: 1.75× the '
+        "plain step's peak at 0.85× cg's time, within the 2.0× that exact products cannot "
+        "reach here (the retained double-backward graph alone is larger), but on this ReLU "
+        "and max-pool network its products are far from the exact ones at every radius "
+        "(next section), so it is no answer for such networks. `unroll` with one graph "
+        "(`-one_graph`) grows linearly with K: reverse mode through K steps keeps each "
+        "step's activations until the backward pass. From K = 4 on the default checkpoints "
+        "the replay (one step's graph at a time, rebuilt from stored states): 3.03× at "
+        "K = 4 and 3.08× at K = 8 against 6.89× and 12.54× with one graph, at 1.37× and "
+        "1.26× their time. Times are per tick of a search (a supernet step and an "
+        "architecture step) against one plain step, so even `first_order` is about 2×.",
         ["--rounds", "2"],
         TINY_SUPERNET,
+    ),
+    Benchmark(
+        "hvp_accuracy",
+        "Finite-difference products on the supernet",
+        "hvp_accuracy.py",
+        "The same supernet, at its weights after 5 SGD steps: the central difference of two "
+        "gradients at distance r along v (the validation gradient) against the exact "
+        "Hessian-vector and mixed products. On a smooth objective the error falls as r² "
+        "(a tanh MLP: 1.4e-5 at r = 0.01, `tests/mlo/test_finite_difference.py`); here it "
+        "never falls below 1.7 (170 %) at any r and grows as r shrinks, in float64 as in float32: "
+        "the gradient of a ReLU and max-pool network jumps at every kink the two points "
+        "straddle, and the exact (almost-everywhere) Hessian does not see those jumps.",
+        [],
+        ["--layers", "1", "--channels", "4", "--batch", "4", "--size", "8"],
     ),
     Benchmark(
         "memory_lease",
