@@ -196,12 +196,12 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 # distributed="fsdp": every case but unroll's (refused there: its replay needs the full
-# optimizer state of every recorded step).
+# optimizer state of every recorded step), one_system's included.
 FSDP_CASES = {
     **{
         k: v
         for k, v in CASES.items()
-        if "unroll" not in k and "wrapped" not in k and "one_system" not in k
+        if "unroll" not in k and "wrapped" not in k
     },
     # The inner module sharded by the user (fully_shard, then its optimizer), as FSDP2's
     # documentation does it; the engine shards the others itself.
