@@ -20,7 +20,7 @@ passes. It is an approximation: the truncation error is \(O(r^2)\) (the third de
 of \(f\) along \(v\)) and the rounding error \(O(u / r)\) in a precision with unit
 roundoff \(u\); ``tests/mlo/test_finite_difference.py`` measures both against the exact
 products. Both evaluations draw the same random numbers (dropout, augmentation): the
-random state is restored before each and after both.
+random states (``mlo.durable.rng``) are restored before each and after both.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..durable import rng
 from .linalg import Vector, dot
-from .products import materialized, vjp
+from .products import EvaluatedSecondOrder, materialized, vjp
 
 
-class FiniteDifferenceSecondOrder:
+class FiniteDifferenceSecondOrder(EvaluatedSecondOrder):
     """Hessian-vector and mixed products of ``objective(x)`` by central differences of
     its gradient; the interface of [`SecondOrder`][mlo.autodiff.SecondOrder] without a
     retained graph.
@@ -58,9 +59,8 @@ class FiniteDifferenceSecondOrder:
         self.params = list(params)
         self.radius = radius
         self._average = average
-        self._devices = sorted({p.device.index for p in self.params if p.device.type == "cuda"})
 
-    def _difference(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
+    def _product(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
         """The central difference of ``∇ f`` (by ``x`` when ``wrt`` is None, else by
         ``wrt``) along ``vector``."""
         vector = [v.to(p.dtype) for v, p in zip(vector, self.params)]
@@ -68,10 +68,10 @@ class FiniteDifferenceSecondOrder:
         # ε = r/‖v‖ on the device; a zero v gives a zero product (0 · finite).
         eps = self.radius / length.clamp_min(torch.finfo(length.dtype).tiny ** 0.5)
         grads = []
-        with torch.random.fork_rng(devices=self._devices):
-            state = _rng_state(self._devices)
+        state = rng.capture()  # both evaluations draw the same numbers; none is consumed
+        try:
             for sign in (1.0, -1.0):
-                _set_rng_state(state, self._devices)
+                rng.restore(state)
                 with torch.no_grad():
                     points = [p.detach() + (sign * eps) * v for p, v in zip(self.params, vector)]
                 leaves = [x.requires_grad_() for x in points]
@@ -79,26 +79,7 @@ class FiniteDifferenceSecondOrder:
                 inputs = leaves if wrt is None else list(wrt)
                 found = vjp([loss], inputs) if loss.requires_grad else [None] * len(inputs)
                 grads.append(materialized(found, inputs))
+        finally:
+            rng.restore(state)
         scale = 0.5 / eps
         return [(plus - minus) * scale.to(plus.dtype) for plus, minus in zip(*grads)]
-
-    def hvp(self, vector: Sequence[Tensor]) -> Vector:
-        """``H v`` with ``H = d²f/dx²`` (averaged over data-parallel ranks when an average
-        is given)."""
-        product = self._difference(vector, None)
-        return product if self._average is None else self._average(product)
-
-    def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
-        """``d²f/dy dx · v`` for each tensor ``y`` in ``others``."""
-        return self._difference(vector, others)
-
-
-def _rng_state(devices: list[int]) -> tuple[Tensor, list[Tensor]]:
-    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
-
-
-def _set_rng_state(state: tuple[Tensor, list[Tensor]], devices: list[int]) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    for device, value in zip(devices, cuda):
-        torch.cuda.set_rng_state(value, device)

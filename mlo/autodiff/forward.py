@@ -31,10 +31,10 @@ from torch import Tensor
 
 from ..errors import LevelError, SetupError
 from .linalg import Vector
-from .products import vjp
+from .products import EvaluatedSecondOrder, vjp
 
 
-class ForwardSecondOrder:
+class ForwardSecondOrder(EvaluatedSecondOrder):
     """Hessian-vector and mixed products of ``objective(x)`` (a scalar function of the
     tensors ``x``, which may read other tensors ``y``), each by one forward-over-reverse
     pass; the interface of [`SecondOrder`][mlo.autodiff.SecondOrder] without the
@@ -60,7 +60,7 @@ class ForwardSecondOrder:
         self._average = average
         self.name = name
 
-    def _tangents(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
+    def _product(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
         """The tangent of ``∇ f`` (by ``x`` when ``wrt`` is None, else by ``wrt``) along
         ``vector``."""
         with fwAD.dual_level():
@@ -84,13 +84,3 @@ class ForwardSecondOrder:
                 tangent = None if g is None else fwAD.unpack_dual(g).tangent
                 out.append(torch.zeros_like(x) if tangent is None else tangent)
         return out
-
-    def hvp(self, vector: Sequence[Tensor]) -> Vector:
-        """``H v`` with ``H = d²f/dx²`` (averaged over data-parallel ranks when an average
-        is given)."""
-        product = self._tangents(vector, None)
-        return product if self._average is None else self._average(product)
-
-    def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
-        """``d²f/dy dx · v`` for each tensor ``y`` in ``others``."""
-        return self._tangents(vector, others)

@@ -98,6 +98,29 @@ def gradient_or_none(output: Tensor, inputs: Sequence[Tensor]) -> list[Tensor | 
     return list(vjp([output], inputs))
 
 
+class EvaluatedSecondOrder:
+    """The interface of [`SecondOrder`][mlo.autodiff.SecondOrder] for products taken by
+    evaluating the objective again for each one (nothing retained between them):
+    subclasses supply ``_product(vector, wrt)``, the product of ``d(∇_wrt f)/dx`` with
+    ``vector`` (``wrt=None``: by ``x`` itself)."""
+
+    params: list[Tensor]
+    _average: Callable[[Vector], Vector] | None
+
+    def _product(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
+        raise NotImplementedError
+
+    def hvp(self, vector: Sequence[Tensor]) -> Vector:
+        """``H v`` with ``H = d²f/dx²`` (averaged over data-parallel ranks when an average
+        is given)."""
+        product = self._product(vector, None)
+        return product if self._average is None else self._average(product)
+
+    def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
+        """``d²f/dy dx · v`` for each tensor ``y`` in ``others``."""
+        return self._product(vector, others)
+
+
 class SecondOrder:
     """Second-order products of one scalar objective ``f(x, y...)`` around its gradient in ``x``.
 

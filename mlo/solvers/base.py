@@ -81,7 +81,7 @@ class Level:
     one_system: Callable[[Vector, Sequence[Sequence[Tensor]]], list[Vector]] | None = None
     """For a nested level with ``ProblemConfig(jacobian="one_system")``: its
     \\(J_{D,U}^\top v\\) for the parents' parameter lists, by one solve per level of its
-    lower levels' chain (``mlo.hypergradient.one_system``)."""
+    lower levels' tree (``mlo.hypergradient.one_system``)."""
     hvp: str = "reverse"
     """How ``products()`` are taken where they need not be differentiable further
     (``ProblemConfig(hvp=...)``): ``"reverse"`` (``SecondOrder``), ``"forward"``

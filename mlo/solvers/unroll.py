@@ -155,10 +155,12 @@ def _checkpointed_vjp(
     total = [torch.zeros_like(t) for t in flat]
     adj_params: list[Tensor] = list(v)
     adj_state: list[dict[str, Tensor]] = [{} for _ in params]
-    for (params_k, state_k), record in zip(reversed(inputs), reversed(records)):
+    for step in reversed(range(len(records))):
+        params_k, state_k = inputs[step]
+        # The oldest step's inputs are the recorded start: their adjoint is not needed.
         start = [p.clone().requires_grad_(True) for p in params_k]
-        leaves = [{k: _leaf(k, t) for k, t in s.items()} for s in state_k]
-        new_params, new_state = _replay_step(level, start, leaves, record)
+        leaves = [{k: _leaf(k, t) if step > 0 else t for k, t in s.items()} for s in state_k]
+        new_params, new_state = _replay_step(level, start, leaves, records[step])
         outputs, vectors = [], []
         for p, a in zip(new_params, adj_params):
             if p.requires_grad:
@@ -170,12 +172,13 @@ def _checkpointed_vjp(
                     outputs.append(s[key])
                     vectors.append(a)
         state_leaves = [(i, k) for i, s in enumerate(leaves) for k in s if s[k].requires_grad]
-        wrt = start + [leaves[i][k] for i, k in state_leaves] + flat
+        own = start if step > 0 else []
+        wrt = own + [leaves[i][k] for i, k in state_leaves] + flat
         if outputs:
             grads = materialized(products.vjp(outputs, wrt, vectors), wrt)
         else:
             grads = [torch.zeros_like(t) for t in wrt]
-        n = len(start)
+        n = len(own)
         adj_params = list(grads[:n])
         adj_state = [{} for _ in leaves]
         for (i, k), g in zip(state_leaves, grads[n : n + len(state_leaves)]):
