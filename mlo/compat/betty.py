@@ -176,7 +176,9 @@ def from_betty(betty_engine: Any, **overrides: Any) -> BettyProgram:
 
     Raises:
         SetupError: betty-ml is missing, the argument is not a Betty engine, or the program
-            uses something with no mlo counterpart (the message names it). Nothing is
+            uses something with no mlo counterpart (the message names it), such as an
+            ``l2u`` edge from a level up to one that no ``u2l`` chain leads down from
+            (Betty's learning-by-ignoring example; ``mlo.betty`` runs those). Nothing is
             changed on the Betty objects when it raises.
     """
     betty = _betty()
@@ -233,8 +235,8 @@ _ENGINE_METHODS = ("train_step", "run")
 _ON_MLO_BETTY = (
     "mlo.betty runs it: change the program's betty imports to mlo.betty (Betty 0.2's API, "
     "no Betty needed), where roll_back, gradient_accumulation, fp16, param_callback, "
-    "custom_optimizer_step, environments, early stopping and train_step overrides work as "
-    "in Betty"
+    "custom_optimizer_step, environments, early stopping, train_step overrides and paths "
+    "through l2u-only edges work as in Betty"
 )
 
 
@@ -260,8 +262,41 @@ def _refusals(betty: Any, engine: Any) -> list[str]:
                 f"{type(engine).__name__} overrides Engine.{method}, which mlo's engine "
                 "replaces; move that logic into validation() or around engine.run()"
             )
+    found.extend(_l2u_only_refusals(engine))
     for problem in engine.problems:
         found.extend(_problem_refusals(betty, problem))
+    return found
+
+
+def _l2u_only_refusals(engine: Any) -> list[str]:
+    """Each ``l2u`` edge ``L → U`` where no ``u2l`` chain leads from ``U`` down to ``L``.
+
+    mlo's graph says an upper level's parameters are free and each lower level's solution
+    follows them. An ``l2u`` edge under a ``u2l`` chain fits that reading (the upper reads a
+    level below it). Without one (Betty's learning-by-ignoring: ``finetune`` reads
+    ``pretrain``, and nothing of ``finetune`` reaches ``pretrain``), Betty's ``U`` is
+    trained on ``L`` and its solution follows ``L``'s, and Betty differentiates along the
+    paths through it; a converted graph would drop those paths."""
+    deps = engine.dependencies or {}
+    below: dict[Any, set[Any]] = {}
+
+    def descendants(problem: Any) -> set[Any]:
+        if problem not in below:
+            below[problem] = set()
+            for low in deps.get("u2l", {}).get(problem, []):
+                below[problem] |= {low, *descendants(low)}
+        return below[problem]
+
+    found = []
+    for low, ups in deps.get("l2u", {}).items():
+        for up in ups:
+            if low not in descendants(up):
+                found.append(
+                    f"the l2u edge {low.name!r} → {up.name!r}: {up.name!r} reads "
+                    f"{low.name!r}, but no u2l chain leads from {up.name!r} down to "
+                    f"{low.name!r}; Betty differentiates along the paths through such an "
+                    "edge, which mlo's upper/lower graph would drop"
+                )
     return found
 
 

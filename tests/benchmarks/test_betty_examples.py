@@ -148,3 +148,21 @@ def test_against_betty_refuses_a_missing_example_with_one_line(tmp_path):
     assert (
         done.stderr.strip().splitlines()[-1].endswith(f"no examples/nothing/main.py in {tmp_path}")
     )
+
+
+def test_an_engine_that_refuses_is_reported_once_and_left_out(monkeypatch, capsys):
+    calls = []
+
+    def fake_run(repo, example, args, iterations, timeout, stand_ins, engine):
+        calls.append(engine)
+        if engine == "from_betty":
+            return "exit 1 in 1.0 s: mlo.errors.SetupError: from_betty cannot convert", None
+        return "exit 0; engine.run() 2.0 s", {"betty": 2.0, "mlo.betty": 1.5}[engine]
+
+    monkeypatch.setattr(BENCH, "run", fake_run)
+    BENCH.against_betty(Path("."), "x/main.py", [], 4, 3, 60, ())
+    out = capsys.readouterr().out
+    assert calls.count("from_betty") == 1 and calls.count("betty") == 3
+    assert calls[:3] == ["betty", "mlo.betty", "from_betty"]
+    assert "x/main.py: mlo.betty / betty, median of 3 paired rounds: 0.750" in out
+    assert "from_betty / betty" not in out

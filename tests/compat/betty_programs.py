@@ -343,3 +343,50 @@ def nested_chain(spec, values: dict[str, torch.Tensor], cg_iterations: int = 3) 
         config=EngineConfig(train_iters=1),
         dependencies={"u2l": {a: [b], b: [c]}, "l2u": {b: [a], c: [b, a]}},
     )
+
+
+def learning_by_ignoring() -> Engine:
+    """The dependency structure of Betty's learning-by-ignoring example on small vectors:
+    ``pretrain`` reads ``reweight`` (``u2l``), ``finetune`` reads ``pretrain`` and
+    ``reweight`` reads both (``l2u``), with no ``u2l`` chain from ``finetune`` or
+    ``reweight`` down to what they read except ``reweight → pretrain``."""
+    quiet()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, generator=gen, dtype=DTYPE), torch.randn(8, generator=gen, dtype=DTYPE)
+    data = [(x, y)]
+
+    class Pretrain(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            weight = torch.sigmoid(x @ self.reweight.module.x)
+            return (weight * (x @ self.module.x - y) ** 2).mean()
+
+    class Finetune(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            pull = (self.module.x - self.pretrain.module.x).pow(2).sum()
+            return ((x @ self.module.x - y) ** 2).mean() + 0.3 * pull
+
+    class Reweight(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            pull = (self.finetune.module.x - self.pretrain.module.x).pow(2).sum()
+            return ((x @ self.finetune.module.x - y) ** 2).mean() + 0.3 * pull
+
+    levels = {}
+    for name, cls in (("pretrain", Pretrain), ("finetune", Finetune), ("reweight", Reweight)):
+        module = Vector(torch.randn(3, generator=gen, dtype=DTYPE))
+        levels[name] = cls(
+            name=name,
+            module=module,
+            optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+            train_data_loader=data,
+            config=Config(type="darts"),
+            device="cpu",
+        )
+    pre, fine, rew = levels["pretrain"], levels["finetune"], levels["reweight"]
+    return Engine(
+        problems=[rew, fine, pre],
+        config=EngineConfig(train_iters=2),
+        dependencies={"u2l": {rew: [pre]}, "l2u": {pre: [fine, rew], fine: [rew]}},
+    )

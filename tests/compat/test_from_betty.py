@@ -313,3 +313,20 @@ def test_every_blocker_is_named_at_once_with_the_way_to_run_it_on_mlo_betty():
     for named in ("roll_back=True", "gradient_accumulation=4", "param_callback"):
         assert named in message
     assert "change the program's betty imports to mlo.betty" in message
+
+
+def test_an_l2u_only_edge_is_refused_with_mlo_betty_as_the_way():
+    # Betty's learning-by-ignoring structure: finetune reads pretrain, but pretrain's
+    # solution does not follow finetune; Betty differentiates reweight along the path
+    # through finetune, which a converted upper/lower graph would drop.
+    engine = programs.learning_by_ignoring()
+    before = parameters(engine.problems)
+    with pytest.raises(mlo.SetupError) as caught:
+        mlo.from_betty(engine)
+    message = str(caught.value)
+    assert "2 thing(s)" in message
+    assert "l2u edge 'pretrain' → 'finetune'" in message
+    assert "l2u edge 'finetune' → 'reweight'" in message
+    assert "'pretrain' → 'reweight'" not in message  # under the u2l edge reweight → pretrain
+    assert "change the program's betty imports to mlo.betty" in message
+    assert max_difference(before, parameters(engine.problems)) == 0.0
