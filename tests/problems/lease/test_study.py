@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from problems.lease.study import StudyRun, paired_difference, study_table
+from problems.lease.study import (
+    StudyRun,
+    detectable_difference,
+    paired_difference,
+    seeds_needed,
+    study_table,
+    t_critical,
+)
 from problems.nas.genotype import Genotype, random_genotype
 
 
@@ -47,8 +54,9 @@ def test_paired_difference_and_verdicts():
     assert random["mean"] == pytest.approx(0.0, abs=1e-12)
     assert random["verdict"] == "within noise"
     table = study_table(RESULTS)
-    assert "| lease | 3 | -1.10 ± 0.10 | lower error than darts |" in table
-    assert "| random | 3 | +0.00 ± 1.25 | within noise |" in table
+    # power at 3 seeds: (4.303 + 1.061) · std / √3; seeds for 0.3 points at that spread
+    assert "| lease | 3 | -1.10 ± 0.10 | lower error than darts | 0.31 | 4 |" in table
+    assert "| random | 3 | +0.00 ± 1.25 | within noise | 3.87 | 138 |" in table
     one = paired_difference(RESULTS[:1] + RESULTS[3:4], "lease")
     assert one["verdict"] == "one seed: no spread to judge by"
     assert paired_difference(RESULTS[3:], "lease") is None
@@ -73,3 +81,20 @@ def test_methods_map_to_their_search_settings(tmp_path):
     assert author.author_setting and author.explanation.steps == 1
     assert study.search_config("darts", 0, False).baseline == "darts"
     assert study.search_config("lease", 2, True).out == tmp_path / "lease" / "seed2" / "search"
+
+
+def test_power_follows_the_t_quantiles_and_the_noncentral_t():
+    assert t_critical(4) == 2.776 and t_critical(9) == 2.262
+    assert t_critical(60) == pytest.approx(2.000, abs=2e-3)  # past the table
+    # (2.776 + 0.941) · 0.3 / √5 and (2.262 + 0.883) · 0.3 / √10
+    assert detectable_difference(0.3, 5) == pytest.approx(3.717 * 0.3 / 5**0.5)
+    assert detectable_difference(0.3, 10) == pytest.approx(3.145 * 0.3 / 10**0.5)
+    assert seeds_needed(0.3, 0.3) == 10  # 9 seeds detect 0.3195, 10 detect 0.2984
+    assert seeds_needed(10.0, 0.01) is None
+    # against the exact power of the two-sided paired t-test (noncentral t)
+    stats = pytest.importorskip("scipy.stats", reason="the exact check needs scipy")
+    for seeds, lowest in ((3, 0.76), (5, 0.79), (10, 0.795), (40, 0.799)):
+        dof, delta = seeds - 1, detectable_difference(1.0, seeds)
+        crit, shift = stats.t.ppf(0.975, dof), delta * seeds**0.5
+        power = 1 - stats.nct.cdf(crit, dof, shift) + stats.nct.cdf(-crit, dof, shift)
+        assert lowest <= power <= 0.81
