@@ -19,13 +19,18 @@ Betty / mlo, and writes a log-scale plot. The exact mode's cost compounds with d
 deeper, and the engine's own estimate of the exact/partial ratio is printed instead.
 
     python benchmarks/depth.py [--max-levels 7] [--rounds 15] [--plot docs/depth.png]
+
+``--memory N`` instead measures the peak resident set of ``--rounds`` ticks at N levels,
+each version in a fresh process: mlo under its defaults, and Betty.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -172,6 +177,35 @@ def estimated_ratio(n: int) -> float:
     return engine.hypergradients.cost.ratio({name: 1 for name in engine.problems})
 
 
+def peak_of(version: str, n: int, dim: int, ticks: int) -> None:
+    """Run ``ticks`` ticks of ``version`` ("default": mlo's defaults; "Betty") at ``n``
+    levels in this process and print its peak resident set in MiB."""
+    step = mlo_step(n, dim, None) if version == "default" else betty_step(n, dim)
+    for _ in range(ticks):
+        step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def memory(n: int, dim: int, ticks: int, threads: int) -> None:
+    coefficients_mib = n * n * dim * dim * 4 / 2**20
+    print(
+        f"dense chain of {n} levels, dim {dim}, {ticks} ticks, peak resident set of a fresh "
+        f"process (torch's own included; the chain's coefficients alone {coefficients_mib:.0f} MiB)"
+    )
+    for version in ("default", "Betty"):
+        done = subprocess.run(
+            [
+                *(sys.executable, __file__, "--peak-of", version, "--max-levels", str(n)),
+                *("--dim", str(dim), "--rounds", str(ticks), "--threads", str(threads)),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        name = "mlo, defaults" if version == "default" else "Betty 0.1.1"
+        print(f"{name}: {float(done.stdout.split()[-1]):.0f} MiB", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-levels", type=int, default=7)
@@ -181,8 +215,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--total-limit", type=float, default=2.0)
     parser.add_argument("--plot", type=Path, help="write a log-scale PNG of the curves")
+    parser.add_argument("--memory", type=int, metavar="N", help="peak memory at N levels")
+    parser.add_argument("--peak-of", choices=["default", "Betty"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.peak_of is not None:
+        return peak_of(args.peak_of, args.max_levels, args.dim, args.rounds)
+    if args.memory is not None:
+        return memory(args.memory, args.dim, args.rounds, args.threads)
     print(
         f"dense chain, dim {args.dim}, darts, {args.rounds} rounds, torch {torch.__version__}, "
         f"{args.threads} thread(s)"
