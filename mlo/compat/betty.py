@@ -177,7 +177,7 @@ def from_betty(betty_engine: Any, **overrides: Any) -> BettyProgram:
     Raises:
         SetupError: betty-ml is missing, the argument is not a Betty engine, or the program
             uses something with no mlo counterpart (the message names it), such as an
-            ``l2u`` edge from a level up to one that no ``u2l`` chain leads down from
+            ``l2u`` edge whose upper level has no ``u2l`` chain down to its lower one
             (Betty's learning-by-ignoring example; ``mlo.betty`` runs those). Nothing is
             changed on the Betty objects when it raises.
     """
