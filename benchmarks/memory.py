@@ -60,9 +60,9 @@ def _status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def child(config: str, args) -> dict:
-    import mlo
-    from problems.nas import ArchitectureWeights, SearchHyper, Supernet, build_darts
+def _supernet(args):
+    """The supernet, its architecture and 4 training and 4 validation batches, seeded."""
+    from problems.nas import ArchitectureWeights, Supernet
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import random_batches
@@ -73,20 +73,35 @@ def child(config: str, args) -> dict:
     net, arch = Supernet(10, args.layers, args.channels), ArchitectureWeights()
     train = random_batches(4, args.batch, args.size, gen)
     val = random_batches(4, args.batch, args.size, gen)
+    return net, arch, train, val, gen
+
+
+def _plain_step(net, arch, train, steps: int):
+    """The supernet's own training step (forward, backward, SGD), the architecture held."""
+    from problems.nas import SearchHyper
+
+    optimizer, _ = SearchHyper().weight_optimizer(net.parameters(), 10_000)
+    batches = iter(train * steps)
+    with torch.no_grad():
+        held = arch.normalized()  # the architecture is held in a plain step
+
+    def step() -> None:
+        x, y = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x, held), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def child(config: str, args) -> dict:
+    import mlo
+    from problems.nas import build_darts
+
+    net, arch, train, val, gen = _supernet(args)
     if config == "plain":
-        hyper = SearchHyper()
-        optimizer, _ = hyper.weight_optimizer(net.parameters(), 10_000)
-        batches = iter(train * args.ticks)
-        with torch.no_grad():
-            held = arch.normalized()  # the architecture is held in a plain step
-
-        def step() -> None:
-            x, y = next(batches)
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(x, held), y)
-            loss.backward()
-            optimizer.step()
-
+        step = _plain_step(net, arch, train, args.ticks)
     else:
         solvers = {
             "cg": mlo.solvers.CG(iterations=5),
@@ -151,6 +166,74 @@ def lease_levels(net, arch, train, val, args, gen):
     )
 
 
+def _live_peak(step) -> int:
+    """The most bytes of tensors alive at once during ``step()``, from the profiler's
+    allocation and free events (CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    changes = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage)
+        for e in prof.events()
+        if e.self_cpu_memory_usage
+    )
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return peak
+
+
+def graph_sizes(args) -> None:
+    """Why exact products cost what they cost here: the live-tensor peak of a plain step
+    and of a cg(5) tick, and the bytes an exact reverse-over-reverse product must keep
+    (the forward's saved tensors, then with the first backward's, built with
+    ``create_graph``), with the architecture held fixed and with it differentiable (as the
+    mixed product needs it)."""
+    import dataclasses
+
+    import mlo
+    from problems.nas import build_darts
+
+    net, arch, train, val, _ = _supernet(args)
+    plain = _plain_step(net, arch, train, 2)
+    plain()
+    mib = 2**20
+    print(f"live tensors at the peak of a plain step: {_live_peak(plain) / mib:.1f} MiB")
+    problems, deps = build_darts(
+        net, arch, train, val, total_updates=10_000, solver=mlo.solvers.CG(iterations=5)
+    )
+    tick = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
+    tick()
+    print(f"live tensors at the peak of a cg(5) tick: {_live_peak(tick) / mib:.1f} MiB")
+    x, y = train[0]
+    params = list(net.parameters())
+    for differentiable in (False, True):
+        weights = arch.normalized()
+        if not differentiable:
+            weights = dataclasses.replace(
+                weights, **{k: v.detach() for k, v in vars(weights).items() if v is not None}
+            )
+        storages: set[tuple[int, int]] = set()
+
+        def pack(t: torch.Tensor, storages=storages) -> torch.Tensor:
+            storages.add((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = torch.nn.functional.cross_entropy(net(x, weights), y)
+            forward = sum(n for _, n in storages)
+            gradient = torch.autograd.grad(loss, params, create_graph=True)
+            both = sum(n for _, n in storages)
+        del gradient, loss
+        print(
+            f"architecture {'differentiable' if differentiable else 'held'}: the forward "
+            f"saves {forward / mib:.1f} MiB; with the create_graph backward, "
+            f"{both / mib:.1f} MiB"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -166,8 +249,17 @@ def main() -> None:
         default="darts",
         help="the DARTS search, or LeaSE's four levels on the same supernet",
     )
+    parser.add_argument(
+        "--graph-sizes",
+        action="store_true",
+        help="print the live-tensor peaks of a plain step and a cg(5) tick, and the graph "
+        "an exact product keeps",
+    )
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.graph_sizes:
+        graph_sizes(args)
+        return
     if args.child:
         print(json.dumps(child(args.child, args)))
         return

@@ -7,6 +7,7 @@ import re
 import sys
 
 import pytest
+import torch
 
 from ..scripts import ROOT, run_child
 
@@ -24,3 +25,32 @@ def test_the_memory_benchmark_reports_each_configs_peak_against_the_plain_step()
     }
     assert set(rows) == {"plain", "darts"}, done.stdout
     assert rows["plain"][1] == 1.0 and rows["plain"][0] > 0 and rows["darts"][0] > 0
+
+
+def test_live_peak_counts_the_tensors_alive_at_once():
+    from ..scripts import load_script
+
+    bench = load_script(ROOT / "benchmarks" / "memory.py")
+
+    def step() -> None:
+        a = torch.ones(2**18)  # 1 MiB
+        b = torch.ones(2**19)  # 2 MiB, while a lives
+        del a, b
+        c = torch.ones(2**19)  # 2 MiB after both are freed
+        del c
+
+    assert bench._live_peak(step) == 3 * 2**20
+
+
+@pytest.mark.slow
+def test_graph_sizes_reports_the_graph_an_exact_product_keeps():
+    quick = ["--graph-sizes", "--layers", "1", "--channels", "4", "--batch", "4", "--size", "8"]
+    done = run_child([sys.executable, str(ROOT / "benchmarks" / "memory.py"), *quick], 300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    numbers = [float(x) for x in re.findall(r"([\d.]+) MiB", done.stdout)]
+    plain, tick, held_forward, held_both, diff_forward, diff_both = numbers
+    assert tick > plain > 0
+    # the first backward's create_graph tensors come on top of the forward's, and a
+    # differentiable architecture makes both keep more (the mixed operations' outputs)
+    assert held_both > held_forward and diff_both > diff_forward
+    assert diff_forward > held_forward and diff_both > held_both
