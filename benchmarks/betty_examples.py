@@ -210,7 +210,10 @@ def run(
         if done.returncode == 0:
             last = lines[-1].strip()[:140] if lines else ""
             return f"ended before training (exit 0): {last}", None
-        error = next((ln for ln in reversed(lines) if ln and not ln.startswith(" ")), "?")
+        # the exception's own line (a multi-line message continues below it), else the last
+        raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
+        unindented = [ln for ln in lines if ln and not ln.startswith(" ")]
+        error = (raised or unindented or ["?"])[-1]
         return f"exit {done.returncode} in {seconds:.1f} s: {error.strip()[:140]}", None
 
 

@@ -166,3 +166,12 @@ def test_an_engine_that_refuses_is_reported_once_and_left_out(monkeypatch, capsy
     assert calls[:3] == ["betty", "mlo.betty", "from_betty"]
     assert "x/main.py: mlo.betty / betty, median of 3 paired rounds: 0.750" in out
     assert "from_betty / betty" not in out
+
+
+def test_a_failed_run_reports_the_exceptions_own_line(tmp_path):
+    example = tmp_path / "examples" / "broken" / "main.py"
+    example.parent.mkdir(parents=True)
+    example.write_text('raise RuntimeError("what went wrong\\nAlternatively, a second line")\n')
+    outcome, seconds = BENCH.run(tmp_path, "broken/main.py", [], None, 60, (), "betty")
+    assert seconds is None
+    assert outcome.startswith("exit 1 in ") and outcome.endswith("RuntimeError: what went wrong")
