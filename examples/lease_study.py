@@ -14,6 +14,11 @@ continues with the runs it has not finished.
 
 The defaults are DARTS' CIFAR budgets (a GPU job); the TOML file above is the budget that
 fits a 2-core CPU in about two hours on scikit-learn's digits.
+
+``--retrain METHOD:SEED --retrain-seeds 100,101`` measures how much of the spread is
+retraining: it retrains the cell that run found (its ``genotype.json``) from each of the
+other seeds, under ``<run>/retrain/seed<S>``, resumable like the rest, and prints each
+test error next to the run's own.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from problems.cli import (
     apply_threads,
     build_config,
     command_line,
+    fail,
     print_config,
 )
 from problems.lease import wire_search
@@ -42,8 +48,12 @@ from problems.nas.observe import search_accuracies
 from problems.nas.retrain import run_evaluation
 from problems.nas.runner import run_search
 
+Retrain = tuple[str, int, list[int]]
 
-def parse(argv: list[str] | None) -> StudyRun | None:
+
+def parse(argv: list[str] | None) -> tuple[StudyRun, Retrain | None] | None:
+    """The study's configuration and, with ``--retrain``, which run to retrain from which
+    seeds; ``None`` after ``--print-config``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--config", type=Path, help="TOML file; flags override its values")
@@ -81,11 +91,15 @@ def parse(argv: list[str] | None) -> StudyRun | None:
     ]:
         add(flag, type=kind, dest=key)
     add("--audience", dest="search.audience", choices=["resnet18", "resnet_small", "resnet_tiny"])
+    add("--retrain", metavar="METHOD:SEED", help="retrain that run's cell from other seeds")
+    add("--retrain-seeds", metavar="S,S", help="the seeds for --retrain (e.g. 100,101)")
     args = parser.parse_args(argv)
+    retrain = _retrain_request(parser, args.retrain, args.retrain_seeds)
     flags = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("config", "print_config", "threads") and v is not None
+        if k not in ("config", "print_config", "threads", "retrain", "retrain_seeds")
+        and v is not None
     }
     if "methods" in flags:
         flags["methods"] = [m.strip() for m in flags["methods"].split(",") if m.strip()]
@@ -94,7 +108,55 @@ def parse(argv: list[str] | None) -> StudyRun | None:
         print_config(config)
         return None
     print(apply_threads(args.threads), file=sys.stderr)
-    return config
+    return config, retrain
+
+
+def _retrain_request(
+    parser: argparse.ArgumentParser, run: str | None, seeds: str | None
+) -> Retrain | None:
+    """``--retrain METHOD:SEED`` with ``--retrain-seeds S,S``, checked."""
+    if run is None and seeds is None:
+        return None
+    if run is None or seeds is None:
+        parser.error("--retrain and --retrain-seeds go together")
+    method, _, seed = run.partition(":")
+    if method not in METHODS or not seed.isdigit():
+        parser.error(f"--retrain takes METHOD:SEED with METHOD one of {', '.join(METHODS)}")
+    try:
+        others = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--retrain-seeds takes comma-separated integers, not {seeds!r}")
+    if not others or int(seed) in others or min(others) < 0:
+        parser.error("--retrain-seeds needs non-negative seeds other than the run's own")
+    return method, int(seed), others
+
+
+def retrain_runs(
+    study: StudyRun, method: str, seed: int, seeds: list[int], console: Console
+) -> int:
+    """Retrain run ``(method, seed)``'s cell from each of ``seeds``; print the errors."""
+    genotype = study.run_folder(method, seed) / "search" / "genotype.json"
+    if not genotype.exists():
+        fail(
+            f"no cell for {method} seed {seed}: {genotype} is missing; run the study until "
+            "that run's search has finished"
+        )
+    done = study.run_folder(method, seed) / "result.json"
+    own = json.loads(done.read_text())["test_error"] if done.exists() else None
+    errors = []
+    for other in seeds:
+        folder = study.retrain_folder(method, seed, other)
+        resume = (folder / "checkpoint.pt").exists()
+        config = study.evaluate_config(method, seed, genotype, resume, retrain_seed=other)
+        errors.append(run_evaluation(config, console).test_error)
+        (folder / "test_error.json").write_text(json.dumps({"test_error": errors[-1]}))
+        print(
+            f"{method} seed {seed}'s cell, retrained from seed {other}: "
+            f"{100 * errors[-1]:.2f} % test error"
+        )
+    if own is not None:
+        print(f"{method} seed {seed}'s own retraining: {100 * own:.2f} %")
+    return 0
 
 
 def run_one(study: StudyRun, method: str, seed: int, console: Console) -> dict:
@@ -145,15 +207,18 @@ def write_report(study: StudyRun, results: list[dict], command: str) -> Path:
 
 @command_line
 def main(argv: list[str] | None = None) -> int:
-    study = parse(argv)
-    if study is None:
+    parsed = parse(argv)
+    if parsed is None:
         return 0
+    study, retrain = parsed
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    if retrain is not None:
+        return retrain_runs(study, *retrain, console)
     command = "python examples/lease_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results: list[dict] = []
     for seed in range(study.seeds):

@@ -144,19 +144,37 @@ class StudyRun(NumbersNotBooleans):
         )
         return config.effective()
 
-    def evaluate_config(self, method: str, seed: int, genotype: Path, resume: bool) -> EvalRun:
+    def evaluate_config(
+        self,
+        method: str,
+        seed: int,
+        genotype: Path,
+        resume: bool,
+        retrain_seed: int | None = None,
+    ) -> EvalRun:
+        """The retraining of run ``(method, seed)``'s cell; with ``retrain_seed``, the same
+        cell retrained from another seed, in ``<run>/retrain/seed<retrain_seed>``."""
         e = self.evaluate
+        folder = self.run_folder(method, seed)
+        out = (
+            folder / "evaluate"
+            if retrain_seed is None
+            else self.retrain_folder(method, seed, retrain_seed)
+        )
         return EvalRun.model_validate(
             {
                 **self._common(),
                 **e.model_dump(),
                 "genotype": str(genotype),
-                "out": self.run_folder(method, seed) / "evaluate",
-                "seed": seed,
+                "out": out,
+                "seed": seed if retrain_seed is None else retrain_seed,
                 "resume": resume,
                 "overwrite": not resume,
             }
         )
+
+    def retrain_folder(self, method: str, seed: int, retrain_seed: int) -> Path:
+        return self.run_folder(method, seed) / "retrain" / f"seed{retrain_seed}"
 
 
 # ------------------------------------------------------------------------------ report
