@@ -59,13 +59,18 @@ SUITE = [
         "depth",
         "Depth: dense chains of 2 to 7 levels",
         "depth.py",
-        "Every level reads every other, `darts` everywhere: mlo in both Jacobian modes (the "
-        "exact `total`, and `partial`: darts' default, and Betty's approximation) against "
-        "Betty's path enumeration, ms per tick. With `partial`, mlo's adjoint propagation "
-        "grows polynomially with depth and Betty's path enumeration exponentially. `total` "
-        "is exact and compounds with the depth of the nesting: slower than Betty from 3 "
-        "levels on, and past 5 levels its first tick does not end within the limit "
-        '(docs/concepts.md, "What exactness costs"; the engine warns before that tick).',
+        "Every level reads every other, `darts` everywhere: mlo in both Jacobian modes"
+        " (the exact `total`, and `partial`: darts' default, and Betty's "
+        "approximation) against Betty's path enumeration, ms per tick. With `partial`,"
+        " mlo's adjoint propagation grows polynomially with depth and Betty's path "
+        "enumeration exponentially. `total` is exact and compounds with the depth of "
+        "the nesting: slower than Betty from 3 levels on, and past 5 levels its first "
+        'tick does not end within the limit (docs/concepts.md, "What exactness costs";'
+        " the engine warns before that tick). Memory at 7 levels, `python "
+        "benchmarks/depth.py --memory 7 --dim 2000 --rounds 5` (5 ticks in a fresh "
+        "process each, peak resident set, torch's own about 520 MiB and the chain's 49"
+        " coefficient matrices 748 MiB included): mlo under its defaults 1,427 MiB, "
+        "Betty 0.1.1 2,156 MiB.",
         ["--dim", "2000", "--rounds", "15", "--total-limit", "10"],
         ["--max-levels", "3", "--rounds", "2", "--warmup", "0", "--dim", "8"],
         plots=("depth.png",),
@@ -89,26 +94,48 @@ SUITE = [
         "Peak memory per solver against a plain training step",
         "memory.py",
         "The DARTS supernet (3 cells, 8 channels, batch 16, 16×16 images), CPU: peak "
-        "resident growth of 3 ticks over the state before the first, in fresh processes, "
-        "for each solver on the supernet level and `unroll` at K = 1, 2, 4, 8, against the "
-        "supernet's own training step (forward, backward, optimizer step). `darts` and "
-        "`sama` (two gradients) hold 1.14× the plain step's peak, `cg(5)` and `neumann(5)` "
-        "2.9× (their double-backward graph). `-forward` is the same solver with "
-        '`ProblemConfig(hvp="forward")`, its products by forward-over-reverse with nothing '
-        "retained between them: 3.0× and about 1.6× the time, since here the peak is one "
-        "forward and backward pass's activations, which forward mode's tangents double, "
-        "not the retained graph; it is therefore not the default. `-fd` takes each product "
-        '(`ProblemConfig(hvp="finite_difference")`) from two plain gradients: 1.75× the '
-        "plain step's peak at 0.85× cg's time, within the 2.0× that exact products cannot "
-        "reach here (the retained double-backward graph alone is larger), but on this ReLU "
-        "and max-pool network its products are far from the exact ones at every radius "
-        "(next section), so it is no answer for such networks. `unroll` with one graph "
-        "(`-one_graph`) grows linearly with K: reverse mode through K steps keeps each "
-        "step's activations until the backward pass. From K = 4 on the default checkpoints "
-        "the replay (one step's graph at a time, rebuilt from stored states): 3.03× at "
-        "K = 4 and 3.08× at K = 8 against 6.89× and 12.54× with one graph, at 1.37× and "
-        "1.26× their time. Times are per tick of a search (a supernet step and an "
-        "architecture step) against one plain step, so even `first_order` is about 2×.",
+        "resident growth of 3 ticks over the state before the first, in fresh "
+        "processes, for each solver on the supernet level and `unroll` at K = 1, 2, 4,"
+        " 8, against the supernet's own training step (forward, backward, optimizer "
+        "step). `darts` and `sama` (two gradients) hold 1.14× the plain step's peak, "
+        "`cg(5)` and `neumann(5)` 2.9× (their double-backward graph). `-forward` is "
+        'the same solver with `ProblemConfig(hvp="forward")`, its products by '
+        "forward-over-reverse with nothing retained between them: 3.0× and about 1.6× "
+        "the time, since here the peak is one forward and backward pass's activations,"
+        " which forward mode's tangents double, not the retained graph; it is "
+        "therefore not the default. `-fd` takes each product "
+        '(`ProblemConfig(hvp="finite_difference")`) from two plain gradients: 1.75× '
+        "the plain step's peak at 0.85× cg's time, within the 2.0× that exact products"
+        " cannot reach here (below), but on this ReLU and max-pool network its "
+        "products are far from the exact ones at every radius (next section), so it is"
+        " no answer for such networks. `unroll` with one graph (`-one_graph`) grows "
+        "linearly with K: reverse mode through K steps keeps each step's activations "
+        "until the backward pass. From K = 4 on the default checkpoints the replay "
+        "(one step's graph at a time, rebuilt from stored states): 3.03× at K = 4 and "
+        "3.08× at K = 8 against 6.89× and 12.54× with one graph, at 1.37× and 1.26× "
+        "their time. Why exact products stay near 3×: `python benchmarks/memory.py "
+        "--graph-sizes` counts live tensors (the profiler's allocations and frees, one"
+        " thread) and the tensors autograd saves. A plain step peaks at 86.6 MiB of "
+        "live tensors, a cg(5) tick at 263.3 MiB (3.04×). An exact "
+        "reverse-over-reverse product needs the forward's saved tensors and those of "
+        "the first backward built with `create_graph`: 152.0 MiB with the architecture"
+        " held fixed (1.76× the plain step's whole peak), 175.7 MiB with the "
+        "architecture differentiable, as the mixed product needs it (2.03×), before "
+        "any product runs; the other 88 MiB of the tick's peak are a product's own "
+        "temporaries and the tick's other tensors. So the 2.0× is out of reach for "
+        "exact products on this network unless the graph is rebuilt for each product, "
+        "which adds a forward and a backward pass per product to the time. Times are "
+        "per tick of a search (a supernet step and an architecture step) against one "
+        "plain step, so even `first_order`, whose architecture step is one more "
+        "forward and backward pass (on a validation batch), takes 1.58×. `sama`'s "
+        "3.09× is what its algorithm's passes cost: the paper's meta-gradient is three"
+        " first-order backward passes (the validation gradient, then the training "
+        "loss's gradient with respect to the architecture at θ + r u and at θ − r u) "
+        "after the supernet's own step, and Betty's `sama` makes the same passes. Its "
+        "two extra gradients add 1.51 plain steps to `first_order`'s tick (3.09 − "
+        "1.58), so a tick within 2.0× one plain step is below what the published "
+        "algorithm costs on this network; against `first_order`'s tick, the cheapest "
+        "bilevel tick, `sama` costs 1.96×.",
         ["--rounds", "2"],
         TINY_SUPERNET,
     ),

@@ -74,3 +74,13 @@ def test_an_aligned_table_in_a_scripts_output_becomes_a_markdown_table(monkeypat
     )
     # a line of figures is not taken for a header, and two lines are not a table
     assert "|" not in suite.formatted("  mlo   median   1.0 ms\n  hand   median   1.1 ms")
+
+
+def test_the_committed_page_says_what_the_suite_would_write():
+    # The page is the suite's output: a section's text edited by hand on the page, not in
+    # the suite, would be lost the next time the suite rewrites that section.
+    suite = load_script(PATH)
+    sections = suite.existing_sections(ROOT / "docs" / "benchmarks.md")
+    for bench in suite.SUITE:
+        assert bench.title in sections, bench.title
+        assert sections[bench.title].split("\n\n")[1] == bench.what, bench.title
