@@ -239,7 +239,10 @@ def paired_difference(
 
     ``verdict`` is "within noise" unless a two-sided paired t-test at 5 % rejects a zero
     mean difference: ``|mean| > t(0.975, n − 1) · std / √n`` (``t`` = 4.30 for 3 seeds,
-    2.78 for 5); with one pair there is no spread, and it says so.
+    2.78 for 5); with one pair there is no spread, and it says so. ``t`` is the test's
+    statistic, ``mean / (std / √n)`` (``None`` when the differences do not spread), and
+    ``interval`` the 95 % confidence interval of the mean difference,
+    ``mean ± t(0.975, n − 1) · std / √n``: the differences the seeds do not rule out.
     """
     errors: dict[str, dict[int, float]] = {}
     for r in results:
@@ -251,19 +254,27 @@ def paired_difference(
         return None
     diffs = [100 * (errors[method][s] - errors[baseline][s]) for s in seeds]
     mean, std = _mean_std(diffs)
+    t = interval = detectable = None
     if len(diffs) < 2:
         verdict = "one seed: no spread to judge by"
     else:
         stderr = std / math.sqrt(len(diffs))
-        if abs(mean) <= t_critical(len(diffs) - 1) * stderr:
+        half = t_critical(len(diffs) - 1) * stderr
+        interval = (mean - half, mean + half)
+        t = mean / stderr if stderr > 0 else None
+        if abs(mean) <= half:
             verdict = "within noise"
         else:
             verdict = f"{'lower' if mean < 0 else 'higher'} error than {baseline}"
-    detectable = detectable_difference(std, len(diffs)) if len(diffs) > 1 else None
+        detectable = detectable_difference(std, len(diffs))
     return {
         "seeds": seeds,
+        "diffs": diffs,
         "mean": mean,
         "std": std,
+        "t": t,
+        "t_needed": t_critical(len(diffs) - 1) if len(diffs) > 1 else None,
+        "interval": interval,
         "verdict": verdict,
         "detectable": detectable,
     }
@@ -278,66 +289,111 @@ def study_table(results: list[dict[str, Any]], baseline: str = "darts", target: 
         by_method.setdefault(r["method"], []).append(r)
     order = [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS))
     lines = [
-        "| method | seeds | test error (%) | parameters (M) | search (s) |",
-        "|---|---|---|---|---|",
+        "| method | seeds | test error per seed (%) | test error (%) | parameters (M) "
+        "| search (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for method in order:
-        runs = by_method[method]
+        runs = sorted(by_method[method], key=lambda r: r["seed"])
+        per_seed = ", ".join(f"{100 * r['test_error']:.2f}" for r in runs)
         err, err_sd = _mean_std([100 * r["test_error"] for r in runs])
         params, params_sd = _mean_std([r["params_millions"] for r in runs])
         search, search_sd = _mean_std([r["search_seconds"] for r in runs])
         lines.append(
-            f"| {method} | {len(runs)} | {err:.2f} ± {err_sd:.2f} | "
+            f"| {method} | {len(runs)} | {per_seed} | {err:.2f} ± {err_sd:.2f} | "
             f"{params:.3f} ± {params_sd:.3f} | {search:.0f} ± {search_sd:.0f} |"
         )
     lines += [
         "",
         f"Paired with `{baseline}` on the same seeds (test error difference in points, mean ± "
-        "std over seeds; negative is better; verdict: two-sided paired t-test at 5 %; "
-        "power: the difference these seeds detect with about 80 % power, "
-        "(t(0.975, n − 1) + t(0.80, n − 1)) · std / √n, and the seeds that a difference of "
-        f"{target} points would need at the same spread):",
+        "std over seeds; negative is better; t: the paired t statistic, mean / (std / √n), "
+        "against the t(0.975, n − 1) it must exceed; 95 % interval: mean ± t(0.975, n − 1) · "
+        "std / √n; verdict: the two-sided paired t-test at 5 %; power: the difference these "
+        "seeds detect with about 80 % power, (t(0.975, n − 1) + t(0.80, n − 1)) · std / √n, "
+        f"and the seeds that a difference of {target} points would need at the same spread):",
         "",
-        f"| method | seeds | difference | verdict | detectable (80 %) | seeds for {target} |",
-        "|---|---|---|---|---|---|",
+        "| method | seeds | difference | t (needed) | 95 % interval | verdict "
+        f"| detectable (80 %) | seeds for {target} |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in order:
         if method == baseline:
             continue
         pair = paired_difference(results, method, baseline)
         if pair is None:
-            lines.append(f"| {method} | 0 | — | no `{baseline}` run on these seeds | — | — |")
+            lines.append(
+                f"| {method} | 0 | — | — | — | no `{baseline}` run on these seeds | — | — |"
+            )
             continue
         if pair["detectable"] is None:
-            power = "— | —"
+            test = power = "— | —"
         else:
             needed = seeds_needed(pair["std"], target)
             power = f"{pair['detectable']:.2f} | {needed if needed is not None else 'over 1000'}"
+            t = "—" if pair["t"] is None else f"{_signed(pair['t'])}"
+            low, high = pair["interval"]
+            test = f"{t} ({pair['t_needed']:.2f}) | {_signed(low)} to {_signed(high)}"
         lines.append(
-            f"| {method} | {len(pair['seeds'])} | {round(pair['mean'], 2) + 0.0:+.2f} ± "
-            f"{pair['std']:.2f} | {pair['verdict']} | {power} |"
+            f"| {method} | {len(pair['seeds'])} | {_signed(pair['mean'])} ± "
+            f"{pair['std']:.2f} | {test} | {pair['verdict']} | {power} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def plot_study(results: list[dict[str, Any]], path: Path) -> None:
-    """Test error per method, one marker per seed, with the mean as a bar."""
+def _signed(value: float) -> str:
+    """Two decimals with a sign, and no "-0.00"."""
+    return f"{round(value, 2) + 0.0:+.2f}"
+
+
+def plot_study(results: list[dict[str, Any]], path: Path, baseline: str = "darts") -> None:
+    """Left: test error per method, one marker per seed, with the mean as a bar. Right,
+    when ``baseline`` has runs: each method's paired differences with it, one marker per
+    seed, with the mean and its 95 % confidence interval (``paired_difference``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
-    fig, ax = plt.subplots(figsize=(1.4 * len(methods) + 2, 3.6))
+    pairs = {m: paired_difference(results, m, baseline) for m in methods if m != baseline}
+    pairs = {m: p for m, p in pairs.items() if p is not None}
+    seeds = sorted({r["seed"] for r in results})
+    colour = {seed: f"C{i % 10}" for i, seed in enumerate(seeds)}
+
+    def offset(seed: int) -> float:  # the seeds' markers spread around the bar's centre
+        return 0.1 * (seeds.index(seed) - (len(seeds) - 1) / 2)
+
+    panels = [len(methods)] + ([len(pairs)] if pairs else [])
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(1.4 * sum(panels) + 2.5 * len(panels), 3.8),
+        width_ratios=[n + 1.5 for n in panels], squeeze=False,
+    )  # fmt: skip
+    ax = axes[0][0]
     for i, method in enumerate(methods):
-        errors = [100 * r["test_error"] for r in results if r["method"] == method]
-        seeds = [r["seed"] for r in results if r["method"] == method]
-        ax.bar(i, statistics.mean(errors), color="#dde6f0", width=0.6)
-        for seed, err in zip(seeds, errors):
-            ax.scatter(i + 0.12 * (seed - 1), err, color=f"C{seed % 10}", zorder=3, s=18)
+        runs = [r for r in results if r["method"] == method]
+        ax.bar(i, statistics.mean(100 * r["test_error"] for r in runs), color="#dde6f0", width=0.6)
+        for r in runs:
+            ax.scatter(i + offset(r["seed"]), 100 * r["test_error"], color=colour[r["seed"]],
+                       zorder=3, s=18)  # fmt: skip
     ax.set_xticks(range(len(methods)), methods, rotation=20)
     ax.set_ylabel("test error (%)")
-    ax.set_title("test error per method (bars: mean; points: seeds)")
+    ax.set_title("test error (bars: mean; points: seeds)")
+    if pairs:
+        ax = axes[0][1]
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        for i, pair in enumerate(pairs.values()):
+            for seed, diff in zip(pair["seeds"], pair["diffs"]):
+                ax.scatter(i + offset(seed), diff, color=colour[seed], zorder=3, s=18)
+            if pair["interval"] is not None:
+                low, high = pair["interval"]
+                ax.errorbar(i, pair["mean"], yerr=[[pair["mean"] - low], [high - pair["mean"]]],
+                            fmt="_", color="k", capsize=6, markersize=14, zorder=4)  # fmt: skip
+        ax.set_xticks(range(len(pairs)), list(pairs), rotation=20)
+        ax.set_ylabel(f"test error − {baseline}'s (points)")
+        ax.set_title(f"paired with {baseline} (bar: mean, 95 % interval)")
+    for seed in seeds:  # one legend entry per seed
+        fig.axes[0].scatter([], [], color=colour[seed], s=18, label=f"seed {seed}")
+    fig.axes[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -40,9 +40,11 @@ RESULTS = [
 
 def test_table_has_means_and_sample_stds_per_method():
     table = study_table(RESULTS)
-    assert "| darts | 3 | 3.20 ± 0.20 | 0.500 ± 0.000 | 10 ± 0 |" in table
-    assert "| lease | 3 | 2.10 ± 0.10 | 0.500 ± 0.000 | 30 ± 10 |" in table
-    assert "| random | 3 | 3.20 ± 1.06 | 0.500 ± 0.100 | 0 ± 0 |" in table
+    assert "| darts | 3 | 3.00, 3.40, 3.20 | 3.20 ± 0.20 | 0.500 ± 0.000 | 10 ± 0 |" in table
+    assert "| lease | 3 | 2.00, 2.20, 2.10 | 2.10 ± 0.10 | 0.500 ± 0.000 | 30 ± 10 |" in table
+    assert "| random | 3 | 4.00, 2.00, 3.60 | 3.20 ± 1.06 | 0.500 ± 0.100 | 0 ± 0 |" in table
+    # per-seed errors are listed in seed order, whatever the order of the results
+    assert "| darts | 3 | 3.00, 3.40, 3.20 |" in study_table(RESULTS[::-1])
 
 
 def test_paired_difference_and_verdicts():
@@ -54,11 +56,23 @@ def test_paired_difference_and_verdicts():
     assert random["mean"] == pytest.approx(0.0, abs=1e-12)
     assert random["verdict"] == "within noise"
     table = study_table(RESULTS)
-    # power at 3 seeds: (4.303 + 1.061) · std / √3; seeds for 0.3 points at that spread
-    assert "| lease | 3 | -1.10 ± 0.10 | lower error than darts | 0.31 | 4 |" in table
-    assert "| random | 3 | +0.00 ± 1.25 | within noise | 3.87 | 138 |" in table
+    # t = -1.1 / (0.1 / √3); interval -1.1 ± 4.303 · 0.1 / √3; power at 3 seeds:
+    # (4.303 + 1.061) · std / √3; seeds for 0.3 points at that spread
+    assert lease["t"] == pytest.approx(-1.1 / (0.1 / 3**0.5))
+    assert lease["interval"] == pytest.approx((-1.1 - 0.24844, -1.1 + 0.24844), abs=1e-5)
+    assert (
+        "| lease | 3 | -1.10 ± 0.10 | -19.05 (4.30) | -1.35 to -0.85 | lower error than darts "
+        "| 0.31 | 4 |" in table
+    )
+    assert (
+        "| random | 3 | +0.00 ± 1.25 | +0.00 (4.30) | -3.10 to +3.10 | within noise "
+        "| 3.87 | 138 |" in table
+    )
     one = paired_difference(RESULTS[:1] + RESULTS[3:4], "lease")
     assert one["verdict"] == "one seed: no spread to judge by"
+    assert one["t"] is None and one["interval"] is None
+    one_row = "| lease | 1 | -1.00 ± 0.00 | — | — | one seed"
+    assert one_row in study_table(RESULTS[:1] + RESULTS[3:4])
     assert paired_difference(RESULTS[3:], "lease") is None
 
 
@@ -98,3 +112,28 @@ def test_power_follows_the_t_quantiles_and_the_noncentral_t():
         crit, shift = stats.t.ppf(0.975, dof), delta * seeds**0.5
         power = 1 - stats.nct.cdf(crit, dof, shift) + stats.nct.cdf(-crit, dof, shift)
         assert lowest <= power <= 0.81
+
+
+def test_t_statistic_and_interval_match_scipy():
+    stats = pytest.importorskip("scipy.stats", reason="the check against scipy needs scipy")
+    darts = [0.1022, 0.1045, 0.1087, 0.0980, 0.1011]
+    lease = [0.1002, 0.0990, 0.0949, 0.1009, 0.0987]
+    results = [result("darts", s, e) for s, e in enumerate(darts)]
+    results += [result("lease", s, e) for s, e in enumerate(lease)]
+    pair = paired_difference(results, "lease")
+    diffs = [100 * (a - b) for a, b in zip(lease, darts)]
+    expected = stats.ttest_rel([100 * e for e in lease], [100 * e for e in darts])
+    assert pair["t"] == pytest.approx(expected.statistic, rel=1e-12)
+    mean, sem = stats.tmean(diffs), stats.sem(diffs)
+    low, high = stats.t.interval(0.95, len(diffs) - 1, loc=mean, scale=sem)
+    # the table's t quantiles have three decimals: 2.776 against 2.7764451...
+    assert pair["interval"] == pytest.approx((low, high), abs=1e-3 * sem)
+    assert (pair["verdict"] == "within noise") == (expected.pvalue > 0.05)
+    # a difference that does not spread (exact in binary) has no t statistic, only an
+    # interval of width 0
+    exact = [0.125, 0.25, 0.375, 0.5, 0.625]
+    constant = [result("darts", s, e) for s, e in enumerate(exact)]
+    constant += [result("lease", s, e - 0.0625) for s, e in enumerate(exact)]
+    flat = paired_difference(constant, "lease")
+    assert flat["std"] == 0.0 and flat["t"] is None
+    assert flat["interval"] == (-6.25, -6.25) and flat["verdict"] == "lower error than darts"
