@@ -42,7 +42,7 @@ from problems.cli import (
     print_config,
 )
 from problems.lease import wire_search
-from problems.lease.study import METHODS, StudyRun, plot_study, study_table
+from problems.lease.study import METHODS, StudyRun, plot_study, retraining_table, study_table
 from problems.nas.genotype import random_genotype
 from problems.nas.observe import search_accuracies
 from problems.nas.retrain import run_evaluation
@@ -190,14 +190,37 @@ def run_one(study: StudyRun, method: str, seed: int, console: Console) -> dict:
     }
 
 
+def retrained_cells(
+    study: StudyRun, results: list[dict]
+) -> dict[tuple[str, int], dict[int, float]]:
+    """The test errors of the finished runs' cells retrained from other seeds
+    (``--retrain``), by run and retraining seed."""
+    cells: dict[tuple[str, int], dict[int, float]] = {}
+    for r in results:
+        folder = study.run_folder(r["method"], r["seed"]) / "retrain"
+        for done in sorted(folder.glob("seed*/test_error.json")):
+            error = json.loads(done.read_text())["test_error"]
+            cells.setdefault((r["method"], r["seed"]), {})[int(done.parent.name[4:])] = error
+    return cells
+
+
 def write_report(study: StudyRun, results: list[dict], command: str) -> Path:
     report = study.out / "study.md"
     plot_study(results, study.out / "study.png")
+    retrained = retrained_cells(study, results)
+    retraining = (
+        "\n## Retraining noise\n\nCells retrained from other seeds (`--retrain METHOD:SEED "
+        "--retrain-seeds S,S`):\n\n" + retraining_table(results, retrained)
+        if retrained
+        else ""
+    )
     report.write_text(
         f"# LeaSE study on {study.dataset}\n\n"
         f"Command: `{command}`\n\n"
         + study_table(results)
-        + "\n![test error per method and seed](study.png)\n\n"
+        + "\n![test error per method and seed](study.png)\n"
+        + retraining
+        + "\n"
         + "Configuration:\n\n```json\n"
         + study.model_dump_json(indent=2)
         + "\n```\n"

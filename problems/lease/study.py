@@ -340,6 +340,81 @@ def study_table(results: list[dict[str, Any]], baseline: str = "darts", target: 
     return "\n".join(lines) + "\n"
 
 
+def pooled_std(groups: list[list[float]]) -> tuple[float, int]:
+    """The pooled standard deviation of groups of repeated measurements (each group's own
+    mean removed) and its degrees of freedom, ``Σ (k_i − 1)``; groups of one add nothing."""
+    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
+    if dof == 0:
+        return 0.0, 0
+    squares = sum((x - statistics.mean(g)) ** 2 for g in groups if len(g) > 1 for x in g)
+    return math.sqrt(squares / dof), dof
+
+
+def retraining_table(
+    results: list[dict[str, Any]],
+    retrained: dict[tuple[str, int], dict[int, float]],
+    baseline: str = "darts",
+    target: float = 0.3,
+    repeats: int = 3,
+) -> str:
+    """The report's section on retraining noise: each retrained cell's errors (its own run's
+    and those from other seeds, ``retrained[(method, seed)] = {seed: test error}``), the
+    pooled standard deviation ``σ`` of one retraining, and what it implies for each
+    pairing with ``baseline``.
+
+    A paired difference holds two retrainings, so retraining alone gives it a variance
+    of ``2σ²``; the rest, ``max(s² − 2σ², 0)`` for an observed spread ``s``, is the
+    search's. Averaging ``repeats`` retrainings per cell leaves
+    ``max(s² − 2σ², 0) + 2σ² / repeats``, and the table gives the difference the same
+    seeds would detect with it and the seeds ``target`` would need."""
+    own = {(r["method"], r["seed"]): 100 * r["test_error"] for r in results}
+    groups, lines = (
+        [],
+        [
+            "| cell | its own retraining (%) | from other seeds (%) | std |",
+            "|---|---|---|---|",
+        ],
+    )
+    for (method, seed), others in sorted(retrained.items()):
+        errors = ([own[(method, seed)]] if (method, seed) in own else []) + [
+            100 * others[s] for s in sorted(others)
+        ]
+        groups.append(errors)
+        mine = f"{own[(method, seed)]:.2f}" if (method, seed) in own else "—"
+        rest = ", ".join(f"{100 * others[s]:.2f} (seed {s})" for s in sorted(others))
+        spread = f"{statistics.stdev(errors):.2f}" if len(errors) > 1 else "—"
+        lines.append(f"| {method} seed {seed} | {mine} | {rest} | {spread} |")
+    sigma, dof = pooled_std(groups)
+    if dof == 0:
+        return "\n".join(lines) + "\n\nNo cell has two retrainings yet: no spread to pool.\n"
+    lines += [
+        "",
+        f"One retraining's standard deviation, pooled over the cells: {sigma:.2f} points "
+        f"({dof} degree{'' if dof == 1 else 's'} of freedom). A paired difference holds two "
+        "retrainings, so retraining alone gives it a variance of "
+        f"2σ² = {2 * sigma**2:.2f}; the rest is the search's. With {repeats} retrainings "
+        "averaged per cell (the same estimate):",
+        "",
+        f"| method | observed variance | retraining's share | std with {repeats} "
+        f"| detectable (80 %) | seeds for {target} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in [m for m in METHODS if m != baseline]:
+        pair = paired_difference(results, method, baseline)
+        if pair is None or pair["detectable"] is None:
+            continue
+        observed, retraining = pair["std"] ** 2, 2 * sigma**2
+        std = math.sqrt(max(observed - retraining, 0.0) + retraining / repeats)
+        share = f"{100 * min(retraining / observed, 1.0):.0f} %" if observed > 0 else "—"
+        needed = seeds_needed(std, target)
+        lines.append(
+            f"| {method} | {observed:.2f} | {share} | {std:.2f} "
+            f"| {detectable_difference(std, len(pair['seeds'])):.2f} "
+            f"| {needed if needed is not None else 'over 1000'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _signed(value: float) -> str:
     """Two decimals with a sign, and no "-0.00"."""
     return f"{round(value, 2) + 0.0:+.2f}"

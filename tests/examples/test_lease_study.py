@@ -89,6 +89,11 @@ def test_retrain_retrains_a_finished_runs_cell_from_other_seeds(tmp_path, capsys
     assert f"random seed 0's own retraining: {100 * own:.2f} %" in printed
     # the study's own result is untouched
     assert json.loads((out / "random" / "seed0" / "result.json").read_text())["test_error"] == own
+    # the study's report, written again, gives the cell's three retrainings
+    assert study(out, "random") == 0
+    report = (out / "study.md").read_text().split("## Retraining noise")[1]
+    row = f"| random seed 0 | {100 * own:.2f} | {100 * errors[5]:.2f} (seed 5), "
+    assert row in report and "pooled over the cells" in report
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ from problems.lease.study import (
     StudyRun,
     detectable_difference,
     paired_difference,
+    pooled_std,
+    retraining_table,
     seeds_needed,
     study_table,
     t_critical,
@@ -137,3 +139,26 @@ def test_t_statistic_and_interval_match_scipy():
     flat = paired_difference(constant, "lease")
     assert flat["std"] == 0.0 and flat["t"] is None
     assert flat["interval"] == (-6.25, -6.25) and flat["verdict"] == "lower error than darts"
+
+
+def test_pooled_std_removes_each_groups_mean():
+    # (1, 3) around 2 and (2, 4, 6) around 4: squares 2 + 8 on 1 + 2 degrees of freedom
+    assert pooled_std([[1.0, 3.0], [2.0, 4.0, 6.0], [5.0]]) == (pytest.approx((10 / 3) ** 0.5), 3)
+    assert pooled_std([[5.0], []]) == (0.0, 0)
+
+
+def test_retraining_table_splits_the_paired_variance():
+    # darts seed 0's cell: 3.00 % from its own seed, 3.20 % from seed 100: σ = 0.1414 on
+    # one degree of freedom, so two retrainings give a paired difference 2σ² = 0.04
+    table = retraining_table(RESULTS, {("darts", 0): {100: 0.032}})
+    assert "| darts seed 0 | 3.00 | 3.20 (seed 100) | 0.14 |" in table
+    assert "0.14 points (1 degree of freedom)" in table and "2σ² = 0.04" in table
+    # lease's differences spread 0.1 (variance 0.01 < 0.04): all of it is the retraining's,
+    # and 3 retrainings leave √(0.04 / 3) = 0.115, which 3 seeds detect at
+    # (4.303 + 1.061) · 0.115 / √3 = 0.36 and 0.3 needs 4 seeds ((3.182 + 0.978) · 0.115 / 2)
+    assert "| lease | 0.01 | 100 % | 0.12 | 0.36 | 4 |" in table
+    # random's spread 1.249 (variance 1.56): 3 % is the retraining's; √(1.56 − 0.04 + 0.04 / 3)
+    assert "| random | 1.56 | 3 % | 1.24 |" in table
+    lonely = retraining_table(RESULTS, {("lease", 7): {100: 0.02}})
+    assert "| lease seed 7 | — | 2.00 (seed 100) | — |" in lonely
+    assert "No cell has two retrainings yet" in lonely
