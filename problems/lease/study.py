@@ -368,13 +368,8 @@ def retraining_table(
     ``max(s² − 2σ², 0) + 2σ² / repeats``, and the table gives the difference the same
     seeds would detect with it and the seeds ``target`` would need."""
     own = {(r["method"], r["seed"]): 100 * r["test_error"] for r in results}
-    groups, lines = (
-        [],
-        [
-            "| cell | its own retraining (%) | from other seeds (%) | std |",
-            "|---|---|---|---|",
-        ],
-    )
+    groups: list[list[float]] = []
+    lines = ["| cell | its own retraining (%) | from other seeds (%) | std |", "|---|---|---|---|"]
     for (method, seed), others in sorted(retrained.items()):
         errors = ([own[(method, seed)]] if (method, seed) in own else []) + [
             100 * others[s] for s in sorted(others)
