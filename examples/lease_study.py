@@ -190,24 +190,14 @@ def run_one(study: StudyRun, method: str, seed: int, console: Console) -> dict:
     }
 
 
-def retrained_cells(
-    study: StudyRun, results: list[dict]
-) -> dict[tuple[str, int], dict[int, float]]:
-    """The test errors of the finished runs' cells retrained from other seeds
-    (``--retrain``), by run and retraining seed."""
-    cells: dict[tuple[str, int], dict[int, float]] = {}
-    for r in results:
-        folder = study.run_folder(r["method"], r["seed"]) / "retrain"
-        for done in sorted(folder.glob("seed*/test_error.json")):
-            error = json.loads(done.read_text())["test_error"]
-            cells.setdefault((r["method"], r["seed"]), {})[int(done.parent.name[4:])] = error
-    return cells
-
-
 def write_report(study: StudyRun, results: list[dict], command: str) -> Path:
     report = study.out / "study.md"
     plot_study(results, study.out / "study.png")
-    retrained = retrained_cells(study, results)
+    retrained = {
+        (r["method"], r["seed"]): errors
+        for r in results
+        if (errors := study.retrained_errors(r["method"], r["seed"]))
+    }
     retraining = (
         "\n## Retraining noise\n\nCells retrained from other seeds (`--retrain METHOD:SEED "
         "--retrain-seeds S,S`):\n\n" + retraining_table(results, retrained)

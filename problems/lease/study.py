@@ -8,6 +8,7 @@ with ``darts`` on the same seeds. ``examples/lease_study.py`` runs it.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -176,6 +177,15 @@ class StudyRun(NumbersNotBooleans):
     def retrain_folder(self, method: str, seed: int, retrain_seed: int) -> Path:
         return self.run_folder(method, seed) / "retrain" / f"seed{retrain_seed}"
 
+    def retrained_errors(self, method: str, seed: int) -> dict[int, float]:
+        """Test error of run ``(method, seed)``'s cell retrained from each other seed
+        (``retrain_folder``'s ``test_error.json``), by retraining seed."""
+        errors = {}
+        for done in sorted(self.run_folder(method, seed).glob("retrain/seed*/test_error.json")):
+            retrain_seed = int(done.parent.name.removeprefix("seed"))
+            errors[retrain_seed] = json.loads(done.read_text())["test_error"]
+        return errors
+
 
 # ------------------------------------------------------------------------------ report
 
@@ -254,12 +264,13 @@ def paired_difference(
         return None
     diffs = [100 * (errors[method][s] - errors[baseline][s]) for s in seeds]
     mean, std = _mean_std(diffs)
-    t = interval = detectable = None
+    t = t_needed = interval = detectable = None
     if len(diffs) < 2:
         verdict = "one seed: no spread to judge by"
     else:
         stderr = std / math.sqrt(len(diffs))
-        half = t_critical(len(diffs) - 1) * stderr
+        t_needed = t_critical(len(diffs) - 1)
+        half = t_needed * stderr
         interval = (mean - half, mean + half)
         t = mean / stderr if stderr > 0 else None
         if abs(mean) <= half:
@@ -273,7 +284,7 @@ def paired_difference(
         "mean": mean,
         "std": std,
         "t": t,
-        "t_needed": t_critical(len(diffs) - 1) if len(diffs) > 1 else None,
+        "t_needed": t_needed,
         "interval": interval,
         "verdict": verdict,
         "detectable": detectable,
@@ -330,7 +341,7 @@ def study_table(results: list[dict[str, Any]], baseline: str = "darts", target: 
         else:
             needed = seeds_needed(pair["std"], target)
             power = f"{pair['detectable']:.2f} | {needed if needed is not None else 'over 1000'}"
-            t = "—" if pair["t"] is None else f"{_signed(pair['t'])}"
+            t = "—" if pair["t"] is None else _signed(pair["t"])
             low, high = pair["interval"]
             test = f"{t} ({pair['t_needed']:.2f}) | {_signed(low)} to {_signed(high)}"
         lines.append(
@@ -346,7 +357,7 @@ def pooled_std(groups: list[list[float]]) -> tuple[float, int]:
     dof = sum(len(g) - 1 for g in groups if len(g) > 1)
     if dof == 0:
         return 0.0, 0
-    squares = sum((x - statistics.mean(g)) ** 2 for g in groups if len(g) > 1 for x in g)
+    squares = sum((len(g) - 1) * statistics.variance(g) for g in groups if len(g) > 1)
     return math.sqrt(squares / dof), dof
 
 
