@@ -14,24 +14,85 @@ H v = \frac{d}{d\varepsilon} \nabla_x f(x + \varepsilon v)\Big|_{\varepsilon = 0
 = \frac{d}{d\varepsilon} \nabla_y f(x + \varepsilon v)\Big|_{\varepsilon = 0}.
 \]
 
-Peak memory is that of one training step with tangents, instead of a step plus the
-retained double-backward graph; each product costs a forward and a backward pass, where
-``SecondOrder``'s costs one double backward. The products are values, not differentiable
-further: a nested level's solver, whose products an upper level differentiates, keeps
-``SecondOrder``.
+Two things keep a product at about twice a training step's memory (the forward's saved
+activations and their tangents) rather than three times:
+
+- each operation's tangent is cut from the autograd graph that computed it. PyTorch
+  records the tangent computations (so that a tangent could be differentiated in reverse
+  mode), and the saved activations' tangents would keep that graph alive; the backward
+  pass needs the tangents' values only;
+- only what the product differentiates requires gradients while \(f\) is evaluated: \(x\)
+  for \(H v\) (the other levels' parameters held), the tensors \(y\) for the mixed product
+  (\(x\) held, carrying the tangent). Autograd then saves nothing for the rest.
+
+Every evaluation starts from the random state of the first (``mlo.durable.rng``), so all
+products see the same dropout masks, as the retained graph's products do. The products
+are values, not differentiable further: a nested level's solver, whose products an
+upper level differentiates, keeps ``SecondOrder``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
-import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
+from ..durable import rng
 from ..errors import LevelError, SetupError
 from .linalg import Vector
-from .products import EvaluatedSecondOrder, vjp
+from .products import EvaluatedSecondOrder, materialized, vjp
+
+Hold = Callable[[Sequence[Tensor]], AbstractContextManager]
+"""``hold(keep)``: a context in which no parameter except ``keep`` requires gradients."""
+
+
+class MissingForwardRule(SetupError):
+    """An operation of the objective has no forward-mode derivative."""
+
+
+def forward_product(
+    objective: Callable[[Sequence[Tensor]], Tensor],
+    params: Sequence[Tensor],
+    vector: Sequence[Tensor],
+    wrt: Sequence[Tensor] | None,
+    hold: Hold | None = None,
+    name: str = "",
+) -> Vector:
+    """The tangent of ``∇ f`` along ``vector`` at ``x = params``: by ``x`` itself when
+    ``wrt`` is None (``H v``), else by the tensors ``wrt`` (the mixed product), from one
+    forward and one backward pass.
+
+    Raises:
+        MissingForwardRule: an operation of ``f`` has no forward-mode rule.
+    """
+    holding = hold if hold is not None else (lambda keep: nullcontext())
+    with fwAD.dual_level():
+        if wrt is None:
+            primals = [p.detach().requires_grad_() for p in params]
+            inputs, keep = primals, []
+        else:
+            primals = [p.detach() for p in params]
+            inputs, keep = list(wrt), list(wrt)
+        duals = [fwAD.make_dual(x, v.to(x.dtype)) for x, v in zip(primals, vector)]
+        try:
+            with holding(keep), _TangentsCut():
+                loss = objective(duals)
+        except (NotImplementedError, LevelError) as caught:
+            error = caught.__cause__ if isinstance(caught, LevelError) else caught
+            if not isinstance(error, NotImplementedError):
+                raise
+            raise MissingForwardRule(
+                f"level {name!r}: forward-over-reverse products need forward-mode rules for "
+                f"every operation of its objective, and one has none "
+                f"({str(error).splitlines()[0][:160]}); use ProblemConfig(hvp='reverse')"
+            ) from error
+        grads = vjp([loss], inputs) if loss.requires_grad else [None] * len(inputs)
+        out = [None if g is None else fwAD.unpack_dual(g).tangent for g in grads]
+    return materialized(out, inputs)
 
 
 class ForwardSecondOrder(EvaluatedSecondOrder):
@@ -46,6 +107,8 @@ class ForwardSecondOrder(EvaluatedSecondOrder):
         average: the cross-rank average of a vector shaped like ``x`` (data parallel), or
             ``None``.
         name: the level, named when an operation has no forward-mode rule.
+        hold: ``hold(keep)`` makes every parameter but ``keep`` stop requiring gradients
+            for a block (``None``: nothing is held).
     """
 
     def __init__(
@@ -54,33 +117,32 @@ class ForwardSecondOrder(EvaluatedSecondOrder):
         params: Sequence[Tensor],
         average: Callable[[Vector], Vector] | None = None,
         name: str = "",
+        hold: Hold | None = None,
     ) -> None:
         self.objective = objective
         self.params = list(params)
         self._average = average
         self.name = name
+        self.hold = hold
+        self._state = rng.capture()
 
     def _product(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
         """The tangent of ``∇ f`` (by ``x`` when ``wrt`` is None, else by ``wrt``) along
         ``vector``."""
-        with fwAD.dual_level():
-            leaves = [p.detach().requires_grad_() for p in self.params]
-            duals = [fwAD.make_dual(x, v.to(x.dtype)) for x, v in zip(leaves, vector)]
-            try:
-                loss = self.objective(duals)
-            except (NotImplementedError, LevelError) as caught:
-                error = caught.__cause__ if isinstance(caught, LevelError) else caught
-                if not isinstance(error, NotImplementedError):
-                    raise
-                raise SetupError(
-                    f"level {self.name!r}: ProblemConfig(hvp='forward') needs forward-mode "
-                    f"rules for every operation of its objective, and one has none "
-                    f"({str(error).splitlines()[0][:160]}); use hvp='reverse'"
-                ) from error
-            inputs = leaves if wrt is None else list(wrt)
-            grads = vjp([loss], inputs) if loss.requires_grad else [None] * len(inputs)
-            out = []
-            for g, x in zip(grads, inputs):
-                tangent = None if g is None else fwAD.unpack_dual(g).tangent
-                out.append(torch.zeros_like(x) if tangent is None else tangent)
-        return out
+        rng.restore(self._state)  # the random numbers of the first evaluation
+        return forward_product(self.objective, self.params, vector, wrt, self.hold, self.name)
+
+
+class _TangentsCut(TorchFunctionMode):
+    """Detaches every result's tangent from the autograd graph that computed it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return tree_map(_cut, func(*args, **(kwargs or {})))
+
+
+def _cut(value):
+    if isinstance(value, Tensor):
+        primal, tangent = fwAD.unpack_dual(value)
+        if tangent is not None and tangent.requires_grad:
+            return fwAD.make_dual(primal, tangent.detach())
+    return value

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import CURRENT_BATCH
@@ -24,6 +24,8 @@ from ..errors import (
 from ..parallel.distributed import Reducer
 from ..parameters import BufferGuard
 from ..problem import Problem
+
+_PLAIN = (Tensor, nn.Parameter)
 
 
 class Evaluator:
@@ -132,6 +134,27 @@ class Evaluator:
                 yield
             finally:
                 self.values = previous
+
+    @contextmanager
+    def held(self, keep: Sequence[Tensor]) -> Iterator[None]:
+        """Every level's parameters except ``keep`` stop requiring gradients until the
+        block ends, so that an evaluation differentiated by ``keep`` alone saves nothing
+        autograd would need for the others. Only plain leaf tensors are held (a
+        parameter replaced by a computed value, or a sharded ``DTensor``, stays as it is)."""
+        kept = {id(t) for t in keep}
+        held = [
+            p
+            for problem in self.problems.values()
+            for p in problem.params.tensors
+            if p.requires_grad and p.is_leaf and type(p) in _PLAIN and id(p) not in kept
+        ]
+        for p in held:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in held:
+                p.requires_grad_(True)
 
     def response(self, name: str) -> list[Tensor]:
         """Level ``name``'s explicit best response on its current batch, checked."""

@@ -141,6 +141,7 @@ class Hypergradients:
             optimizer=problem.optimizer,
             own_params=problem.params.tensors,
             hvp=problem.config.hvp,
+            hold=evaluator.held,
             hvp_radius=problem.config.hvp_radius,
             one_system=self._one_system(name, nested, create_graph),
             diagnose=self.diagnose and not create_graph,

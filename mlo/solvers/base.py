@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..autodiff import SecondOrder
 from ..autodiff.finite_difference import FiniteDifferenceSecondOrder
-from ..autodiff.forward import ForwardSecondOrder
+from ..autodiff.forward import ForwardSecondOrder, Hold
 from ..autodiff.linalg import Vector
 from ..autodiff.trajectory import Trajectory
 from ..errors import SetupError
@@ -88,6 +88,9 @@ class Level:
     (``ForwardSecondOrder``) or ``"finite_difference"``
     (``FiniteDifferenceSecondOrder``, at ``hvp_radius``)."""
     hvp_radius: float = 0.01
+    hold: Hold | None = None
+    """``hold(keep)``: a context in which no level's parameter except ``keep`` requires
+    gradients (``Evaluator.held``); ``None``: nothing is held."""
     diagnose: bool = True
     """Whether the solver's diagnostics will be read. The engine asks for them on the
     ticks it reports (the first, every ``log_every``-th and the last) and in
@@ -100,7 +103,11 @@ class Level:
             return self.second_order()
         if self.hvp == "forward" and not self.create_graph:
             return ForwardSecondOrder(
-                lambda params: self.objective(params=params), self.params, self.average, self.name
+                lambda params: self.objective(params=params),
+                self.params,
+                self.average,
+                self.name,
+                self.hold,
             )
         if self.hvp == "finite_difference" and not self.create_graph:
             return FiniteDifferenceSecondOrder(

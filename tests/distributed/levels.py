@@ -198,11 +198,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # distributed="fsdp": every case but unroll's (refused there: its replay needs the full
 # optimizer state of every recorded step), one_system's included.
 FSDP_CASES = {
-    **{
-        k: v
-        for k, v in CASES.items()
-        if "unroll" not in k and "wrapped" not in k
-    },
+    **{k: v for k, v in CASES.items() if "unroll" not in k and "wrapped" not in k},
     # The inner module sharded by the user (fully_shard, then its optimizer), as FSDP2's
     # documentation does it; the engine shards the others itself.
     "two-cg-sharded-by-the-user": lambda batch, distributed="none", dtype=torch.float64: two_levels(

@@ -56,7 +56,7 @@ def test_the_error_falls_as_the_radius_squared_down_to_rounding():
 
 
 def test_both_evaluations_see_the_same_dropout_mask_and_the_random_state_is_kept():
-    objective, params, scale, v = setup(dropout=0.5)
+    objective, params, _scale, v = setup(dropout=0.5)
     torch.manual_seed(3)
     exact = SecondOrder(objective(), params)  # one mask, drawn from seed 3
     hv = exact.hvp(v)
@@ -77,7 +77,7 @@ def test_both_evaluations_see_the_same_dropout_mask_and_the_random_state_is_kept
 
 
 def test_a_zero_vector_gives_a_zero_product():
-    objective, params, scale, v = setup()
+    objective, params, _scale, v = setup()
     zeros = [torch.zeros_like(t) for t in v]
     product = FiniteDifferenceSecondOrder(objective, params).hvp(zeros)
     assert all(torch.equal(p, torch.zeros_like(p)) for p in product)

@@ -97,3 +97,132 @@ def test_an_operation_without_a_forward_rule_names_the_level_and_the_fix():
     type(fit).training_step = lambda self, batch: NoForwardRule.apply(step(self, batch))
     with pytest.raises(mlo.SetupError, match=r"level 'fit'.*hvp='reverse'"):
         engine.hypergradient("penalty")
+
+
+def dropout_levels(hvp: str) -> mlo.Engine:
+    """``two_levels`` with dropout in the lower level's network: its products must all
+    see the mask of the one evaluation a retained graph would have."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Dropout(0.3), nn.Linear(9, 1))
+    net = net.to(DTYPE)
+    x, y = torch.randn(20, 6, dtype=DTYPE), torch.randn(20, dtype=DTYPE)
+
+    class Fit(mlo.Problem):
+        def training_step(self, batch):
+            scale = self.penalty.module.lam.exp()
+            return scale * ((self.module(x[:12]).squeeze(1) - y[:12]) ** 2).mean()
+
+    class Penalty(mlo.Problem):
+        def training_step(self, batch):
+            return ((self.fit.module(x[12:]).squeeze(1) - y[12:]) ** 2).mean()
+
+    lam = nn.ParameterDict({"lam": nn.Parameter(torch.tensor(-1.0, dtype=DTYPE))})
+    config = mlo.ProblemConfig(solver=mlo.solvers.CG(iterations=4), hvp=hvp)
+    fit = Fit("fit", net, torch.optim.SGD(net.parameters(), lr=0.05), config=config)
+    penalty = Penalty("penalty", lam, torch.optim.SGD(lam.parameters(), lr=0.1))
+    return mlo.Engine([penalty, fit], {"penalty": ["fit"]}, mlo.EngineConfig(progress=False))
+
+
+def test_every_product_sees_the_same_dropout_mask_and_the_same_numbers_are_drawn():
+    results = {}
+    for hvp in ("reverse", "forward"):
+        engine = dropout_levels(hvp)
+        torch.manual_seed(5)
+        for _ in range(3):
+            engine.step()
+        results[hvp] = (engine.problems["penalty"].module.lam.detach().clone(), torch.rand(3))
+    (lam_r, next_r), (lam_f, next_f) = results["reverse"], results["forward"]
+    assert torch.allclose(lam_f, lam_r, rtol=1e-12, atol=0)
+    assert float((lam_r + 1.0).abs()) > 1e-4  # the hypergradient moved it
+    assert torch.equal(next_f, next_r)  # the forward products consumed what reverse did
+
+
+def test_only_what_a_product_differentiates_requires_gradients_while_it_is_evaluated():
+    engine = dropout_levels("forward")
+    lam = engine.problems["penalty"].module.lam
+    fit = engine.problems["fit"]
+    seen = []
+    step = type(fit).training_step
+
+    def watched(self, batch):
+        seen.append(lam.requires_grad)
+        return step(self, batch)
+
+    type(fit).training_step = watched
+    try:
+        engine.hypergradient("penalty")
+    finally:
+        type(fit).training_step = step
+    # the CG's Hessian-vector products hold lam; the last, mixed, product differentiates it
+    assert seen[-5:] == [False, False, False, False, True], seen
+    assert lam.requires_grad
+
+
+class Mixing(nn.Module):
+    """Convolutions with batch norm whose outputs an architecture weight mixes, as on a
+    DARTS edge."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+            for _ in range(4)
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, weights):
+        for _ in range(3):
+            x = sum(w * op(x) for w, op in zip(weights, self.ops))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_forward_product_holds_about_twice_a_training_step():
+    from ..scripts import ROOT, load_script
+
+    live_peak = load_script(ROOT / "benchmarks" / "memory.py")._live_peak
+    torch.manual_seed(0)
+    net, alpha = Mixing(), torch.zeros(4, requires_grad=True)
+    x, y = torch.randn(16, 8, 16, 16), torch.randint(0, 3, (16,))
+    params = ParameterSet(net)
+
+    def objective(values):
+        with params.substitute(values):
+            return nn.functional.cross_entropy(net(x, alpha.softmax(0)), y)
+
+    def hold(keep):
+        return Held([alpha], keep)
+
+    def plain():  # a training step, the architecture held
+        loss = nn.functional.cross_entropy(net(x, alpha.detach().softmax(0)), y)
+        torch.autograd.grad(loss, params.tensors)
+
+    def both():  # a step that differentiates the architecture too
+        torch.autograd.grad(objective(params.tensors), [*params.tensors, alpha])
+
+    v = [torch.randn_like(p) for p in params.tensors]
+    products = ForwardSecondOrder(objective, params.tensors, hold=hold)
+    unheld = ForwardSecondOrder(objective, params.tensors)
+    step, step_both = live_peak(plain), live_peak(both)
+    hvp, mixed = live_peak(lambda: products.hvp(v)), live_peak(lambda: products.mixed(v, [alpha]))
+    # the saved activations and their tangents: each product is about two steps that
+    # differentiate what it differentiates
+    assert hvp < 2.2 * step and mixed < 2.2 * step_both, (step, step_both, hvp, mixed)
+    # without holding the architecture its mixed outputs are saved with their tangents
+    assert live_peak(lambda: unheld.hvp(v)) > 1.15 * hvp
+    reverse = live_peak(lambda: SecondOrder(objective(params.tensors), params.tensors).hvp(v))
+    assert reverse > 1.15 * hvp, (reverse, hvp)
+
+
+class Held:
+    """``Evaluator.held`` for tensors outside an engine."""
+
+    def __init__(self, tensors, keep):
+        self.tensors = [t for t in tensors if all(t is not k for k in keep)]
+
+    def __enter__(self):
+        for t in self.tensors:
+            t.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for t in self.tensors:
+            t.requires_grad_(True)
