@@ -55,10 +55,12 @@ class ProblemConfig(Options):
         "effect on other levels.",
     )
 
-    hvp: Literal["reverse", "forward", "finite_difference"] = Field(
-        "reverse",
+    hvp: Literal["auto", "reverse", "forward", "finite_difference"] = Field(
+        "auto",
         description="how this level's Hessian-vector and mixed products are taken (cg, "
-        "neumann): 'reverse' differentiates the gradient's retained graph again (one "
+        "neumann): 'auto' takes 'reverse', and 'forward' from the first solve that runs "
+        "out of memory in reverse mode (on one process; describe() says which); 'reverse' "
+        "differentiates the gradient's retained graph again (one "
         "double backward a product); 'forward' takes each product by forward-over-reverse "
         "(a forward and a backward pass with tangents, nothing retained between products). "
         "Same values; measured on the DARTS supernet on a CPU, 'forward' holds about two "

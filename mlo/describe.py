@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from .graph import LevelGraph
 from .hypergradient.cost import CostEstimate, updates_of
+from .hypergradient.hvp import HvpModes
 from .hypergradient.jacobian import JacobianModes
 from .problem import Problem
 from .schedule import Action, Schedule
@@ -17,6 +18,7 @@ def describe(
     schedule: Schedule,
     tick: int,
     modes: JacobianModes,
+    hvp_modes: HvpModes,
     ticks: int = 1,
     cost: CostEstimate | None = None,
 ) -> str:
@@ -44,8 +46,7 @@ def describe(
         lines.append(
             f"  {name}: solver={solver.name}({knobs}) unroll_steps={cfg.unroll_steps}"
             + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
-            + (f" hvp={cfg.hvp}" if cfg.hvp != "reverse" else "")
-            + (f"(r={cfg.hvp_radius:g})" if cfg.hvp == "finite_difference" else "")
+            + (hvp_modes.describe(name) if solver.takes_products else "")
             + lowers
             + modes.describe(name, True)
             + _products(name, updates, cost)

@@ -349,6 +349,7 @@ class Engine:
             self.schedule,
             self.tick,
             modes,
+            self.hypergradients.hvp_modes,
             ticks,
             self.hypergradients.cost,
         )

@@ -21,6 +21,7 @@ from ..durable import rng
 from ..graph import LevelGraph
 from ..solvers import Level
 from .evaluator import Evaluator
+from .hvp import HvpModes
 from .jacobian import JacobianModes
 
 LevelView = Callable[[str, Sequence[str], bool], Level]
@@ -53,6 +54,8 @@ class AdjointPropagation:
         modes: which levels' Jacobians are total (and their fall-back).
         watch: queues tensors for the finiteness check.
         diagnostics: where each solver's diagnostics are kept, by level.
+        hvp_modes: how each level's products are taken, and the switch to forward mode
+            when reverse mode runs out of memory.
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class AdjointPropagation:
         modes: JacobianModes,
         watch: Watch,
         diagnostics: dict[str, dict[str, Tensor]],
+        hvp_modes: HvpModes,
     ) -> None:
         self.evaluator, self.graph, self.descendants = evaluator, graph, descendants
+        self.hvp_modes = hvp_modes
         self.view, self.modes, self.watch = view, modes, watch
         self.diagnostics = diagnostics
         self.plans: dict[tuple, Plan] = {}
@@ -146,7 +151,7 @@ class AdjointPropagation:
                     level = self.view(lower, parents, create_graph)
                     result = solver.vjp(level, vector, groups)
             else:
-                result = solver.vjp(level, vector, groups)
+                result = self.hvp_modes.vjp(solver, level, vector, groups)
             contributions = [t for group in result.vjps for t in group]
             if watch and contributions:
                 self.watch(

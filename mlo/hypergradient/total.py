@@ -21,6 +21,7 @@ from ..solvers import Level
 from .adjoint import AdjointPropagation, Watch
 from .cost import CostEstimate
 from .evaluator import Evaluator
+from .hvp import HvpModes
 from .jacobian import JacobianModes
 from .nested import TotalSecondOrder
 from .one_system import OneSystem
@@ -55,8 +56,16 @@ class Hypergradients:
         self.blind: dict[str, bool] = {}  # see reads_nothing
         """Whether solvers compute their diagnostics now (the engine turns it off on the
         ticks it does not report)."""
+        self.hvp_modes = HvpModes(evaluator)
         self.propagate = AdjointPropagation(
-            evaluator, graph, self.descendants, self.level, self.modes, watch, self.diagnostics
+            evaluator,
+            graph,
+            self.descendants,
+            self.level,
+            self.modes,
+            watch,
+            self.diagnostics,
+            self.hvp_modes,
         )
         self.cost = CostEstimate(self.propagate, self.modes)
         """Autograd products per update and per tick, exact or partial."""
@@ -140,7 +149,7 @@ class Hypergradients:
             create_graph=create_graph,
             optimizer=problem.optimizer,
             own_params=problem.params.tensors,
-            hvp=problem.config.hvp,
+            hvp=self.hvp_modes.mode(name),
             hold=evaluator.held,
             hvp_radius=problem.config.hvp_radius,
             one_system=self._one_system(name, nested, create_graph),

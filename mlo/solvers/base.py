@@ -153,6 +153,8 @@ class Solver(Options, ABC):
     # solver that approximates H⁻¹ by a scaled identity (darts, sama) defaults to partial.
     total_by_default: ClassVar[bool] = True
     needs_best_response: ClassVar[bool] = False  # True: only for levels with best_response
+    # True: vjp takes its products from Level.products(), so ProblemConfig(hvp=...) applies.
+    takes_products: ClassVar[bool] = False
 
     @abstractmethod
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
@@ -183,6 +185,7 @@ class ImplicitSolver(Solver):
     """
 
     supports_total: ClassVar[bool] = True
+    takes_products: ClassVar[bool] = True
 
     @abstractmethod
     def inverse_hvp(

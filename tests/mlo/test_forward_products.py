@@ -226,3 +226,88 @@ class Held:
     def __exit__(self, *exc):
         for t in self.tensors:
             t.requires_grad_(True)
+
+
+def run_out_of_memory_in_reverse(monkeypatch, calls: list) -> None:
+    """Reverse mode's Hessian-vector products fail as a GPU out of memory fails."""
+
+    def refuse(self, vector):
+        calls.append("reverse")
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SecondOrder, "hvp", refuse)
+
+
+def test_auto_takes_the_solve_again_in_forward_mode_when_reverse_runs_out_of_memory(
+    monkeypatch, caplog
+):
+    truth = dropout_levels("reverse")  # the same random state, reverse mode throughout
+    torch.manual_seed(5)
+    truth.step()
+    auto = dropout_levels("auto")
+    assert "hvp=auto(reverse)" in auto.describe()
+    calls: list = []
+    run_out_of_memory_in_reverse(monkeypatch, calls)
+    torch.manual_seed(5)
+    with caplog.at_level("WARNING", logger="mlo"):
+        auto.step()
+    assert calls == ["reverse"]  # one failed attempt, then forward mode
+    assert "ran out of memory in reverse mode" in caplog.text and "'fit'" in caplog.text
+    lam_truth = truth.problems["penalty"].module.lam.detach()
+    lam_auto = auto.problems["penalty"].module.lam.detach()
+    assert torch.allclose(lam_auto, lam_truth, rtol=1e-12, atol=0)
+    assert float((lam_truth + 1.0).abs()) > 1e-4
+    auto.step()
+    assert calls == ["reverse"]  # the level keeps forward mode
+    assert "hvp=auto(forward, since reverse ran out of memory)" in auto.describe()
+
+
+def test_a_level_set_to_reverse_is_not_switched(monkeypatch):
+    engine = dropout_levels("reverse")
+    run_out_of_memory_in_reverse(monkeypatch, [])
+    with pytest.raises(torch.OutOfMemoryError):
+        engine.step()
+
+
+def test_other_errors_are_not_taken_for_memory(monkeypatch):
+    engine = dropout_levels("auto")
+
+    def broken(self, vector):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(SecondOrder, "hvp", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        engine.step()
+    assert "hvp=auto(reverse)" in engine.describe()
+
+
+def test_out_of_memory_without_forward_rules_names_both_failures(monkeypatch):
+    engine = dropout_levels("auto")
+    run_out_of_memory_in_reverse(monkeypatch, [])
+    fit = engine.problems["fit"]
+    step = type(fit).training_step
+    monkeypatch.setattr(
+        type(fit), "training_step", lambda self, batch: NoForwardRule.apply(step(self, batch))
+    )
+    with pytest.raises(mlo.OutOfMemoryError, match=r"'fit'.*reverse mode.*forward mode"):
+        engine.step()
+
+
+def test_no_switch_on_several_ranks():
+    """One rank starting its solve again would pair its collective calls with the other
+    ranks' later ones, so under data parallelism the error stands."""
+    from mlo.hypergradient.hvp import HvpModes
+
+    engine = dropout_levels("auto")
+    evaluator = engine.hypergradients.evaluator
+    level = engine.hypergradients.level("fit", ["penalty"])
+
+    class Refusing(mlo.solvers.CG):
+        def vjp(self, level, v, parents):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    modes = HvpModes(evaluator)
+    evaluator.reducer = object()  # as if on several ranks
+    with pytest.raises(torch.OutOfMemoryError):
+        modes.vjp(Refusing(), level, [], [])
+    assert modes.switched == {}

@@ -1,0 +1,107 @@
+"""How each level's second-order products are taken: ``ProblemConfig(hvp=...)``, with
+``"auto"`` resolved level by level.
+
+Reverse mode (``SecondOrder``: one gradient graph, differentiated again for every
+product) is the faster; forward-over-reverse (``mlo.autodiff.forward``) holds about two
+thirds of its peak and takes about 1.5 times as long (docs/benchmarks.md, memory).
+``"auto"`` takes reverse mode, and when a level's products run out of memory it takes
+that solve again in forward mode and keeps forward mode for the level from then on, with
+a warning; ``describe()`` says which mode each level uses and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ..autodiff.forward import MissingForwardRule
+from ..autodiff.linalg import Vector
+from ..durable import rng
+from ..errors import OutOfMemoryError, first_line, is_out_of_memory
+from ..solvers import Level, Solver, SolverResult
+from .evaluator import Evaluator
+
+logger = logging.getLogger("mlo")
+
+
+class HvpModes:
+    """Which products each level's solver gets (``Level.hvp``).
+
+    Args:
+        evaluator: the levels (their ``ProblemConfig(hvp=...)``) and the data-parallel
+            reducer (on several ranks a switch is not made: see ``solve``).
+    """
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+        self.switched: dict[str, str] = {}
+        """The levels ``"auto"`` moved to forward mode, and the error that moved them."""
+
+    def mode(self, name: str) -> str:
+        """Level ``name``'s products: its configured mode, ``"auto"`` resolved."""
+        chosen = self.evaluator.problems[name].config.hvp
+        if chosen != "auto":
+            return chosen
+        return "forward" if name in self.switched else "reverse"
+
+    def vjp(
+        self, solver: Solver, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]
+    ) -> SolverResult:
+        """``solver.vjp(level, v, parents)``. If it takes products and they run out of
+        memory in reverse mode under ``"auto"``, the same solve again from the same random
+        state in forward mode, which the level keeps from then on. On several
+        data-parallel ranks the error stands: one rank starting its solve again would
+        pair its collective calls with another rank's later ones."""
+        name = level.name
+        switchable = (
+            solver.takes_products
+            and level.hvp == "reverse"
+            and self.evaluator.problems[name].config.hvp == "auto"
+            and not level.create_graph
+            and level.second_order is None
+            and level.one_system is None
+            and self.evaluator.reducer is None
+        )
+        if not switchable:
+            return solver.vjp(level, v, parents)
+        before = rng.capture()
+        try:
+            return solver.vjp(level, v, parents)
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            why = first_line(error)
+        # Out of the handler: the failed attempt's tensors are free before the retry.
+        rng.restore(before)
+        self.switched[name] = why
+        logger.warning(
+            "problem %r: its second-order products ran out of memory in reverse mode (%s); "
+            "it takes them by forward-over-reverse from now on, which holds about two "
+            "thirds of the memory and takes about 1.5x the time (set "
+            "ProblemConfig(hvp='forward') on it to say so and silence this)",
+            name,
+            why,
+        )
+        try:
+            return solver.vjp(dataclasses.replace(level, hvp="forward"), v, parents)
+        except MissingForwardRule as error:
+            raise OutOfMemoryError(
+                f"problem {name!r}: its second-order products ran out of memory in reverse "
+                f"mode ({why}), and forward mode, which holds less, cannot run: "
+                f"{first_line(error)}. Use smaller batches or a smaller model"
+            ) from error
+
+    def describe(self, name: str) -> str:
+        """The level's products, in words, for ``describe()``."""
+        chosen = self.evaluator.problems[name].config.hvp
+        if chosen == "auto" and name in self.switched:
+            return " hvp=auto(forward, since reverse ran out of memory)"
+        if chosen == "auto":
+            return " hvp=auto(reverse)"
+        if chosen == "finite_difference":
+            radius = self.evaluator.problems[name].config.hvp_radius
+            return f" hvp=finite_difference(r={radius:g})"
+        return f" hvp={chosen}"
