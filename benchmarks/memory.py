@@ -9,7 +9,9 @@ its optimizer's step, the architecture held); the others are mlo's DARTS search 
 solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet steps;
 ``-forward``: the same solver with ``ProblemConfig(hvp="forward")``; ``-fd``: with
 ``ProblemConfig(hvp="finite_difference")`` (r = 0.01); ``unroll`` checkpoints its replay
-from K = 4 on by default, ``-checkpoint`` and ``-one_graph`` force either way). With
+from K = 4 on by default, ``-checkpoint`` and ``-one_graph`` force either way, and with
+``-forward`` each replayed step's second-order products are one forward-over-reverse
+pass). With
 ``--network lease`` the search is LeaSE's four levels on the same supernet (a tiny ResNet
 audience, 2-step differentiable PGD explanations), the solver on the explainer and the
 audience, against the same plain supernet step.
@@ -49,6 +51,8 @@ CONFIGS = [
     "unroll2-checkpoint",
     "unroll4-one_graph",
     "unroll8-one_graph",
+    "unroll4-forward",
+    "unroll8-forward",
 ]
 
 
@@ -125,7 +129,7 @@ def child(config: str, args) -> dict:
         hvp = {"-forward": "forward", "-fd": "finite_difference"}.get(config[len(name) :])
         if hvp:  # the same solver, its products by forward-over-reverse or differences
             for problem in problems:
-                if problem.config.solver.name == name:
+                if problem.config.solver.name == name.rstrip("0123456789"):
                     problem.config = problem.config.model_copy(update={"hvp": hvp})
         step = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
     Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here

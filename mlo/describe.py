@@ -46,7 +46,7 @@ def describe(
         lines.append(
             f"  {name}: solver={solver.name}({knobs}) unroll_steps={cfg.unroll_steps}"
             + (f" warmup_steps={cfg.warmup_steps}" if cfg.warmup_steps else "")
-            + (hvp_modes.describe(name) if solver.takes_products else "")
+            + hvp_modes.describe(name)
             + lowers
             + modes.describe(name, True)
             + _products(name, updates, cost)

@@ -61,22 +61,23 @@ def forward_product(
     wrt: Sequence[Tensor] | None,
     hold: Hold | None = None,
     name: str = "",
+    *,
+    by_params: bool = False,
 ) -> Vector:
     """The tangent of ``∇ f`` along ``vector`` at ``x = params``: by ``x`` itself when
-    ``wrt`` is None (``H v``), else by the tensors ``wrt`` (the mixed product), from one
-    forward and one backward pass.
+    ``wrt`` is None (``H v``), else by the tensors ``wrt`` (the mixed product), and with
+    ``by_params`` by ``x`` and then by ``wrt`` (both products, one list), from one forward
+    and one backward pass.
 
     Raises:
         MissingForwardRule: an operation of ``f`` has no forward-mode rule.
     """
     holding = hold if hold is not None else (lambda keep: nullcontext())
     with fwAD.dual_level():
-        if wrt is None:
-            primals = [p.detach().requires_grad_() for p in params]
-            inputs, keep = primals, []
-        else:
-            primals = [p.detach() for p in params]
-            inputs, keep = list(wrt), list(wrt)
+        differentiated = wrt is None or by_params
+        primals = [p.detach().requires_grad_(differentiated) for p in params]
+        keep = [] if wrt is None else list(wrt)
+        inputs = (primals if differentiated else []) + keep
         duals = [fwAD.make_dual(x, v.to(x.dtype)) for x, v in zip(primals, vector)]
         try:
             with holding(keep), _TangentsCut():

@@ -50,14 +50,14 @@ class HvpModes:
     def vjp(
         self, solver: Solver, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]
     ) -> SolverResult:
-        """``solver.vjp(level, v, parents)``. If it takes products and they run out of
-        memory in reverse mode under ``"auto"``, the same solve again from the same random
+        """``solver.vjp(level, v, parents)``. If its products run out of memory in reverse
+        mode under ``"auto"``, the same solve again from the same random
         state in forward mode, which the level keeps from then on. On several
         data-parallel ranks the error stands: one rank starting its solve again would
         pair its collective calls with another rank's later ones."""
         name = level.name
         switchable = (
-            solver.takes_products
+            solver.forward_when_out_of_memory
             and level.hvp == "reverse"
             and self.evaluator.problems[name].config.hvp == "auto"
             and not level.create_graph
@@ -95,13 +95,18 @@ class HvpModes:
             ) from error
 
     def describe(self, name: str) -> str:
-        """The level's products, in words, for ``describe()``."""
-        chosen = self.evaluator.problems[name].config.hvp
+        """The level's products, in words, for ``describe()`` (nothing for a solver that
+        takes none, or that ``"auto"`` leaves in reverse mode)."""
+        config = self.evaluator.problems[name].config
+        chosen, solver = config.hvp, config.solver
+        if not solver.takes_products or (
+            chosen == "auto" and not solver.forward_when_out_of_memory
+        ):
+            return ""
         if chosen == "auto" and name in self.switched:
             return " hvp=auto(forward, since reverse ran out of memory)"
         if chosen == "auto":
             return " hvp=auto(reverse)"
         if chosen == "finite_difference":
-            radius = self.evaluator.problems[name].config.hvp_radius
-            return f" hvp=finite_difference(r={radius:g})"
+            return f" hvp=finite_difference(r={config.hvp_radius:g})"
         return f" hvp={chosen}"

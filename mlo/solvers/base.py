@@ -153,8 +153,11 @@ class Solver(Options, ABC):
     # solver that approximates H⁻¹ by a scaled identity (darts, sama) defaults to partial.
     total_by_default: ClassVar[bool] = True
     needs_best_response: ClassVar[bool] = False  # True: only for levels with best_response
-    # True: vjp takes its products from Level.products(), so ProblemConfig(hvp=...) applies.
+    # True: ProblemConfig(hvp=...) applies to its products (describe() shows it).
     takes_products: ClassVar[bool] = False
+    # True: under hvp="auto" its products move to forward mode when reverse mode runs out
+    # of memory (forward mode holds less there).
+    forward_when_out_of_memory: ClassVar[bool] = False
 
     @abstractmethod
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
@@ -186,6 +189,7 @@ class ImplicitSolver(Solver):
 
     supports_total: ClassVar[bool] = True
     takes_products: ClassVar[bool] = True
+    forward_when_out_of_memory: ClassVar[bool] = True
 
     @abstractmethod
     def inverse_hvp(

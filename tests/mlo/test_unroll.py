@@ -14,7 +14,7 @@ from .saved_bytes import SavedBytes
 N_INNER, N_OUTER = 5, 3
 
 
-def quadratic_pair(optimizer_factory, k: int, seed: int = 0, checkpoint: bool = False):
+def quadratic_pair(optimizer_factory, k: int, seed: int = 0, checkpoint: bool | str = False):
     """Inner f(x, y) = ½xᵀAx + xᵀBy + cᵀx; outer F(y, x) = ½‖x − t‖² + ½ρ‖y‖²."""
     gen = torch.Generator().manual_seed(seed)
     A = spd(N_INNER, gen)
@@ -40,7 +40,7 @@ def quadratic_pair(optimizer_factory, k: int, seed: int = 0, checkpoint: bool = 
         "inner",
         xm,
         optimizer_factory(xm.parameters()),
-        config=mlo.ProblemConfig(solver=mlo.solvers.Unroll(checkpoint=checkpoint), unroll_steps=k),
+        config=unroll_config(checkpoint, k),
     )
     # lr = 0 keeps y fixed, so that the closed form can use y0 after engine.step().
     outer = Outer("outer", ym, torch.optim.SGD(ym.parameters(), lr=0.0))
@@ -48,7 +48,17 @@ def quadratic_pair(optimizer_factory, k: int, seed: int = 0, checkpoint: bool = 
     return engine, dict(A=A, B=B, c=c, t=t, rho=rho, x0=x0, y0=y0)
 
 
-CHECKPOINT = pytest.mark.parametrize("checkpoint", [False, True], ids=["one_graph", "checkpoint"])
+CHECKPOINT = pytest.mark.parametrize(
+    "checkpoint", [False, True, "forward"], ids=["one_graph", "checkpoint", "forward"]
+)
+
+
+def unroll_config(checkpoint: bool | str, k: int) -> mlo.ProblemConfig:
+    """``unroll`` over K steps: with one graph, checkpointed, or checkpointed with each
+    step's second-order products by forward-over-reverse (``hvp="forward"``)."""
+    forward = checkpoint == "forward"
+    solver = mlo.solvers.Unroll(checkpoint=True if forward else checkpoint)
+    return mlo.ProblemConfig(solver=solver, unroll_steps=k, hvp="forward" if forward else "auto")
 
 
 @CHECKPOINT
@@ -165,7 +175,7 @@ def test_unroll_equals_autograd_through_explicit_loop_on_mlp(optimizer, checkpoi
         mlp,
         optimizer(mlp.parameters()),
         data=batches,
-        config=mlo.ProblemConfig(solver=mlo.solvers.Unroll(checkpoint=checkpoint), unroll_steps=k),
+        config=unroll_config(checkpoint, k),
     )
     outer = Outer("outer", scale, torch.optim.SGD(scale.parameters(), lr=0.0), data=[val])
     engine = mlo.Engine([outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(progress=False))
@@ -285,3 +295,49 @@ def test_checkpointed_unroll_holds_one_steps_graph_whatever_k():
     assert _replay_saved_bytes(8, checkpoint=None) < 1.2 * checkpointed[1]
     assert _replay_saved_bytes(3, checkpoint=None) > 2.5 * one_graph[1]
     assert mlo.solvers.Unroll().products(3) == 4 and mlo.solvers.Unroll().products(4) == 12
+
+
+def _dropout_hypergradient(checkpoint: bool | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outer hypergradient through 4 replayed Adam steps of an MLP with dropout, and
+    the next random numbers after it."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(16, 4, dtype=DTYPE), torch.randn(16, 1, dtype=DTYPE)) for _ in range(4)]
+    mlp, scale = MLP().double(), FeatureScale().double()
+    mlp.net.insert(2, nn.Dropout(0.3))
+    inner = Inner(
+        "inner",
+        mlp,
+        torch.optim.Adam(mlp.parameters(), lr=0.01),
+        data=batches,
+        config=unroll_config(checkpoint, 4),
+    )
+    outer = Outer("outer", scale, torch.optim.SGD(scale.parameters(), lr=0.0), data=batches[:1])
+    engine = mlo.Engine([outer, inner], {"outer": ["inner"]}, mlo.EngineConfig(progress=False))
+    for _ in range(4):
+        engine.step()
+    torch.manual_seed(7)
+    problem = engine.hypergradients.level("inner", ["outer"])
+    result = engine.problems["inner"].config.solver.vjp(
+        problem,
+        [torch.ones_like(p) for p in problem.params],
+        [engine.problems["outer"].params.tensors],
+    )
+    return result.vjps[0][0].detach(), torch.rand(2)
+
+
+def test_a_checkpointed_replay_draws_the_dropout_masks_of_the_one_graph_replay():
+    """Each step is evaluated again on the way back: from the random state it first drew
+    from, so that its masks, and the numbers the replay consumes, are the one graph's."""
+    truth, after = _dropout_hypergradient(False)
+    assert float(truth.abs().max()) > 1e-6
+    for variant in (True, "forward"):
+        got, next_numbers = _dropout_hypergradient(variant)
+        assert torch.allclose(got, truth, rtol=1e-12, atol=1e-15), variant
+        assert torch.equal(next_numbers, after), variant
+
+
+def test_describe_shows_an_unroll_levels_products_only_when_asked_for():
+    engine, _ = quadratic_pair(lambda p: torch.optim.SGD(p, lr=0.1), 4, checkpoint="forward")
+    assert "hvp=forward" in engine.describe()
+    engine, _ = quadratic_pair(lambda p: torch.optim.SGD(p, lr=0.1), 4, checkpoint=True)
+    assert "hvp=" not in engine.describe()  # "auto" keeps unroll in reverse mode
