@@ -74,9 +74,11 @@ def _supernet(args):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
+    device = torch.device(getattr(args, "device", "cpu"))
     net, arch = Supernet(10, args.layers, args.channels), ArchitectureWeights()
-    train = random_batches(4, args.batch, args.size, gen)
-    val = random_batches(4, args.batch, args.size, gen)
+    net, arch = net.to(device), arch.to(device)
+    train = [(x.to(device), y.to(device)) for x, y in random_batches(4, args.batch, args.size, gen)]
+    val = [(x.to(device), y.to(device)) for x, y in random_batches(4, args.batch, args.size, gen)]
     return net, arch, train, val, gen
 
 
@@ -132,14 +134,28 @@ def child(config: str, args) -> dict:
                 if problem.config.solver.name == name.rstrip("0123456789"):
                     problem.config = problem.config.model_copy(update={"hvp": hvp})
         step = mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
-    Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
-    before = _status("VmRSS")
+    device = torch.device(args.device)
+    if device.type == "cuda":  # the most memory allocated, over what was allocated before
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
+        before = _status("VmRSS")
     times = []
     for _ in range(args.ticks):
         start = time.perf_counter()
         step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return {"peak": _status("VmHWM") - before, "ms": 1e3 * statistics.median(times)}
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+        return {"peak": peak, "live": peak, "ms": 1e3 * statistics.median(times)}
+    peak = _status("VmHWM") - before
+    # One more tick under the profiler: the live tensors' peak, free of the allocator's
+    # caching (what max_memory_allocated measures on a GPU).
+    return {"peak": peak, "live": _live_peak(step), "ms": 1e3 * statistics.median(times)}
 
 
 def lease_levels(net, arch, train, val, args, gen):
@@ -243,6 +259,12 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=16)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (peak resident growth, and live tensors from the profiler) or cuda "
+        "(torch.cuda.max_memory_allocated over what was allocated before the first tick)",
+    )
     parser.add_argument("--only", nargs="+", choices=CONFIGS, default=CONFIGS)
     parser.add_argument(
         "--network",
@@ -264,12 +286,14 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    keys = ("ticks", "layers", "channels", "batch", "size", "network")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda needs a GPU, and torch sees none")
+    keys = ("ticks", "layers", "channels", "batch", "size", "network", "device")
     passed = [f"--{k}={getattr(args, k)}" for k in keys]
     what = "DARTS" if args.network == "darts" else "LeaSE (4 levels) on a"
     print(
         f"{what} supernet {args.layers} cells x {args.channels} channels, batch {args.batch}, "
-        f"{args.size}x{args.size} images, {args.ticks} ticks, CPU, 1 thread, "
+        f"{args.size}x{args.size} images, {args.ticks} ticks, {args.device}, 1 thread, "
         f"torch {torch.__version__}; {args.rounds} rounds of fresh processes"
     )
     found: dict[str, list[dict]] = {c: [] for c in args.only}
@@ -283,14 +307,21 @@ def main() -> None:
                 cwd=Path(__file__).resolve().parents[1],
             )
             found[config].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    peak = {c: statistics.median(r["peak"] for r in runs) for c, runs in found.items()}
-    ms = {c: statistics.median(r["ms"] for r in runs) for c, runs in found.items()}
+    peak, live, ms = (
+        {c: statistics.median(r[key] for r in runs) for c, runs in found.items()}
+        for key in ("peak", "live", "ms")
+    )
     base = "plain" if "plain" in peak else None
-    print("config        peak MiB   ms/tick   peak / plain   time / plain")
+    kind = "allocated" if args.device.startswith("cuda") else "resident"
+    print(f"peak: {kind} growth; live: tensors alive at once (the profiler), one more tick")
+    print("config           peak MiB   ms/tick   peak / plain   live / plain   time / plain")
     for c in args.only:
         ratio = f"{peak[c] / peak[base]:.2f}" if base else "-"
+        alive = f"{live[c] / live[base]:.2f}" if base else "-"
         slower = f"{ms[c] / ms[base]:.2f}" if base else "-"
-        print(f"{c:12s}  {peak[c] / 2**20:8.1f}  {ms[c]:8.1f}  {ratio:>13}  {slower:>13}")
+        print(
+            f"{c:15s}  {peak[c] / 2**20:8.1f}  {ms[c]:8.1f}  {ratio:>13}  {alive:>13}  {slower:>13}"
+        )
 
 
 if __name__ == "__main__":
