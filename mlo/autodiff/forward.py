@@ -82,18 +82,26 @@ def forward_product(
         try:
             with holding(keep), _TangentsCut():
                 loss = objective(duals)
-        except (NotImplementedError, LevelError) as caught:
+            grads = vjp([loss], inputs) if loss.requires_grad else [None] * len(inputs)
+        except (RuntimeError, LevelError) as caught:  # NotImplementedError included
             error = caught.__cause__ if isinstance(caught, LevelError) else caught
-            if not isinstance(error, NotImplementedError):
+            if not _lacks_forward_rule(error):
                 raise
             raise MissingForwardRule(
                 f"level {name!r}: forward-over-reverse products need forward-mode rules for "
-                f"every operation of its objective, and one has none "
+                f"every operation of its objective and its backward pass, and one has none "
                 f"({str(error).splitlines()[0][:160]}); use ProblemConfig(hvp='reverse')"
             ) from error
-        grads = vjp([loss], inputs) if loss.requires_grad else [None] * len(inputs)
         out = [None if g is None else fwAD.unpack_dual(g).tangent for g in grads]
     return materialized(out, inputs)
+
+
+def _lacks_forward_rule(error: BaseException | None) -> bool:
+    """Whether ``error`` is autograd's refusal of an operation without a forward-mode
+    derivative (in the objective or, differentiated, in its backward pass)."""
+    if isinstance(error, NotImplementedError):
+        return True
+    return isinstance(error, RuntimeError) and "forward AD" in str(error)
 
 
 class ForwardSecondOrder(EvaluatedSecondOrder):
