@@ -32,7 +32,7 @@ class HvpModes:
 
     Args:
         evaluator: the levels (their ``ProblemConfig(hvp=...)``) and the data-parallel
-            reducer (on several ranks a switch is not made: see ``solve``).
+            reducer (on several ranks a switch is not made: see ``vjp``).
     """
 
     def __init__(self, evaluator: Evaluator) -> None:
@@ -51,10 +51,10 @@ class HvpModes:
         self, solver: Solver, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]
     ) -> SolverResult:
         """``solver.vjp(level, v, parents)``. If its products run out of memory in reverse
-        mode under ``"auto"``, the same solve again from the same random
-        state in forward mode, which the level keeps from then on. On several
-        data-parallel ranks the error stands: one rank starting its solve again would
-        pair its collective calls with another rank's later ones."""
+        mode under ``"auto"``, the same solve again from the same random state in forward
+        mode, which the level keeps from then on. On several data-parallel ranks the error
+        stands: one rank starting its solve again would pair its collective calls with
+        another rank's later ones."""
         name = level.name
         switchable = (
             solver.forward_when_out_of_memory

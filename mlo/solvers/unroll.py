@@ -49,7 +49,7 @@ class Unroll(Solver):
     repeated exactly). By default (``checkpoint=None``) the replay is checkpointed from
     K = 4 steps on (``CHECKPOINT_FROM``): on the DARTS supernet of
     ``benchmarks/memory.py`` it holds 3.0x the plain step's peak at K = 4 and 3.1x at
-    K = 8 instead of 6.9x and 12.5x, for 1.37x and 1.26x the time; below 4 steps the graph is
+    K = 8 instead of 6.9x and 12.6x, for 1.24x and 1.21x the time; below 4 steps the graph is
     small and the extra gradients are not worth it. A level whose Jacobian products must
     themselves be differentiable (``create_graph``: a nested upper level under
     ``jacobian="total"``) replays with one graph regardless. Every step evaluated again on
