@@ -51,7 +51,8 @@ Hold = Callable[[Sequence[Tensor]], AbstractContextManager]
 
 
 class MissingForwardRule(SetupError):
-    """An operation of the objective has no forward-mode derivative."""
+    """An operation of the objective (or of its backward pass) has no forward-mode
+    derivative, or PyTorch's fails."""
 
 
 def forward_product(
@@ -88,20 +89,27 @@ def forward_product(
             if not _lacks_forward_rule(error):
                 raise
             raise MissingForwardRule(
-                f"level {name!r}: forward-over-reverse products need forward-mode rules for "
-                f"every operation of its objective and its backward pass, and one has none "
-                f"({str(error).splitlines()[0][:160]}); use ProblemConfig(hvp='reverse')"
+                f"level {name!r}: forward-over-reverse products need a working forward-mode "
+                f"rule for every operation of its objective and its backward pass, and one "
+                f"has none or fails ({str(error).splitlines()[0][:160]}); use "
+                "ProblemConfig(hvp='reverse')"
             ) from error
         out = [None if g is None else fwAD.unpack_dual(g).tangent for g in grads]
     return materialized(out, inputs)
 
 
 def _lacks_forward_rule(error: BaseException | None) -> bool:
-    """Whether ``error`` is autograd's refusal of an operation without a forward-mode
-    derivative (in the objective or, differentiated, in its backward pass)."""
+    """Whether ``error`` is autograd's refusal to take an operation's forward-mode
+    derivative (in the objective or, differentiated, in its backward pass): a rule that
+    does not exist, or one that fails. In torch 2.14 ``mse_loss``'s backward is one that
+    fails where the target carries no tangent (it writes into the target's zero tangent);
+    the same loss written as ``((pred - y) ** 2).mean()`` runs."""
     if isinstance(error, NotImplementedError):
         return True
-    return isinstance(error, RuntimeError) and "forward AD" in str(error)
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "forward AD" in text or "ZeroTensors are immutable" in text
+    )
 
 
 class ForwardSecondOrder(EvaluatedSecondOrder):

@@ -311,3 +311,19 @@ def test_no_switch_on_several_ranks():
     with pytest.raises(torch.OutOfMemoryError):
         modes.vjp(Refusing(), level, [], [])
     assert modes.switched == {}
+
+
+def test_a_forward_rule_that_fails_in_torch_is_named_as_one():
+    """F.mse_loss's backward writes into the target's zero tangent in forward mode (torch
+    2.14): the level and the way out are named, not PyTorch's internal error."""
+    engine = dropout_levels("forward")
+    fit = engine.problems["fit"]
+    x, y = torch.randn(12, 6, dtype=DTYPE), torch.randn(12, dtype=DTYPE)
+
+    def mse(self, batch):
+        scale = self.penalty.module.lam.exp()
+        return scale * nn.functional.mse_loss(self.module(x).squeeze(1), y)
+
+    type(fit).training_step = mse
+    with pytest.raises(mlo.SetupError, match=r"level 'fit'.*none or fails.*hvp='reverse'"):
+        engine.hypergradient("penalty")
