@@ -327,3 +327,17 @@ def test_a_forward_rule_that_fails_in_torch_is_named_as_one():
     type(fit).training_step = mse
     with pytest.raises(mlo.SetupError, match=r"level 'fit'.*none or fails.*hvp='reverse'"):
         engine.hypergradient("penalty")
+
+
+def test_held_restores_every_parameter_even_after_an_error_and_leaves_others_alone():
+    engine = dropout_levels("forward")
+    evaluator = engine.hypergradients.evaluator
+    lam = engine.problems["penalty"].module.lam
+    fit = list(engine.problems["fit"].module.parameters())
+    frozen = fit[-1]
+    frozen.requires_grad_(False)  # a frozen parameter stays frozen
+    with pytest.raises(RuntimeError, match="inside"), evaluator.held([lam]):
+        assert lam.requires_grad and not any(p.requires_grad for p in fit)
+        raise RuntimeError("inside")
+    assert lam.requires_grad and all(p.requires_grad for p in fit[:-1])
+    assert not frozen.requires_grad
