@@ -74,11 +74,13 @@ def _supernet(args):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    device = torch.device(getattr(args, "device", "cpu"))
-    net, arch = Supernet(10, args.layers, args.channels), ArchitectureWeights()
-    net, arch = net.to(device), arch.to(device)
-    train = [(x.to(device), y.to(device)) for x, y in random_batches(4, args.batch, args.size, gen)]
-    val = [(x.to(device), y.to(device)) for x, y in random_batches(4, args.batch, args.size, gen)]
+    device = torch.device(args.device)
+    net = Supernet(10, args.layers, args.channels).to(device)
+    arch = ArchitectureWeights().to(device)
+    train, val = (
+        [(x.to(device), y.to(device)) for x, y in random_batches(4, args.batch, args.size, gen)]
+        for _ in range(2)
+    )
     return net, arch, train, val, gen
 
 

@@ -101,7 +101,7 @@ SUITE = [
         " profiler's allocations and frees), free of the allocator's caching, as "
         "`torch.cuda.max_memory_allocated` is on a GPU (`--device cuda`). `darts` and "
         "`sama` (two gradients) hold 1.14× the plain step's resident peak; `cg(5)` and "
-        "`neumann(5)` 2.9× (3.0× live) in the default `hvp=\"auto\"`, which takes "
+        '`neumann(5)` 2.9× (3.0× live) in the default `hvp="auto"`, which takes '
         "reverse-mode products: the gradient's graph, kept for all the products, and "
         "the temporaries of a double backward through it. `-forward` is the same solver"
         ' with `ProblemConfig(hvp="forward")`: each product one forward-over-reverse '
@@ -110,7 +110,7 @@ SUITE = [
         "2.08× the plain step's resident peak, 2.00× and 1.99× its live tensors (the "
         "forward's saved activations and their tangents), at 1.55× and 1.65× reverse "
         "mode's time, since each product repeats the forward and backward pass that "
-        "reverse mode takes once. `hvp=\"auto\"` therefore stays in reverse mode and "
+        'reverse mode takes once. `hvp="auto"` therefore stays in reverse mode and '
         "moves a level to forward mode when its products run out of memory. `-fd` takes"
         ' each product (`ProblemConfig(hvp="finite_difference")`) from two plain '
         "gradients: 1.74× the plain step's peak at 0.83× cg's time, but on this ReLU "

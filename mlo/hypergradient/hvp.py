@@ -60,9 +60,7 @@ class HvpModes:
             solver.forward_when_out_of_memory
             and level.hvp == "reverse"
             and self.evaluator.problems[name].config.hvp == "auto"
-            and not level.create_graph
-            and level.second_order is None
-            and level.one_system is None
+            and level.hvp_applies
             and self.evaluator.reducer is None
         )
         if not switchable:

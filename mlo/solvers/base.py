@@ -97,11 +97,17 @@ class Level:
     [`mlo.Engine.hypergradient`][mlo.Engine.hypergradient]; on other ticks a solver may skip
     the arithmetic that only its diagnostics need and return none."""
 
+    @property
+    def hvp_applies(self) -> bool:
+        """Whether D's products are taken as ``hvp`` says: not where they must be
+        differentiable further, nor for a nested level's total gradient or one system."""
+        return not self.create_graph and self.second_order is None and self.one_system is None
+
     def products(self) -> SecondOrder:
         """D's second-order products (see ``second_order``)."""
         if self.second_order is not None:
             return self.second_order()
-        if self.hvp == "forward" and not self.create_graph:
+        if self.hvp == "forward" and self.hvp_applies:
             return ForwardSecondOrder(
                 lambda params: self.objective(params=params),
                 self.params,
@@ -109,7 +115,7 @@ class Level:
                 self.name,
                 self.hold,
             )
-        if self.hvp == "finite_difference" and not self.create_graph:
+        if self.hvp == "finite_difference" and self.hvp_applies:
             return FiniteDifferenceSecondOrder(
                 lambda params: self.objective(params=params),
                 self.params,

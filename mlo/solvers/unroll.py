@@ -168,24 +168,15 @@ def _checkpointed_vjp(
     for step in reversed(range(len(records))):
         params_k, state_k, _ = inputs[step]
         rng.restore(randoms[step])  # the random numbers the sweep's step drew (dropout)
-        # The oldest step's inputs are the recorded start: their adjoint is not needed.
+        first = step == 0  # the recorded start: its own adjoint is not needed
         start = [p.clone().requires_grad_(True) for p in params_k]
-        leaves = [{k: _leaf(k, t) if step > 0 else t for k, t in s.items()} for s in state_k]
-        new_params, new_state = _replay_step(level, start, leaves, records[step])
-        outputs, vectors = _outputs(new_params, adj_params, new_state, adj_state)
-        state_leaves = [(i, k) for i, s in enumerate(leaves) for k in s if s[k].requires_grad]
-        own = start if step > 0 else []
-        wrt = own + [leaves[i][k] for i, k in state_leaves] + flat
-        if outputs:
-            grads = materialized(products.vjp(outputs, wrt, vectors), wrt)
-        else:
-            grads = [torch.zeros_like(t) for t in wrt]
-        n = len(own)
-        adj_params = list(grads[:n])
-        adj_state = [{} for _ in leaves]
-        for (i, k), g in zip(state_leaves, grads[n : n + len(state_leaves)]):
-            adj_state[i][k] = g
-        total = [a + g for a, g in zip(total, grads[n + len(state_leaves) :])]
+        leaves = _state_inputs(state_k, first)
+        new = _replay_step(level, start, leaves, records[step])
+        own = [] if first else start
+        adj_params, adj_state, by_parents = _through_step(
+            new, adj_params, adj_state, own, leaves, flat
+        )
+        total = add(total, by_parents)
     rng.restore(after)
     return total, end
 
@@ -251,54 +242,65 @@ def _forward_vjp(
         params_k, state_k, grads_k = inputs[step]
         first = step == 0  # the recorded start: its own adjoint is not needed
         start = [p.clone().requires_grad_(not first) for p in params_k]
-        leaves = [{k: t if first else _leaf(k, t) for k, t in s.items()} for s in state_k]
+        leaves = _state_inputs(state_k, first)
         grads = [g.clone().requires_grad_(True) for g in grads_k]
-        new_params, new_state = _optimizer_step(level, start, leaves, grads, records[step])
-        outputs, vectors = _outputs(new_params, adj_params, new_state, adj_state)
-        state_leaves = [(i, k) for i, s in enumerate(leaves) for k in s if s[k].requires_grad]
+        new = _optimizer_step(level, start, leaves, grads, records[step])
         own = [] if first else start
-        wrt = own + [leaves[i][k] for i, k in state_leaves] + grads
-        found = products.vjp(outputs, wrt, vectors) if outputs else [None] * len(wrt)
-        through = materialized(found, wrt)
-        n, m = len(own), len(own) + len(state_leaves)
-        adj_state = [{} for _ in leaves]
-        for (i, k), g in zip(state_leaves, through[n:m]):
-            adj_state[i][k] = g
+        direct, adj_state, u = _through_step(new, adj_params, adj_state, own, leaves, grads)
         rng.restore(randoms[step])  # the random numbers the sweep's step drew (dropout)
         second = forward_product(
             lambda ps, batch=records[step].batch: level.objective(ps, batch=batch),
             params_k,
-            through[m:],
+            u,
             flat,
             level.hold,
             level.name,
             by_params=not first,
         )
         if not first:
-            adj_params = add(through[:n], second[: len(params_k)])
-        total = add(total, second[-len(flat) :] if flat else [])
+            adj_params = add(direct, second[: len(params_k)])
+        total = add(total, second[len(second) - len(flat) :])
     rng.restore(after)
     return total, end
 
 
-def _outputs(
-    params: list[Tensor],
+def _state_inputs(state: list[dict[str, Tensor]], first: bool) -> list[dict[str, Tensor]]:
+    """A stored step's optimizer state as the inputs of its rebuilt graph: leaves the
+    adjoint can reach, except at the oldest step, whose state's adjoint is not needed."""
+    return [{k: t if first else _leaf(k, t) for k, t in s.items()} for s in state]
+
+
+def _through_step(
+    new: tuple[list[Tensor], list[dict[str, Tensor]]],
     adj_params: Vector,
-    state: list[dict[str, Tensor]],
     adj_state: list[dict[str, Tensor]],
-) -> tuple[list[Tensor], list[Tensor]]:
-    """A replayed step's outputs that depend on its inputs, with their adjoints."""
+    own: list[Tensor],
+    leaves: list[dict[str, Tensor]],
+    extra: list[Tensor],
+) -> tuple[list[Tensor], list[dict[str, Tensor]], list[Tensor]]:
+    """One backward pass through a rebuilt step: from the adjoints of its outputs ``new``
+    (parameters and optimizer state), those of its inputs ``own`` (its parameters, or
+    none), its state ``leaves`` and ``extra`` (the parents, or the step's gradient)."""
+    new_params, new_state = new
     outputs, vectors = [], []
-    for p, a in zip(params, adj_params):
+    for p, a in zip(new_params, adj_params):
         if p.requires_grad:
             outputs.append(p)
             vectors.append(a)
-    for s, adj in zip(state, adj_state):
+    for s, adj in zip(new_state, adj_state):
         for key, a in adj.items():
             if s[key].requires_grad:
                 outputs.append(s[key])
                 vectors.append(a)
-    return outputs, vectors
+    reached = [(i, k) for i, s in enumerate(leaves) for k in s if s[k].requires_grad]
+    wrt = own + [leaves[i][k] for i, k in reached] + extra
+    found = products.vjp(outputs, wrt, vectors) if outputs else [None] * len(wrt)
+    grads = materialized(found, wrt)
+    n, m = len(own), len(own) + len(reached)
+    adj_inputs: list[dict[str, Tensor]] = [{} for _ in leaves]
+    for (i, k), g in zip(reached, grads[n:m]):
+        adj_inputs[i][k] = g
+    return grads[:n], adj_inputs, grads[m:]
 
 
 def _leaf(key: str, value: Tensor) -> Tensor:

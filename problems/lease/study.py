@@ -382,14 +382,14 @@ def retraining_table(
     groups: list[list[float]] = []
     lines = ["| cell | its own retraining (%) | from other seeds (%) | std |", "|---|---|---|---|"]
     for (method, seed), others in sorted(retrained.items()):
-        errors = ([own[(method, seed)]] if (method, seed) in own else []) + [
-            100 * others[s] for s in sorted(others)
-        ]
+        mine = own.get((method, seed))
+        seeds = sorted(others)
+        errors = ([] if mine is None else [mine]) + [100 * others[s] for s in seeds]
         groups.append(errors)
-        mine = f"{own[(method, seed)]:.2f}" if (method, seed) in own else "—"
-        rest = ", ".join(f"{100 * others[s]:.2f} (seed {s})" for s in sorted(others))
+        rest = ", ".join(f"{100 * others[s]:.2f} (seed {s})" for s in seeds)
         spread = f"{statistics.stdev(errors):.2f}" if len(errors) > 1 else "—"
-        lines.append(f"| {method} seed {seed} | {mine} | {rest} | {spread} |")
+        shown = "—" if mine is None else f"{mine:.2f}"
+        lines.append(f"| {method} seed {seed} | {shown} | {rest} | {spread} |")
     sigma, dof = pooled_std(groups)
     if dof == 0:
         return "\n".join(lines) + "\n\nNo cell has two retrainings yet: no spread to pool.\n"
