@@ -166,3 +166,24 @@ class SecondOrder:
     def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
         """``d²f/dy dx · v`` for each tensor ``y`` in ``others`` (the last use of the graph)."""
         return self._vjp(vector, others, retain=False)
+
+    def cost(self, vector: Sequence[Tensor], inputs: Sequence[Tensor]) -> int:
+        """The operations of one product of ``vector`` by ``inputs``
+        (``mlo.autodiff.op_cost``: from the shapes, without a host synchronisation); the
+        product is discarded."""
+        from .op_cost import OperationCost
+
+        with OperationCost() as counted:
+            self._vjp(vector, inputs, retain=True)
+        return counted.total
+
+    def hvp_and_mixed(
+        self, vector: Sequence[Tensor], others: Sequence[Tensor]
+    ) -> tuple[Vector, Vector]:
+        """``hvp(vector)`` and ``mixed(vector, others)`` from one backward pass (the graph
+        is kept: the solver may ask for more)."""
+        found = self._vjp(vector, [*self.params, *others], retain=True)
+        product = found[: len(self.params)]
+        if self._average is not None:  # the mixed part is not averaged, as in mixed()
+            product = self._average(product)
+        return product, found[len(self.params) :]

@@ -5,7 +5,9 @@ hypergradients is shown (``Engine.describe``) and named when it is high.
 
 Per update of a level P (DESIGN §2): one pass for P's own gradient, plus one call of
 each lower level L's solver on P's adjoint propagation. A call takes
-``s = solver.products(unroll_steps)`` passes when L's Jacobian is partial. When it is
+``s = solver.products_on(unroll_steps, ...)`` passes when L's Jacobian is partial (its
+``products``, less one where ``cg`` takes its mixed products inside its Hessian-vector
+products' passes). When it is
 total (L reads its own lower levels), each pass is one through L's total gradient: the
 pass itself and a propagation through L's lower levels, ``inner`` passes, so the call
 takes ``s · (1 + inner)``. The count compounds with the depth of the nesting; it is exact
@@ -52,10 +54,16 @@ class CostEstimate:
     Args:
         propagation: the engine's adjoint propagation (its plans give the solver calls).
         modes: which levels' Jacobians are total.
+        memos: each level's ``Level.memo`` (the choices its solver made so far).
     """
 
-    def __init__(self, propagation: AdjointPropagation, modes: JacobianModes) -> None:
-        self.propagation, self.modes = propagation, modes
+    def __init__(
+        self,
+        propagation: AdjointPropagation,
+        modes: JacobianModes,
+        memos: Mapping[str, Mapping[Any, Any]],
+    ) -> None:
+        self.propagation, self.modes, self.memos = propagation, modes, memos
         self.problems = propagation.evaluator.problems
 
     def per_update(self, name: str, exact: bool) -> int:
@@ -116,13 +124,16 @@ class CostEstimate:
     def _call(self, lower: str, exact: bool, weight: float, memo: dict[str, float]) -> float:
         if lower not in memo:
             config = self.problems[lower].config
-            passes = config.solver.products(config.unroll_steps)
-            if exact and self.modes.nested(lower) and config.jacobian == "one_system":
+            nested = exact and self.modes.nested(lower)
+            apart = nested or self.propagation.hvp_modes.mode(lower) != "reverse"
+            memo = self.memos.get(lower, {})
+            passes = config.solver.products_on(config.unroll_steps, memo, apart)
+            if nested and config.jacobian == "one_system":
                 # One MINRES solve per level of its chain, none nested in another's
                 # products (each product is one backward pass, of a higher order).
                 solves = 1 + len(self.propagation.graph.descendants(lower))
                 passes = solves * (getattr(config.solver, "iterations", 10) + 2)
-            elif exact and self.modes.nested(lower):
+            elif nested:
                 passes *= 1 + weight * self._below(lower, exact, weight, memo)
             memo[lower] = passes
         return memo[lower]

@@ -3,7 +3,7 @@
 
 Reverse mode (``SecondOrder``: one gradient graph, differentiated again for every
 product) is the faster; forward-over-reverse (``mlo.autodiff.forward``) holds about two
-thirds of its peak and takes about 1.5 times as long (docs/benchmarks.md, memory).
+thirds of its peak and takes 1.6 to 1.9 times as long (docs/benchmarks.md, memory).
 ``"auto"`` takes reverse mode, and when a level's products run out of memory it takes
 that solve again in forward mode and keeps forward mode for the level from then on, with
 a warning; ``describe()`` says which mode each level uses and why.
@@ -78,7 +78,7 @@ class HvpModes:
         logger.warning(
             "problem %r: its second-order products ran out of memory in reverse mode (%s); "
             "it takes them by forward-over-reverse from now on, which holds about two "
-            "thirds of the memory and takes about 1.5x the time (set "
+            "thirds of the memory and takes up to about 2x the time (set "
             "ProblemConfig(hvp='forward') on it to say so and silence this)",
             name,
             why,

@@ -48,6 +48,7 @@ class Hypergradients:
         self.graph = graph
         self.trajectories = trajectories
         self._one_systems: dict[str, OneSystem] = {}
+        self.memos: dict[str, dict] = {}  # each level's Level.memo
         self.descendants = {n: graph.descendants(n) for n in graph.names}
         self.modes = JacobianModes(evaluator, self.descendants)
         self.diagnostics: dict[str, dict[str, Tensor]] = {}
@@ -67,7 +68,7 @@ class Hypergradients:
             self.diagnostics,
             self.hvp_modes,
         )
-        self.cost = CostEstimate(self.propagate, self.modes)
+        self.cost = CostEstimate(self.propagate, self.modes, self.memos)
         """Autograd products per update and per tick, exact or partial."""
 
     def total_gradient(self, name: str, loss: Tensor) -> Vector | None:
@@ -153,6 +154,7 @@ class Hypergradients:
             hold=evaluator.held,
             hvp_radius=problem.config.hvp_radius,
             one_system=self._one_system(name, nested, create_graph),
+            memo=self.memos.setdefault(name, {}),
             diagnose=self.diagnose and not create_graph,
         )
 

@@ -13,7 +13,7 @@ in [`mlo.ProblemConfig`][mlo.ProblemConfig], without editing ``mlo/``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -91,6 +91,10 @@ class Level:
     hold: Hold | None = None
     """``hold(keep)``: a context in which no level's parameter except ``keep`` requires
     gradients (``Evaluator.held``); ``None``: nothing is held."""
+    memo: dict[Any, Any] = field(default_factory=dict)
+    """Choices a solver makes once for the level and keeps for the engine's lifetime
+    (``cg``'s ``fuse_mixed="auto"``); the engine gives each level the same dict on every
+    call, a fresh one by default."""
     diagnose: bool = True
     """Whether the solver's diagnostics will be read. The engine asks for them on the
     ticks it reports (the first, every ``log_every``-th and the last) and in
@@ -181,6 +185,15 @@ class Solver(Options, ABC):
         your own overrides it when it knows better."""
         return 2
 
+    def products_on(self, unroll_steps: int, memo: Mapping[Any, Any], apart: bool) -> int:
+        """[`products`][mlo.solvers.Solver.products] on one level: ``memo`` holds the
+        choices the solver made there so far (``Level.memo``), and ``apart`` says that each
+        product must be a pass of its own (a nested level's total products, or products
+        in forward mode or by differences; ``cg`` takes its mixed products inside its
+        Hessian-vector products' passes only on a retained reverse-mode graph). By
+        default ``products(unroll_steps)``."""
+        return self.products(unroll_steps)
+
 
 class ImplicitSolver(Solver):
     r"""Solvers built on the implicit function theorem at a stationary point of ``f_D``:
@@ -206,11 +219,20 @@ class ImplicitSolver(Solver):
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
         if level.one_system is not None:
             return SolverResult(level.one_system(v, parents))
-        hessian = level.products()
-        w, diagnostics = self.inverse_hvp(hessian, v, level)
         flat = [t for group in parents for t in group]
-        mixed = hessian.mixed(w, flat)
+        mixed, diagnostics = self.mixed_inverse(level.products(), v, level, flat)
         return SolverResult(split_by_parents([-m for m in mixed], parents), diagnostics)
+
+    def mixed_inverse(
+        self, hessian: SecondOrder, v: Vector, level: Level, others: Sequence[Tensor]
+    ) -> tuple[Vector, dict[str, Tensor]]:
+        r"""\(\partial^2 f_D / \partial y \partial\theta_D \cdot w\) for each tensor
+        \(y\) in ``others``, with \(w\) = ``inverse_hvp(hessian, v, level)``, and the
+        solver's diagnostics. By default the mixed product is one more pass after the
+        solve; a solver whose \(w\) is a combination of the vectors it multiplies by
+        \(H_D\) may take the mixed products in those passes instead (``cg``)."""
+        w, diagnostics = self.inverse_hvp(hessian, v, level)
+        return hessian.mixed(w, others), diagnostics
 
     def products(self, unroll_steps: int) -> int:
         """The gradient, its Hessian-vector products (``iterations``, where it has them),

@@ -32,3 +32,18 @@ def test_vjp_of_tensor_subclasses_goes_through_autograd_grad():
     x = torch.randn(4, dtype=torch.float64).as_subclass(Tagged).requires_grad_()
     (g,) = vjp([(x * x).sum()], [x])
     assert torch.allclose(g.as_subclass(torch.Tensor), 2 * x.detach().as_subclass(torch.Tensor))
+
+
+def test_operation_cost_counts_products_by_their_flops_and_other_operations_by_elements():
+    from mlo.autodiff.op_cost import OperationCost
+
+    a, b, x = torch.randn(5, 7), torch.randn(7, 3), torch.randn(7)
+    with OperationCost() as cost:
+        a @ b  # 2·5·7·3
+    assert cost.total == 2 * 5 * 7 * 3
+    with OperationCost() as cost:
+        a @ x  # a matrix-vector product: 2·5·7
+    assert cost.total == 2 * 5 * 7
+    with OperationCost() as cost:
+        (x * 2.0).exp()  # two elementwise operations of 7 elements
+    assert cost.total == 14

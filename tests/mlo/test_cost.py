@@ -22,7 +22,12 @@ class Vec(nn.Module):
 
 
 def dense_chain(
-    n: int, solver: str = "darts", jacobian="total", dim: int = 4, unroll_steps: int = 1
+    n: int,
+    solver: str = "darts",
+    jacobian="total",
+    dim: int = 4,
+    unroll_steps: int = 1,
+    hvp: str = "auto",
 ) -> mlo.Engine:
     """n levels, each reading every other: f_k = ½‖x_k‖² + x_kᵀ Σ_{j≠k} B_kj x_j / n."""
     gen = torch.Generator().manual_seed(n)
@@ -40,7 +45,9 @@ def dense_chain(
     problems = []
     for name in names:
         module = Vec(torch.randn(dim, generator=gen))
-        config = mlo.ProblemConfig(solver=solver, jacobian=jacobian, unroll_steps=unroll_steps)
+        config = mlo.ProblemConfig(
+            solver=solver, jacobian=jacobian, unroll_steps=unroll_steps, hvp=hvp
+        )
         problems.append(
             Level(name, module, torch.optim.SGD(module.parameters(), lr=0.05), config=config)
         )
@@ -71,6 +78,11 @@ def one_tick(engine: mlo.Engine) -> dict[str, int]:
     [
         (2, "darts", 4),  # l1: 1; l0: 1 + darts' 2 gradients
         # l1: 1; l0: 1 + (the gradient, 3 Hessian-vector products, 1 mixed product)
+        (2, mlo.solvers.CG(iterations=3, fuse_mixed=False), 7),
+        # the same, each mixed part in its Hessian-vector product's pass
+        (2, mlo.solvers.CG(iterations=3, fuse_mixed=True), 6),
+        # "auto": here the mixed part (a matrix-vector product by B) costs more than the
+        # Hessian-vector product (I), so the mixed product stays a pass of its own
         (2, mlo.solvers.CG(iterations=3), 7),
         (3, "darts", 9),  # l2: 1; l1: 1 + 2; l0: 1 + 2 + 2
         (3, mlo.solvers.Neumann(iterations=2), 15),  # l2: 1; l1: 1 + 4; l0: 1 + 4 + 4
@@ -83,6 +95,56 @@ def test_without_nested_levels_the_estimate_is_the_count_of_autograd_passes(
     engine.step()  # the first tick also evaluates each level's structure once
     assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=True) == expected
     assert passes_of_one_tick(engine, monkeypatch) == expected
+
+
+def test_cg_auto_fuses_where_the_parent_is_read_cheaply_and_the_estimate_follows(
+    monkeypatch,
+):
+    """f_y = ½ eˢ‖A y − t‖²: a Hessian-vector product multiplies by AᵀA, the mixed part
+    by the scalar s is elementwise work; auto fuses, and counts one pass fewer once it
+    has (2 ticks: before the first solve the estimate cannot know)."""
+    gen = torch.Generator().manual_seed(0)
+    a, t = torch.randn(30, 20, generator=gen), torch.randn(30, generator=gen)
+
+    class Lower(mlo.Problem):
+        def training_step(self, batch):
+            residual = a @ self.module.v - t
+            return 0.5 * self.upper.module.v[0].exp() * residual @ residual
+
+    class Upper(mlo.Problem):
+        def training_step(self, batch):
+            return (self.lower.module.v**2).sum() + self.module.v[0] ** 2
+
+    solver = mlo.solvers.CG(iterations=3)
+    y, s = Vec(torch.zeros(20)), Vec(torch.zeros(1))
+    lower = Lower(
+        "lower",
+        y,
+        torch.optim.SGD(y.parameters(), lr=0.01),
+        config=mlo.ProblemConfig(solver=solver),
+    )
+    upper = Upper("upper", s, torch.optim.SGD(s.parameters(), lr=0.01))
+    engine = mlo.Engine([upper, lower], {"upper": ["lower"]}, mlo.EngineConfig(progress=False))
+    ticks = {name: 1 for name in engine.problems}
+    assert engine.hypergradients.cost.per_tick(ticks, exact=True) == 7  # not yet decided
+    engine.step()
+    assert engine.hypergradients.memos["lower"] == {("cg.fuse_mixed", ((1,),)): True}
+    # lower: 1; upper: 1 + (the gradient, 3 Hessian-vector products with mixed parts)
+    assert engine.hypergradients.cost.per_tick(ticks, exact=True) == 6
+    assert passes_of_one_tick(engine, monkeypatch) == 6
+
+
+@pytest.mark.parametrize("hvp", ["forward", "finite_difference"])
+def test_cg_counts_its_mixed_product_apart_where_products_are_not_reverse_modes(hvp, monkeypatch):
+    # Counted: l1: 1; l0: 1 + (3 Hessian-vector products, then 1 mixed product), one
+    # backward pass each in forward mode, two by differences. The estimate prices the
+    # same 4 products apart plus a gradient these modes do not build (an estimate here,
+    # not a count), not the 3 fused passes of reverse mode.
+    engine = dense_chain(2, mlo.solvers.CG(iterations=3), jacobian="partial", hvp=hvp)
+    engine.step()
+    assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=True) == 7
+    counted = passes_of_one_tick(engine, monkeypatch)
+    assert counted == {"forward": 6, "finite_difference": 10}[hvp]
 
 
 @pytest.mark.parametrize(

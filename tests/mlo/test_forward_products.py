@@ -99,7 +99,7 @@ def test_an_operation_without_a_forward_rule_names_the_level_and_the_fix():
         engine.hypergradient("penalty")
 
 
-def dropout_levels(hvp: str) -> mlo.Engine:
+def dropout_levels(hvp: str, fuse_mixed: bool = True) -> mlo.Engine:
     """``two_levels`` with dropout in the lower level's network: its products must all
     see the mask of the one evaluation a retained graph would have."""
     torch.manual_seed(0)
@@ -117,7 +117,8 @@ def dropout_levels(hvp: str) -> mlo.Engine:
             return ((self.fit.module(x[12:]).squeeze(1) - y[12:]) ** 2).mean()
 
     lam = nn.ParameterDict({"lam": nn.Parameter(torch.tensor(-1.0, dtype=DTYPE))})
-    config = mlo.ProblemConfig(solver=mlo.solvers.CG(iterations=4), hvp=hvp)
+    solver = mlo.solvers.CG(iterations=4, fuse_mixed=fuse_mixed)
+    config = mlo.ProblemConfig(solver=solver, hvp=hvp)
     fit = Fit("fit", net, torch.optim.SGD(net.parameters(), lr=0.05), config=config)
     penalty = Penalty("penalty", lam, torch.optim.SGD(lam.parameters(), lr=0.1))
     return mlo.Engine([penalty, fit], {"penalty": ["fit"]}, mlo.EngineConfig(progress=False))
@@ -135,6 +136,18 @@ def test_every_product_sees_the_same_dropout_mask_and_the_same_numbers_are_drawn
     assert torch.allclose(lam_f, lam_r, rtol=1e-12, atol=0)
     assert float((lam_r + 1.0).abs()) > 1e-4  # the hypergradient moved it
     assert torch.equal(next_f, next_r)  # the forward products consumed what reverse did
+
+
+def test_fused_mixed_products_give_the_mixed_product_of_w_through_dropout():
+    # CG(4) on 73 parameters, truncated; each reverse-mode product in one pass with its
+    # mixed part, or the mixed product of w after the loop (the definition): one number.
+    found = {}
+    for fuse in (True, False):
+        engine = dropout_levels("reverse", fuse)
+        torch.manual_seed(5)
+        found[fuse] = engine.hypergradient("penalty")["lam"]
+    assert float(found[False].abs()) > 1e-4
+    assert torch.allclose(found[True], found[False], rtol=1e-12, atol=0)
 
 
 def test_only_what_a_product_differentiates_requires_gradients_while_it_is_evaluated():
@@ -231,11 +244,12 @@ class Held:
 def run_out_of_memory_in_reverse(monkeypatch, calls: list) -> None:
     """Reverse mode's Hessian-vector products fail as a GPU out of memory fails."""
 
-    def refuse(self, vector):
+    def refuse(self, *args):
         calls.append("reverse")
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(SecondOrder, "hvp", refuse)
+    monkeypatch.setattr(SecondOrder, "hvp_and_mixed", refuse)  # CG's fused products
 
 
 def test_auto_takes_the_solve_again_in_forward_mode_when_reverse_runs_out_of_memory(
@@ -272,10 +286,11 @@ def test_a_level_set_to_reverse_is_not_switched(monkeypatch):
 def test_other_errors_are_not_taken_for_memory(monkeypatch):
     engine = dropout_levels("auto")
 
-    def broken(self, vector):
+    def broken(self, *args):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr(SecondOrder, "hvp", broken)
+    monkeypatch.setattr(SecondOrder, "hvp_and_mixed", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         engine.step()
     assert "hvp=auto(reverse)" in engine.describe()

@@ -100,7 +100,8 @@ def test_describe_prints_graph_solvers_and_schedule(capsys):
     e = engine([a, b, c], {"a": ["b"], "b": ["c"]})
     text = e.describe()
     assert capsys.readouterr().out.strip() == text
-    assert "b: solver=cg(iterations=4, tol=1e-10, ridge=0.0) unroll_steps=2" in text
+    solver = "cg(iterations=4, tol=1e-10, ridge=0.0, fuse_mixed=auto)"
+    assert f"b: solver={solver} unroll_steps=2" in text
     assert "a: top level (no solver: nothing above reads it) lowers=[b]" in text
     assert "a: solver" not in text  # a top level's solver is never used
     assert "a → b" in text and "b → c" in text

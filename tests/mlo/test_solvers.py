@@ -262,3 +262,31 @@ def test_loss_is_not_differentiated_for_a_level_that_cannot_reach_the_top():
     run, reached = build("cg")
     run.hypergradient("top")
     assert reached  # with a non-zero Jacobian the adjoint is needed (and cg iterates)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"iterations": 2, "ridge": 0.3, "tol": 0.0},  # truncated, with a ridge
+        {"iterations": 40, "tol": 1e-6},  # stops early: the later steps are zero
+    ],
+)
+def test_cg_with_fused_mixed_products_gives_the_mixed_product_of_its_own_w(knobs):
+    r"""CG's contribution is \(-M w\) with \(w\) its iterate (``fuse_mixed=False`` takes
+    that product after the loop, the definition written out). Fused, each pass takes
+    \(M p_k\) beside \(H p_k\) and \(M w = \sum_k \mathrm{step}_k M p_k\): the same
+    number in float64, truncated or stopped early, on each level of a four-level graph
+    (partial Jacobians; a nested level's total products keep the separate pass)."""
+    from .nested_quadratic import NestedQuadraticSpec
+    from .test_nested import GRAPHS
+
+    dims, deps = GRAPHS["four_level_dag"]
+    spec = NestedQuadraticSpec(dims, deps, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    init = {n: torch.randn(d, generator=gen, dtype=DTYPE) for n, d in dims.items()}
+    got = {}
+    for fuse in (True, False):
+        solver = mlo.solvers.CG(**knobs, fuse_mixed=fuse)
+        got[fuse] = spec.build(solver, init, jacobian="partial").hypergradient("a")["x"]
+    assert float(got[False].norm()) > 1e-3
+    assert torch.allclose(got[True], got[False], rtol=1e-12, atol=1e-14)
