@@ -11,7 +11,8 @@ solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet st
 ``ProblemConfig(hvp="finite_difference")`` (r = 0.01); ``unroll`` checkpoints its replay
 from K = 4 on by default, ``-checkpoint`` and ``-one_graph`` force either way, and with
 ``-forward`` each replayed step's second-order products are one forward-over-reverse
-pass). With
+pass; ``-separate``: cg with ``fuse_mixed=False``, its mixed product one pass after the
+iterations instead of a part of each). With
 ``--network lease`` the search is LeaSE's four levels on the same supernet (a tiny ResNet
 audience, 2-step differentiable PGD explanations), the solver on the explainer and the
 audience, against the same plain supernet step.
@@ -42,6 +43,7 @@ CONFIGS = [
     "neumann",
     "cg-forward",
     "neumann-forward",
+    "cg-separate",
     "cg-fd",
     "neumann-fd",
     "unroll1",
@@ -111,8 +113,10 @@ def child(config: str, args) -> dict:
     if config == "plain":
         step = _plain_step(net, arch, train, args.ticks)
     else:
+        separate = config.endswith("-separate")  # cg's mixed product as its own pass
+        config = config.removesuffix("-separate")
         solvers = {
-            "cg": mlo.solvers.CG(iterations=5),
+            "cg": mlo.solvers.CG(iterations=5, fuse_mixed=False if separate else "auto"),
             "neumann": mlo.solvers.Neumann(iterations=5),
         }
         name = config.split("-")[0]

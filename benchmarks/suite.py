@@ -43,6 +43,9 @@ class Benchmark:
 # memory.py at tiny sizes (--quick): one fresh process each for the plain step and darts.
 TINY_SUPERNET = ["--rounds", "1", "--ticks", "1", "--layers", "1", "--channels", "4"]
 TINY_SUPERNET += ["--batch", "4", "--size", "8", "--only", "plain", "darts"]
+TINY_FUSE = ["--rounds", "3", "--supernet-rounds", "1", "--lease-rounds", "1", "--n", "64"]
+TINY_FUSE += ["--layers", "1"]
+TINY_FUSE += ["--channels", "4", "--batch", "4", "--size", "8"]
 
 SUITE = [
     Benchmark(
@@ -100,29 +103,39 @@ SUITE = [
         "step); `live` is the most bytes of tensors alive at once in one more tick (the"
         " profiler's allocations and frees), free of the allocator's caching, as "
         "`torch.cuda.max_memory_allocated` is on a GPU (`--device cuda`). `darts` and "
-        "`sama` (two gradients) hold 1.14× the plain step's resident peak; `cg(5)` and "
-        '`neumann(5)` 2.9× (3.0× live) in the default `hvp="auto"`, which takes '
-        "reverse-mode products: the gradient's graph, kept for all the products, and "
-        "the temporaries of a double backward through it. `-forward` is the same solver"
+        "`sama` (two gradients) hold 1.15× and 1.14× the plain step's resident peak; "
+        '`cg(5)` and `neumann(5)` 2.9× (3.0× live) in the default `hvp="auto"`, which '
+        "takes reverse-mode products: the gradient's graph, kept for all the products, "
+        "and the temporaries of a double backward through it. `cg` takes each "
+        "direction's mixed product in its Hessian-vector product's double backward "
+        '(`fuse_mixed="auto"` chooses it here: the architecture weights add 0.3 % to a '
+        "product's operations) instead of one more pass for the mixed product of its "
+        "solution: 15.39× the plain step's time against 17.14× with `-separate` "
+        "(`fuse_mixed=False`), at the same memory (2.95× and 2.90× resident, 3.03× and "
+        "3.04× live); neumann's series ends on a term whose mixed product no product "
+        "gives, so it keeps that pass (17.28×). `-forward` is the same solver"
         ' with `ProblemConfig(hvp="forward")`: each product one forward-over-reverse '
         "pass, with each operation's tangent cut from the graph that computed it and "
-        "only what the product differentiates requiring gradients. It holds 2.11× and "
-        "2.08× the plain step's resident peak, 2.00× and 1.99× its live tensors (the "
-        "forward's saved activations and their tangents), at 1.55× and 1.65× reverse "
-        "mode's time, since each product repeats the forward and backward pass that "
-        'reverse mode takes once. `hvp="auto"` therefore stays in reverse mode and '
+        "only what the product differentiates requiring gradients. It holds 2.13× and "
+        "2.10× the plain step's resident peak, 2.00× and 1.99× its live tensors (the "
+        "forward's saved activations and their tangents), at 1.76× and 1.58× reverse "
+        "mode's time (cg's reverse mode being the fused one), since each product "
+        "repeats the forward and backward pass that reverse mode takes once, and it "
+        "cannot fuse cg's mixed products at that memory (the parents requiring "
+        "gradients in every product hold 2.9× live). "
+        '`hvp="auto"` therefore stays in reverse mode and '
         "moves a level to forward mode when its products run out of memory. `-fd` takes"
         ' each product (`ProblemConfig(hvp="finite_difference")`) from two plain '
-        "gradients: 1.74× the plain step's peak at 0.83× cg's time, but on this ReLU "
+        "gradients: 1.76× the plain step's peak at 0.89× cg's time, but on this ReLU "
         "and max-pool network its products are far from the exact ones at every radius"
         " (next section), so it is no answer for such networks. `unroll` with one graph"
         " (`-one_graph`) grows linearly with K: reverse mode through K steps keeps each"
         " step's activations until the backward pass. From K = 4 on the default "
         "checkpoints the replay (one step's graph at a time, rebuilt from stored "
-        "states): 3.04× at K = 4 and 3.12× at K = 8 against 6.92× and 12.56× with one "
-        "graph, at 1.24× and 1.21× their time. Its `-forward` variant (each replayed "
-        "step's products by one forward-over-reverse pass) holds no less here (2.89× "
-        "and 3.06× resident, but 3.19× and 3.38× live against 2.43× and 2.57×), because"
+        "states): 3.07× at K = 4 and 3.13× at K = 8 against 6.93× and 12.62× with one "
+        "graph, at 1.30× and 1.24× their time. Its `-forward` variant (each replayed "
+        "step's products by one forward-over-reverse pass) holds no less here (2.92× "
+        "and 3.06× resident, but 3.18× and 3.37× live against 2.43× and 2.57×), because"
         " that pass differentiates the supernet and the architecture at once; "
         '`hvp="auto"` leaves `unroll` in reverse mode. Why reverse mode stays near 3×: '
         "`python benchmarks/memory.py --graph-sizes` counts live tensors and the "
@@ -139,16 +152,35 @@ SUITE = [
         "reverse mode's time. Times are per tick of a search (a supernet step and an "
         "architecture step) against one plain step, so even `first_order`, whose "
         "architecture step is one more forward and backward pass (on a validation "
-        "batch), takes 1.55×. `sama`'s 3.16× is what its algorithm's passes cost: the "
+        "batch), takes 1.70×. `sama`'s 3.19× is what its algorithm's passes cost: the "
         "paper's meta-gradient is three first-order backward passes (the validation "
         "gradient, then the training loss's gradient with respect to the architecture "
         "at θ + r u and at θ − r u) after the supernet's own step, and Betty's `sama` "
-        "makes the same passes. Its two extra gradients add 1.61 plain steps to "
+        "makes the same passes. Its two extra gradients add 1.49 plain steps to "
         "`first_order`'s tick, so a tick within 2.0× one plain step is below what the "
         "published algorithm costs on this network; against `first_order`'s tick, the "
-        "cheapest bilevel tick, `sama` costs 2.04×.",
+        "cheapest bilevel tick, `sama` costs 1.88×.",
         ["--rounds", "2"],
         TINY_SUPERNET,
+    ),
+    Benchmark(
+        "fuse_mixed",
+        "cg's mixed products inside its Hessian-vector products",
+        "fuse_mixed.py",
+        "`CG(fuse_mixed=...)`, each program in one process with the three settings "
+        "interleaved: `True` takes each direction's mixed product in its Hessian-vector "
+        "product's double backward (one pass fewer per solve), `False` one mixed product "
+        'of the solution after the iterations, `"auto"` (the default) chooses on the '
+        "level's first solve by counting both products' operations from their shapes. On "
+        "the tiny quadratic of the overhead section the parent enters through a dense "
+        "matrix, so each mixed part is a matrix-vector product beside an elementwise "
+        "Hessian-vector product: fusing is slower and `auto` does not fuse. On the DARTS "
+        "supernet the architecture weights only scale each operation's output: fusing "
+        "saves about a ninth of the tick and `auto` fuses. On LeaSE `auto` fuses on both "
+        "cg levels (the explainer below relearn's architecture, the audience below the "
+        "explanations).",
+        ["--rounds", "300", "--supernet-rounds", "8", "--lease-rounds", "4"],
+        TINY_FUSE,
     ),
     Benchmark(
         "hvp_accuracy",
@@ -177,7 +209,13 @@ SUITE = [
         "architecture through the differentiable PGD explanations, whose graph through the "
         'supernet is held for it; `cg-forward` (`hvp="forward"` on the explainer and the '
         "audience) holds the same, since that graph, not the products, sets the peak; "
-        "`first_order` (no Jacobian, so no such graph) holds 1.21×.",
+        "`first_order` (no Jacobian, so no such graph) holds 1.22×. `cg-separate` is cg "
+        "with `fuse_mixed=False` (one mixed product after the iterations), against the "
+        'default `"auto"`, which fuses on both cg levels here: the same 4.08× live '
+        "tensors; the times of this one round of 2 ticks (19.93× and 19.09×) include, in"
+        ' the first tick, the two products `"auto"` counts on each level to choose; '
+        "after that, interleaved in one process, see \"cg's mixed products inside its "
+        'Hessian-vector products" above.',
         [
             "--network",
             "lease",
@@ -193,6 +231,7 @@ SUITE = [
             "cg",
             "neumann",
             "cg-forward",
+            "cg-separate",
         ],
         ["--network", "lease", *TINY_SUPERNET],
     ),
