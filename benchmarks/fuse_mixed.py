@@ -43,35 +43,25 @@ def quadratic(fuse, args):
     """The overhead benchmark's tick, with cg's ``fuse_mixed=fuse``."""
     import overhead
 
-    overhead.mlo_solver = lambda _: mlo.solvers.CG(iterations=overhead.K, tol=0.0, fuse_mixed=fuse)
-    step, _ = overhead.mlo_step("cg", args.n)
+    solver = mlo.solvers.CG(iterations=overhead.K, tol=0.0, fuse_mixed=fuse)
+    step, _ = overhead.mlo_step(solver, args.n)
     return step
 
 
-def supernet(fuse, args):
-    """The memory benchmark's DARTS search with cg(5), ``fuse_mixed=fuse``."""
-    from memory import _supernet
+def search(network: str):
+    """The memory benchmark's DARTS search (``"darts"``) or LeaSE on the same supernet
+    (``"lease"``: cg on the explainer and the audience), cg(5) with ``fuse_mixed``."""
 
-    from problems.nas import build_darts
+    def build(fuse, args):
+        from memory import _supernet, search_levels
 
-    net, arch, train, val, _ = _supernet(args)
-    solver = mlo.solvers.CG(iterations=5, fuse_mixed=fuse)
-    problems, deps = build_darts(net, arch, train, val, total_updates=10_000, solver=solver)
-    return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
+        args.network = network
+        net, arch, train, val, gen = _supernet(args)
+        solver = mlo.solvers.CG(iterations=5, fuse_mixed=fuse)
+        problems, deps = search_levels(net, arch, train, val, args, gen, solver)
+        return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
 
-
-def lease(fuse, args):
-    """LeaSE's four levels on the same supernet (``benchmarks/memory.py --network
-    lease``), cg(5) with ``fuse_mixed=fuse`` on the explainer and the audience."""
-    from memory import _supernet, lease_levels
-
-    net, arch, train, val, gen = _supernet(args)
-    problems, deps = lease_levels(net, arch, train, val, args, gen)
-    solver = mlo.solvers.CG(iterations=5, fuse_mixed=fuse)
-    for problem in problems:
-        if problem.name in ("explainer", "audience"):
-            problem.config = problem.config.model_copy(update={"solver": solver})
-    return mlo.Engine(problems, deps, mlo.EngineConfig(progress=False)).step
+    return build
 
 
 def chosen(step) -> str:
@@ -135,8 +125,8 @@ def main() -> None:
     print("program      separate     fused      auto   fused×   auto×   auto chose")
     for name, build, rounds in (
         ("quadratic", quadratic, args.rounds),
-        ("supernet", supernet, args.supernet_rounds),
-        ("lease", lease, args.lease_rounds),
+        ("supernet", search("darts"), args.supernet_rounds),
+        ("lease", search("lease"), args.lease_rounds),
     ):
         median, ratio, pick = measure(build, args, rounds)
         print(

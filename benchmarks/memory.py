@@ -107,7 +107,6 @@ def _plain_step(net, arch, train, steps: int):
 
 def child(config: str, args) -> dict:
     import mlo
-    from problems.nas import build_darts
 
     net, arch, train, val, gen = _supernet(args)
     if config == "plain":
@@ -124,16 +123,7 @@ def child(config: str, args) -> dict:
         unroll = int(name[len("unroll") :]) if name.startswith("unroll") else 1
         if config.endswith(("-checkpoint", "-one_graph")):
             solver = mlo.solvers.Unroll(checkpoint=config.endswith("-checkpoint"))
-        if args.network == "lease":
-            problems, deps = lease_levels(net, arch, train, val, args, gen)
-            for problem in problems:  # the explainer's and the audience's Jacobians
-                if problem.name in ("explainer", "audience"):
-                    update = {"solver": mlo.solvers.resolve(solver), "unroll_steps": unroll}
-                    problem.config = problem.config.model_copy(update=update)
-        else:
-            problems, deps = build_darts(
-                net, arch, train, val, total_updates=10_000, solver=solver, unroll_steps=unroll
-            )
+        problems, deps = search_levels(net, arch, train, val, args, gen, solver, unroll)
         hvp = {"-forward": "forward", "-fd": "finite_difference"}.get(config[len(name) :])
         if hvp:  # the same solver, its products by forward-over-reverse or differences
             for problem in problems:
@@ -162,6 +152,25 @@ def child(config: str, args) -> dict:
     # One more tick under the profiler: the live tensors' peak, free of the allocator's
     # caching (what max_memory_allocated measures on a GPU).
     return {"peak": peak, "live": _live_peak(step), "ms": 1e3 * statistics.median(times)}
+
+
+def search_levels(net, arch, train, val, args, gen, solver, unroll: int = 1):
+    """The search's levels (``args.network``) with ``solver`` and ``unroll`` steps where
+    the benchmark varies them: on the supernet level of the DARTS search, or on LeaSE's
+    explainer and audience."""
+    import mlo
+    from problems.nas import build_darts
+
+    if args.network != "lease":
+        return build_darts(
+            net, arch, train, val, total_updates=10_000, solver=solver, unroll_steps=unroll
+        )
+    problems, deps = lease_levels(net, arch, train, val, args, gen)
+    for problem in problems:  # the explainer's and the audience's Jacobians
+        if problem.name in ("explainer", "audience"):
+            update = {"solver": mlo.solvers.resolve(solver), "unroll_steps": unroll}
+            problem.config = problem.config.model_copy(update=update)
+    return problems, deps
 
 
 def lease_levels(net, arch, train, val, args, gen):

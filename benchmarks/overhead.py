@@ -152,14 +152,16 @@ def mlo_solver(solver: str) -> mlo.solvers.Solver:
     }[solver]
 
 
-def mlo_step(solver: str, n: int, dtype: torch.dtype = torch.float32):
+def mlo_step(solver: str | mlo.solvers.Solver, n: int, dtype: torch.dtype = torch.float32):
+    """mlo's tick with ``solver``: a name of ``SOLVERS`` (configured as the floor's), or a
+    solver instance."""
     b, t, x0, y0 = setup(n, dtype)
     x, y = Vec(x0), Vec(y0)
     lower = Lower(
         "lower",
         y,
         torch.optim.SGD(y.parameters(), lr=LR),
-        config=mlo.ProblemConfig(solver=mlo_solver(solver)),
+        config=mlo.ProblemConfig(solver=mlo_solver(solver) if isinstance(solver, str) else solver),
     )
     upper = Upper("upper", x, torch.optim.SGD(x.parameters(), lr=LR))
     lower.b, upper.t = b, t

@@ -11,6 +11,8 @@ from ..autodiff import SecondOrder
 from ..autodiff.linalg import Vector, axmy, axpy, dot, zeros_like
 from .base import ImplicitSolver, Level, register
 
+_MEMO = "cg.fuse_mixed"  # Level.memo[(_MEMO, the parents' shapes)]: "auto"'s choice
+
 
 @register("cg")
 class CG(ImplicitSolver):
@@ -76,7 +78,7 @@ class CG(ImplicitSolver):
         through a large matrix product can add more than the Hessian-vector product."""
         if self.fuse_mixed != "auto":
             return self.fuse_mixed
-        key = ("cg.fuse_mixed", tuple(tuple(t.shape) for t in others))
+        key = (_MEMO, tuple(tuple(t.shape) for t in others))
         if key not in level.memo:
             plain = hessian.cost(v, hessian.params)
             extra = hessian.cost(v, [*hessian.params, *others]) - plain
@@ -148,7 +150,7 @@ class CG(ImplicitSolver):
     def products_on(self, unroll_steps: int, memo: Mapping[Any, Any], apart: bool) -> int:
         """One pass fewer where the mixed products are taken in the Hessian-vector
         products' passes: ``fuse_mixed=True``, or ``"auto"`` once it chose so."""
-        chosen = any(v for k, v in memo.items() if k[0] == "cg.fuse_mixed")
+        chosen = any(v for k, v in memo.items() if k[0] == _MEMO)
         fused = self.fuse_mixed is True or (self.fuse_mixed == "auto" and chosen)
         return self.iterations + (1 if fused and not apart else 2)
 
