@@ -222,7 +222,7 @@ def graph_sizes(args) -> None:
     and of a cg(5) tick, and the bytes an exact reverse-over-reverse product must keep
     (the forward's saved tensors, then with the first backward's, built with
     ``create_graph``), with the architecture held fixed and with it differentiable (as the
-    mixed product needs it)."""
+    mixed product needs it); then what one product costs in reverse and in forward mode."""
     import dataclasses
 
     import mlo
@@ -244,7 +244,7 @@ def graph_sizes(args) -> None:
     for differentiable in (False, True):
         weights = arch.normalized()
         if not differentiable:
-            weights = dataclasses.replace(
+            weights = held = dataclasses.replace(
                 weights, **{k: v.detach() for k, v in vars(weights).items() if v is not None}
             )
         storages: set[tuple[int, int]] = set()
@@ -264,6 +264,73 @@ def graph_sizes(args) -> None:
             f"saves {forward / mib:.1f} MiB; with the create_graph backward, "
             f"{both / mib:.1f} MiB"
         )
+    _product_costs(net, held, x, y, params)
+
+
+def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
+    """What one Hessian-vector product costs in each mode, against a plain forward and
+    backward pass: operations (``mlo.autodiff.op_cost``) and the median time over
+    interleaved rounds. Reverse mode builds the gradient's graph once (``build``) and
+    takes each product by one double backward through it; forward mode takes each by one
+    forward-over-reverse pass."""
+    from torch.func import functional_call
+
+    from mlo.autodiff.forward import forward_product
+    from mlo.autodiff.op_cost import OperationCost
+
+    names = [n for n, _ in net.named_parameters()]
+    vector = [torch.randn_like(p) for p in params]
+
+    def objective(tensors):
+        out = functional_call(net, dict(zip(names, tensors)), (x, weights))
+        return torch.nn.functional.cross_entropy(out, y)
+
+    def plain():
+        return torch.autograd.grad(objective(params), params)
+
+    def build():
+        return torch.autograd.grad(objective(params), params, create_graph=True)
+
+    graph = build()
+    runs = {
+        "plain forward and backward": plain,
+        "build (create_graph backward)": build,
+        "reverse product (one double backward)": lambda: torch.autograd.grad(
+            graph, params, vector, retain_graph=True
+        ),
+        "forward product (forward-over-reverse)": lambda: forward_product(
+            objective, params, vector, None
+        ),
+    }
+    operations, times = {}, {k: [] for k in runs}
+    for name, run in runs.items():
+        with OperationCost() as cost:
+            run()
+        operations[name] = cost.total
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    base = "plain forward and backward"
+    ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
+    print("one Hessian-vector product, architecture held (operations; median ms):")
+    for name in runs:
+        print(
+            f"  {name}: {operations[name]:.3g} operations "
+            f"({operations[name] / operations[base]:.2f}x plain), {ms[name]:.1f} ms "
+            f"({ms[name] / ms[base]:.2f}x plain)"
+        )
+    labels = list(runs)
+    reverse, forward = (operations[k] for k in labels[2:])
+    reverse_product, forward_product_ = runs[labels[2]](), runs[labels[3]]()
+    largest = max(a.abs().max() for a in reverse_product)
+    apart = max((a - b).abs().max() for a, b in zip(reverse_product, forward_product_)) / largest
+    print(
+        f"  forward / reverse product: {forward / reverse:.2f}x the operations, "
+        f"{ms[labels[3]] / ms[labels[2]]:.2f}x the time (the two products differ by at "
+        f"most {float(apart):.1e} of the largest entry)"
+    )
 
 
 def main() -> None:
@@ -290,8 +357,8 @@ def main() -> None:
     parser.add_argument(
         "--graph-sizes",
         action="store_true",
-        help="print the live-tensor peaks of a plain step and a cg(5) tick, and the graph "
-        "an exact product keeps",
+        help="print the live-tensor peaks of a plain step and a cg(5) tick, the graph "
+        "an exact product keeps, and one product's operations and time in each mode",
     )
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -54,3 +54,14 @@ def test_graph_sizes_reports_the_graph_an_exact_product_keeps():
     # differentiable architecture makes both keep more (the mixed operations' outputs)
     assert held_both > held_forward and diff_both > diff_forward
     assert diff_forward > held_forward and diff_both > held_both
+    # one product's operations in each mode: the reverse product reuses the graph built
+    # once, the forward product evaluates the forward and backward pass again with tangents
+    ops = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"^  (\w+) .*?: ([\d.e+]+) operations", done.stdout, re.M)
+    }
+    assert set(ops) == {"plain", "build", "reverse", "forward"}, done.stdout
+    assert ops["build"] == ops["plain"] > 0
+    assert ops["forward"] > ops["reverse"] > ops["plain"]
+    apart = float(re.search(r"differ by at most ([\d.e+-]+) of", done.stdout).group(1))
+    assert apart < 1e-4
