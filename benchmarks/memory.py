@@ -7,7 +7,8 @@ reports the peak resident growth over the resident set before the first tick, an
 median time per tick. ``plain`` is the supernet's own training step (forward, backward,
 its optimizer's step, the architecture held); the others are mlo's DARTS search with that
 solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet steps;
-``-forward``: the same solver with ``ProblemConfig(hvp="forward")``; ``-fd``: with
+``-forward``: the same solver with ``ProblemConfig(hvp="forward")``; ``-recompute``: with
+``ProblemConfig(hvp="recompute")`` (the gradient's graph built for each product); ``-fd``: with
 ``ProblemConfig(hvp="finite_difference")`` (r = 0.01); ``unroll`` checkpoints its replay
 from K = 4 on by default, ``-checkpoint`` and ``-one_graph`` force either way, and with
 ``-forward`` each replayed step's second-order products are one forward-over-reverse
@@ -43,6 +44,8 @@ CONFIGS = [
     "neumann",
     "cg-forward",
     "neumann-forward",
+    "cg-recompute",
+    "neumann-recompute",
     "cg-separate",
     "cg-fd",
     "neumann-fd",
@@ -124,8 +127,9 @@ def child(config: str, args) -> dict:
         if config.endswith(("-checkpoint", "-one_graph")):
             solver = mlo.solvers.Unroll(checkpoint=config.endswith("-checkpoint"))
         problems, deps = search_levels(net, arch, train, val, args, gen, solver, unroll)
-        hvp = {"-forward": "forward", "-fd": "finite_difference"}.get(config[len(name) :])
-        if hvp:  # the same solver, its products by forward-over-reverse or differences
+        hvp = {"-forward": "forward", "-fd": "finite_difference", "-recompute": "recompute"}
+        hvp = hvp.get(config[len(name) :])
+        if hvp:  # the same solver, its products by another route
             for problem in problems:
                 if problem.config.solver.name == name.rstrip("0123456789"):
                     problem.config = problem.config.model_copy(update={"hvp": hvp})
@@ -222,7 +226,8 @@ def graph_sizes(args) -> None:
     and of a cg(5) tick, and the bytes an exact reverse-over-reverse product must keep
     (the forward's saved tensors, then with the first backward's, built with
     ``create_graph``), with the architecture held fixed and with it differentiable (as the
-    mixed product needs it); then what one product costs in reverse and in forward mode."""
+    mixed product needs it); then what one product costs and holds in each exact mode
+    (``hvp="reverse"``, ``"recompute"``, ``"forward"``)."""
     import dataclasses
 
     import mlo
@@ -291,16 +296,20 @@ def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
     def build():
         return torch.autograd.grad(objective(params), params, create_graph=True)
 
-    graph = build()
+    def rebuilt():  # hvp="recompute": a graph built for the product, freed by it
+        return torch.autograd.grad(build(), params, vector)
+
+    kept = {"graph": build()}  # the retained graph the reverse products differentiate
     runs = {
         "plain forward and backward": plain,
         "build (create_graph backward)": build,
         "reverse product (one double backward)": lambda: torch.autograd.grad(
-            graph, params, vector, retain_graph=True
+            kept["graph"], params, vector, retain_graph=True
         ),
         "forward product (forward-over-reverse)": lambda: forward_product(
             objective, params, vector, None
         ),
+        "recompute product (build and double backward)": rebuilt,
     }
     operations, times = {}, {k: [] for k in runs}
     for name, run in runs.items():
@@ -322,7 +331,7 @@ def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
             f"({ms[name] / ms[base]:.2f}x plain)"
         )
     labels = list(runs)
-    reverse, forward = (operations[k] for k in labels[2:])
+    reverse, forward, recompute = (operations[k] for k in labels[2:])
     reverse_product, forward_product_ = runs[labels[2]](), runs[labels[3]]()
     largest = max(a.abs().max() for a in reverse_product)
     apart = max((a - b).abs().max() for a, b in zip(reverse_product, forward_product_)) / largest
@@ -330,6 +339,37 @@ def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
         f"  forward / reverse product: {forward / reverse:.2f}x the operations, "
         f"{ms[labels[3]] / ms[labels[2]]:.2f}x the time (the two products differ by at "
         f"most {float(apart):.1e} of the largest entry)"
+    )
+
+    def reverse_one():  # the graph built and kept, as for the next product
+        kept = build()
+        torch.autograd.grad(kept, params, vector, retain_graph=True)
+
+    del reverse_product, forward_product_
+    kept.clear()
+    # One product each: nothing is kept between products but the retained graph, which
+    # reverse_one holds through its product (five would hold no more, and the profiler's
+    # records of five forward products alone take gigabytes).
+    peaks = {
+        "plain": _live_peak(plain),
+        "reverse": _live_peak(reverse_one),
+        "recompute": _live_peak(rebuilt),
+        "forward": _live_peak(runs[labels[3]]),
+    }
+    print(
+        "  live tensors at the peak of a product: "
+        + ", ".join(
+            f"{k} {n / 2**20:.1f} MiB ({n / peaks['plain']:.2f}x)"
+            for k, n in peaks.items()
+            if k != "plain"
+        )
+        + f" (a plain forward and backward: {peaks['plain'] / 2**20:.1f} MiB)"
+    )
+    print(
+        f"  recompute / reverse product: {recompute / reverse:.2f}x the operations, "
+        f"{ms[labels[4]] / ms[labels[2]]:.2f}x the time; recompute / forward product: "
+        f"{recompute / forward:.2f}x the operations, {ms[labels[4]] / ms[labels[3]]:.2f}x "
+        "the time"
     )
 
 
@@ -358,7 +398,8 @@ def main() -> None:
         "--graph-sizes",
         action="store_true",
         help="print the live-tensor peaks of a plain step and a cg(5) tick, the graph "
-        "an exact product keeps, and one product's operations and time in each mode",
+        "an exact product keeps, and one product's operations, time and memory in each "
+        "exact mode",
     )
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()

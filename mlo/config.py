@@ -55,17 +55,20 @@ class ProblemConfig(Options):
         "effect on other levels.",
     )
 
-    hvp: Literal["auto", "reverse", "forward", "finite_difference"] = Field(
+    hvp: Literal["auto", "reverse", "recompute", "forward", "finite_difference"] = Field(
         "auto",
         description="how this level's Hessian-vector and mixed products are taken (cg, "
-        "neumann): 'auto' takes 'reverse', and 'forward' from the first solve that runs "
+        "neumann): 'auto' takes 'reverse', and 'recompute' from the first solve that runs "
         "out of memory in reverse mode (on one process; describe() says which); 'reverse' "
-        "differentiates the gradient's retained graph again (one "
-        "double backward a product); 'forward' takes each product by forward-over-reverse "
-        "(a forward and a backward pass with tangents, nothing retained between products). "
-        "Same values; measured on the DARTS supernet on a CPU, 'forward' holds about two "
-        "thirds of 'reverse''s peak (about twice a plain training step) and takes 1.6 to "
-        "1.9x its time (docs/benchmarks.md, memory). "
+        "differentiates the gradient's retained graph again (one double backward a "
+        "product); 'recompute' builds the gradient's graph again for each product and "
+        "lets the product's double backward free it as it goes (one forward, one backward "
+        "and one double backward a product); 'forward' takes each product by "
+        "forward-over-reverse (a forward and a backward pass with tangents). Same values; "
+        "measured on the DARTS supernet on a CPU, 'recompute' and 'forward' hold about "
+        "two thirds of 'reverse''s peak (about twice a plain training step), and a "
+        "product takes 1.4x and 1.8x a reverse one's time (docs/benchmarks.md, memory); "
+        "'recompute' needs no forward-mode rules. "
         "'finite_difference' approximates each product by the central difference of two "
         "plain gradients at a distance hvp_radius (DARTS' mixed product): the memory of a "
         "training step, not exact (an O(r²) truncation and an O(u/r) rounding error). A "

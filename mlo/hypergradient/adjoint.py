@@ -54,7 +54,7 @@ class AdjointPropagation:
         modes: which levels' Jacobians are total (and their fall-back).
         watch: queues tensors for the finiteness check.
         diagnostics: where each solver's diagnostics are kept, by level.
-        hvp_modes: how each level's products are taken, and the switch to forward mode
+        hvp_modes: how each level's products are taken, and the switch to "recompute"
             when reverse mode runs out of memory.
     """
 

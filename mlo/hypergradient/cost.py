@@ -7,7 +7,8 @@ Per update of a level P (DESIGN §2): one pass for P's own gradient, plus one ca
 each lower level L's solver on P's adjoint propagation. A call takes
 ``s = solver.products_on(unroll_steps, ...)`` passes when L's Jacobian is partial (its
 ``products``, less one where ``cg`` takes its mixed products inside its Hessian-vector
-products' passes). When it is
+products' passes; with ``hvp="recompute"`` each product is two, since it builds the
+gradient's graph again). When it is
 total (L reads its own lower levels), each pass is one through L's total gradient: the
 pass itself and a propagation through L's lower levels, ``inner`` passes, so the call
 takes ``s · (1 + inner)``. The count compounds with the depth of the nesting; it is exact
@@ -27,6 +28,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..solvers import ImplicitSolver
 from .adjoint import AdjointPropagation
 from .jacobian import JacobianModes
 
@@ -125,9 +127,12 @@ class CostEstimate:
         if lower not in memo:
             config = self.problems[lower].config
             nested = exact and self.modes.nested(lower)
-            apart = nested or self.propagation.hvp_modes.mode(lower) != "reverse"
+            mode = self.propagation.hvp_modes.mode(lower)
+            apart = nested or mode != "reverse"
             memo = self.memos.get(lower, {})
             passes = config.solver.products_on(config.unroll_steps, memo, apart)
+            if mode == "recompute" and not nested and isinstance(config.solver, ImplicitSolver):
+                passes = 2 * (passes - 1)  # each product builds the gradient's graph again
             if nested and config.jacobian == "one_system":
                 # One MINRES solve per level of its chain, none nested in another's
                 # products (each product is one backward pass, of a higher order).

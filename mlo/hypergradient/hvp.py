@@ -2,11 +2,13 @@
 ``"auto"`` resolved level by level.
 
 Reverse mode (``SecondOrder``: one gradient graph, differentiated again for every
-product) is the faster; forward-over-reverse (``mlo.autodiff.forward``) holds about two
-thirds of its peak and takes 1.6 to 1.9 times as long (docs/benchmarks.md, memory).
-``"auto"`` takes reverse mode, and when a level's products run out of memory it takes
-that solve again in forward mode and keeps forward mode for the level from then on, with
-a warning; ``describe()`` says which mode each level uses and why.
+product) is the faster; reverse mode with the graph built again for each product
+(``mlo.autodiff.recompute``) and forward-over-reverse (``mlo.autodiff.forward``) hold
+about two thirds of its peak, and the first takes less time than the second and needs no
+forward-mode rules (docs/benchmarks.md, memory). ``"auto"`` takes reverse mode, and when
+a level's products run out of memory it takes that solve again with the graph built for
+each product and keeps that for the level from then on, with a warning; ``describe()``
+says which mode each level uses and why.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..autodiff.forward import MissingForwardRule
 from ..autodiff.linalg import Vector
 from ..durable import rng
 from ..errors import OutOfMemoryError, first_line, is_out_of_memory
@@ -38,26 +39,26 @@ class HvpModes:
     def __init__(self, evaluator: Evaluator) -> None:
         self.evaluator = evaluator
         self.switched: dict[str, str] = {}
-        """The levels ``"auto"`` moved to forward mode, and the error that moved them."""
+        """The levels ``"auto"`` moved to ``"recompute"``, and the error that moved them."""
 
     def mode(self, name: str) -> str:
         """Level ``name``'s products: its configured mode, ``"auto"`` resolved."""
         chosen = self.evaluator.problems[name].config.hvp
         if chosen != "auto":
             return chosen
-        return "forward" if name in self.switched else "reverse"
+        return "recompute" if name in self.switched else "reverse"
 
     def vjp(
         self, solver: Solver, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]
     ) -> SolverResult:
         """``solver.vjp(level, v, parents)``. If its products run out of memory in reverse
-        mode under ``"auto"``, the same solve again from the same random state in forward
-        mode, which the level keeps from then on. On several data-parallel ranks the error
-        stands: one rank starting its solve again would pair its collective calls with
-        another rank's later ones."""
+        mode under ``"auto"``, the same solve again from the same random state with the
+        gradient's graph built for each product (``"recompute"``), which the level keeps
+        from then on. On several data-parallel ranks the error stands: one rank starting
+        its solve again would pair its collective calls with another rank's later ones."""
         name = level.name
         switchable = (
-            solver.forward_when_out_of_memory
+            solver.recompute_when_out_of_memory
             and level.hvp == "reverse"
             and self.evaluator.problems[name].config.hvp == "auto"
             and level.hvp_applies
@@ -77,20 +78,26 @@ class HvpModes:
         self.switched[name] = why
         logger.warning(
             "problem %r: its second-order products ran out of memory in reverse mode (%s); "
-            "it takes them by forward-over-reverse from now on, which holds about two "
-            "thirds of the memory and takes up to about 2x the time (set "
-            "ProblemConfig(hvp='forward') on it to say so and silence this)",
+            "it builds the gradient's graph again for each product from now on, which "
+            "holds about two thirds of the memory and takes longer (about 1.3x on the "
+            "DARTS supernet; set ProblemConfig(hvp='recompute') on it to say so and "
+            "silence this)",
             name,
             why,
         )
         try:
-            return solver.vjp(dataclasses.replace(level, hvp="forward"), v, parents)
-        except MissingForwardRule as error:
-            raise OutOfMemoryError(
-                f"problem {name!r}: its second-order products ran out of memory in reverse "
-                f"mode ({why}), and forward mode, which holds less, cannot run: "
-                f"{first_line(error)}. Use smaller batches or a smaller model"
-            ) from error
+            return solver.vjp(dataclasses.replace(level, hvp="recompute"), v, parents)
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            failure = error
+        raise OutOfMemoryError(
+            f"problem {name!r}: its second-order products ran out of memory in reverse "
+            f"mode ({why}), and again with the gradient's graph built for each product, "
+            f"which holds less ({first_line(failure)}). Use smaller batches or a smaller "
+            "model, or ProblemConfig(hvp='finite_difference') (the memory of a training "
+            "step, not exact)"
+        ) from failure
 
     def describe(self, name: str) -> str:
         """The level's products, in words, for ``describe()`` (nothing for a solver that
@@ -98,11 +105,11 @@ class HvpModes:
         config = self.evaluator.problems[name].config
         chosen, solver = config.hvp, config.solver
         if not solver.takes_products or (
-            chosen == "auto" and not solver.forward_when_out_of_memory
+            chosen == "auto" and not solver.recompute_when_out_of_memory
         ):
             return ""
         if chosen == "auto" and name in self.switched:
-            return " hvp=auto(forward, since reverse ran out of memory)"
+            return " hvp=auto(recompute, since reverse ran out of memory)"
         if chosen == "auto":
             return " hvp=auto(reverse)"
         if chosen == "finite_difference":

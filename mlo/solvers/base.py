@@ -24,6 +24,7 @@ from ..autodiff import SecondOrder
 from ..autodiff.finite_difference import FiniteDifferenceSecondOrder
 from ..autodiff.forward import ForwardSecondOrder, Hold
 from ..autodiff.linalg import Vector
+from ..autodiff.recompute import RecomputedSecondOrder
 from ..autodiff.trajectory import Trajectory
 from ..errors import SetupError
 from ..options import Options
@@ -84,9 +85,9 @@ class Level:
     lower levels' tree (``mlo.hypergradient.one_system``)."""
     hvp: str = "reverse"
     """How ``products()`` are taken where they need not be differentiable further
-    (``ProblemConfig(hvp=...)``): ``"reverse"`` (``SecondOrder``), ``"forward"``
-    (``ForwardSecondOrder``) or ``"finite_difference"``
-    (``FiniteDifferenceSecondOrder``, at ``hvp_radius``)."""
+    (``ProblemConfig(hvp=...)``): ``"reverse"`` (``SecondOrder``), ``"recompute"``
+    (``RecomputedSecondOrder``), ``"forward"`` (``ForwardSecondOrder``) or
+    ``"finite_difference"`` (``FiniteDifferenceSecondOrder``, at ``hvp_radius``)."""
     hvp_radius: float = 0.01
     hold: Hold | None = None
     """``hold(keep)``: a context in which no level's parameter except ``keep`` requires
@@ -111,6 +112,13 @@ class Level:
         """D's second-order products (see ``second_order``)."""
         if self.second_order is not None:
             return self.second_order()
+        if self.hvp == "recompute" and self.hvp_applies:
+            return RecomputedSecondOrder(
+                lambda params: self.objective(params=params),
+                self.params,
+                self.average,
+                self.hold,
+            )
         if self.hvp == "forward" and self.hvp_applies:
             return ForwardSecondOrder(
                 lambda params: self.objective(params=params),
@@ -165,9 +173,9 @@ class Solver(Options, ABC):
     needs_best_response: ClassVar[bool] = False  # True: only for levels with best_response
     # True: ProblemConfig(hvp=...) applies to its products (describe() shows it).
     takes_products: ClassVar[bool] = False
-    # True: under hvp="auto" its products move to forward mode when reverse mode runs out
-    # of memory (forward mode holds less there).
-    forward_when_out_of_memory: ClassVar[bool] = False
+    # True: under hvp="auto" its products move to "recompute" (the gradient's graph built
+    # again for each product) when reverse mode runs out of memory; that holds less.
+    recompute_when_out_of_memory: ClassVar[bool] = False
 
     @abstractmethod
     def vjp(self, level: Level, v: Vector, parents: Sequence[Sequence[Tensor]]) -> SolverResult:
@@ -189,9 +197,9 @@ class Solver(Options, ABC):
         """[`products`][mlo.solvers.Solver.products] on one level: ``memo`` holds the
         choices the solver made there so far (``Level.memo``), and ``apart`` says that each
         product must be a pass of its own (a nested level's total products, or products
-        in forward mode or by differences; ``cg`` takes its mixed products inside its
-        Hessian-vector products' passes only on a retained reverse-mode graph). By
-        default ``products(unroll_steps)``."""
+        from a graph built for each, in forward mode or by differences; ``cg`` takes its
+        mixed products inside its Hessian-vector products' passes only on a retained
+        reverse-mode graph). By default ``products(unroll_steps)``."""
         return self.products(unroll_steps)
 
 
@@ -208,7 +216,7 @@ class ImplicitSolver(Solver):
 
     supports_total: ClassVar[bool] = True
     takes_products: ClassVar[bool] = True
-    forward_when_out_of_memory: ClassVar[bool] = True
+    recompute_when_out_of_memory: ClassVar[bool] = True
 
     @abstractmethod
     def inverse_hvp(

@@ -63,7 +63,9 @@ class Unroll(Solver):
     K = 4, 2.9x the plain step's resident peak against 3.1x, but 3.2x its live tensors
     against 2.4x, at 1.1x the time), because that one pass differentiates the level's
     parameters and the architecture at once, so ``hvp="auto"`` leaves ``unroll`` in
-    reverse mode.
+    reverse mode. ``hvp="recompute"`` (a graph built for each product) is what the
+    checkpointed replay does for each step already; here it leaves the choice to
+    ``checkpoint``.
     """
 
     CHECKPOINT_FROM: ClassVar[int] = 4

@@ -48,7 +48,7 @@ def test_graph_sizes_reports_the_graph_an_exact_product_keeps():
     done = run_child([sys.executable, str(ROOT / "benchmarks" / "memory.py"), *quick], 300)
     assert done.returncode == 0, done.stderr[-3000:]
     numbers = [float(x) for x in re.findall(r"([\d.]+) MiB", done.stdout)]
-    plain, tick, held_forward, held_both, diff_forward, diff_both = numbers
+    plain, tick, held_forward, held_both, diff_forward, diff_both = numbers[:6]
     assert tick > plain > 0
     # the first backward's create_graph tensors come on top of the forward's, and a
     # differentiable architecture makes both keep more (the mixed operations' outputs)
@@ -60,8 +60,13 @@ def test_graph_sizes_reports_the_graph_an_exact_product_keeps():
         m.group(1): float(m.group(2))
         for m in re.finditer(r"^  (\w+) .*?: ([\d.e+]+) operations", done.stdout, re.M)
     }
-    assert set(ops) == {"plain", "build", "reverse", "forward"}, done.stdout
+    assert set(ops) == {"plain", "build", "reverse", "forward", "recompute"}, done.stdout
     assert ops["build"] == ops["plain"] > 0
     assert ops["forward"] > ops["reverse"] > ops["plain"]
+    # recompute: the build and the double backward, fewer operations than forward mode
+    assert ops["recompute"] == pytest.approx(ops["build"] + ops["reverse"], rel=0.01)
+    assert ops["recompute"] < ops["forward"]
+    live = dict(re.findall(r"(reverse|recompute|forward) ([\d.]+) MiB", done.stdout))
+    assert float(live["recompute"]) < float(live["reverse"]), done.stdout
     apart = float(re.search(r"differ by at most ([\d.e+-]+) of", done.stdout).group(1))
     assert apart < 1e-4

@@ -199,6 +199,10 @@ CASES = {
     "two-cg-forward": lambda batch, distributed="none", dtype=torch.float64: two_levels(
         "cg", batch, distributed, dtype, hvp="forward"
     ),
+    # Products from a graph built for each (hvp="recompute"), averaged the same way.
+    "two-cg-recompute": lambda batch, distributed="none", dtype=torch.float64: two_levels(
+        "cg", batch, distributed, dtype, hvp="recompute"
+    ),
 }
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

@@ -147,6 +147,16 @@ def test_cg_counts_its_mixed_product_apart_where_products_are_not_reverse_modes(
     assert counted == {"forward": 6, "finite_difference": 10}[hvp]
 
 
+def test_recompute_counts_a_gradient_and_a_double_backward_for_every_product(monkeypatch):
+    # l1: 1; l0: 1 + (3 Hessian-vector products and 1 mixed product, each from a graph
+    # built for it: its create_graph backward, then its double backward)
+    engine = dense_chain(2, mlo.solvers.CG(iterations=3), jacobian="partial", hvp="recompute")
+    engine.step()
+    assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=True) == 10
+    assert passes_of_one_tick(engine, monkeypatch) == 10
+    assert "hvp=recompute passes/tick=1" in engine.describe()
+
+
 @pytest.mark.parametrize(
     "checkpoint, expected",
     [

@@ -1,7 +1,10 @@
-"""Forward-over-reverse second-order products (``ProblemConfig(hvp="forward")``, issue 32)
-against the reverse-over-reverse ones they replace, in float64: the same Hessian-vector
-and mixed products, the same hypergradients through cg and neumann, and a clear error
-where an operation has no forward-mode rule."""
+"""Second-order products that keep no graph between products, by forward-over-reverse
+(``ProblemConfig(hvp="forward")``, issue 32) and by reverse mode from a graph built for
+each (``hvp="recompute"``), against the retained graph's, in float64: the same
+Hessian-vector and mixed products, the same hypergradients through cg and neumann, the
+same dropout masks, what a product holds, and a clear error where an operation has no
+forward-mode rule; and ``hvp="auto"``'s move to products from a graph built for each when
+reverse mode runs out of memory."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from torch import nn
 import mlo
 from mlo.autodiff import SecondOrder
 from mlo.autodiff.forward import ForwardSecondOrder
+from mlo.autodiff.recompute import RecomputedSecondOrder
 from mlo.parameters import ParameterSet
 
 DTYPE = torch.float64
@@ -23,7 +27,8 @@ def mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return net, torch.randn(20, 6, dtype=DTYPE), torch.randn(20, dtype=DTYPE)
 
 
-def test_products_equal_the_reverse_ones():
+@pytest.mark.parametrize("products", [ForwardSecondOrder, RecomputedSecondOrder])
+def test_products_equal_the_reverse_ones(products):
     net, x, y = mlp()
     scale = torch.tensor(0.7, dtype=DTYPE, requires_grad=True)  # another level's parameter
     params = ParameterSet(net)
@@ -38,13 +43,17 @@ def test_products_equal_the_reverse_ones():
     gen = torch.Generator().manual_seed(1)
     v = [torch.randn(p.shape, generator=gen, dtype=DTYPE) for p in params.tensors]
     reverse = SecondOrder(objective(), params.tensors)
-    forward = ForwardSecondOrder(objective, params.tensors)
-    for a, b in zip(forward.hvp(v), reverse.hvp(v)):
-        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    forward = products(objective, params.tensors)
+    for _ in range(2):  # nothing is kept from one product to the next
+        for a, b in zip(forward.hvp(v), reverse.hvp(v)):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert float(sum(h.abs().sum() for h in reverse.hvp(v))) > 1e-3
     (mixed_f,) = forward.mixed(v, [scale])
     (mixed_r,) = reverse.mixed(v, [scale])
     assert torch.allclose(mixed_f, mixed_r, rtol=1e-12, atol=1e-14)
     assert float(mixed_r.abs()) > 1e-6
+    # the products differentiate detached copies: nothing lands on the parameters
+    assert all(p.grad is None for p in params.tensors) and scale.grad is None
 
 
 def two_levels(solver: str, hvp: str) -> mlo.Engine:
@@ -68,16 +77,17 @@ def two_levels(solver: str, hvp: str) -> mlo.Engine:
     return mlo.Engine([penalty, fit], {"penalty": ["fit"]}, mlo.EngineConfig(progress=False))
 
 
+@pytest.mark.parametrize("hvp", ["forward", "recompute"])
 @pytest.mark.parametrize("solver", ["cg", "neumann"])
-def test_the_hypergradient_is_the_same_through_cg_and_neumann(solver):
-    reverse, forward = two_levels(solver, "reverse"), two_levels(solver, "forward")
+def test_the_hypergradient_is_the_same_through_cg_and_neumann(solver, hvp):
+    reverse, forward = two_levels(solver, "reverse"), two_levels(solver, hvp)
     for _ in range(3):
         reverse.step()
     forward.load_state_dict(reverse.state_dict())  # the same state, trained a little
     a, b = forward.hypergradient("penalty")["lam"], reverse.hypergradient("penalty")["lam"]
     assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
     assert float(b.abs()) > 1e-6
-    assert "hvp=forward" in forward.describe() and "hvp=forward" not in reverse.describe()
+    assert f"hvp={hvp}" in forward.describe() and f"hvp={hvp}" not in reverse.describe()
 
 
 class NoForwardRule(torch.autograd.Function):
@@ -124,15 +134,16 @@ def dropout_levels(hvp: str, fuse_mixed: bool = True) -> mlo.Engine:
     return mlo.Engine([penalty, fit], {"penalty": ["fit"]}, mlo.EngineConfig(progress=False))
 
 
-def test_every_product_sees_the_same_dropout_mask_and_the_same_numbers_are_drawn():
+@pytest.mark.parametrize("mode", ["forward", "recompute"])
+def test_every_product_sees_the_same_dropout_mask_and_the_same_numbers_are_drawn(mode):
     results = {}
-    for hvp in ("reverse", "forward"):
+    for hvp in ("reverse", mode):
         engine = dropout_levels(hvp)
         torch.manual_seed(5)
         for _ in range(3):
             engine.step()
         results[hvp] = (engine.problems["penalty"].module.lam.detach().clone(), torch.rand(3))
-    (lam_r, next_r), (lam_f, next_f) = results["reverse"], results["forward"]
+    (lam_r, next_r), (lam_f, next_f) = results["reverse"], results[mode]
     assert torch.allclose(lam_f, lam_r, rtol=1e-12, atol=0)
     assert float((lam_r + 1.0).abs()) > 1e-4  # the hypergradient moved it
     assert torch.equal(next_f, next_r)  # the forward products consumed what reverse did
@@ -150,8 +161,9 @@ def test_fused_mixed_products_give_the_mixed_product_of_w_through_dropout():
     assert torch.allclose(found[True], found[False], rtol=1e-12, atol=0)
 
 
-def test_only_what_a_product_differentiates_requires_gradients_while_it_is_evaluated():
-    engine = dropout_levels("forward")
+@pytest.mark.parametrize("mode", ["forward", "recompute"])
+def test_only_what_a_product_differentiates_requires_gradients_while_it_is_evaluated(mode):
+    engine = dropout_levels(mode)
     lam = engine.problems["penalty"].module.lam
     fit = engine.problems["fit"]
     seen = []
@@ -189,7 +201,8 @@ class Mixing(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def test_a_forward_product_holds_about_twice_a_training_step():
+@pytest.mark.parametrize("products", [ForwardSecondOrder, RecomputedSecondOrder])
+def test_a_product_holds_about_twice_a_training_step(products):
     from ..scripts import ROOT, load_script
 
     live_peak = load_script(ROOT / "benchmarks" / "memory.py")._live_peak
@@ -213,16 +226,26 @@ def test_a_forward_product_holds_about_twice_a_training_step():
         torch.autograd.grad(objective(params.tensors), [*params.tensors, alpha])
 
     v = [torch.randn_like(p) for p in params.tensors]
-    products = ForwardSecondOrder(objective, params.tensors, hold=hold)
-    unheld = ForwardSecondOrder(objective, params.tensors)
+    held = products(objective, params.tensors, hold=hold)
+    unheld = products(objective, params.tensors)
     step, step_both = live_peak(plain), live_peak(both)
-    hvp, mixed = live_peak(lambda: products.hvp(v)), live_peak(lambda: products.mixed(v, [alpha]))
-    # the saved activations and their tangents: each product is about two steps that
-    # differentiate what it differentiates
+    hvp = live_peak(lambda: [held.hvp(v) for _ in range(3)])
+    mixed = live_peak(lambda: held.mixed(v, [alpha]))
+    # forward mode: the saved activations and their tangents; a graph built for each
+    # product: the saved activations and, at any time, about one more set (the first
+    # backward's saved tensors, freed by the double backward as it goes, or the
+    # gradients it gathers). Each product is about two steps that differentiate what it
+    # differentiates.
     assert hvp < 2.2 * step and mixed < 2.2 * step_both, (step, step_both, hvp, mixed)
-    # without holding the architecture its mixed outputs are saved with their tangents
+    # without holding the architecture its mixed outputs are saved as well
     assert live_peak(lambda: unheld.hvp(v)) > 1.15 * hvp
-    reverse = live_peak(lambda: SecondOrder(objective(params.tensors), params.tensors).hvp(v))
+
+    def retained():  # the graph built once and kept for three products
+        kept = SecondOrder(objective(params.tensors), params.tensors)
+        for _ in range(3):
+            kept.hvp(v)
+
+    reverse = live_peak(retained)
     assert reverse > 1.15 * hvp, (reverse, hvp)
 
 
@@ -252,7 +275,7 @@ def run_out_of_memory_in_reverse(monkeypatch, calls: list) -> None:
     monkeypatch.setattr(SecondOrder, "hvp_and_mixed", refuse)  # CG's fused products
 
 
-def test_auto_takes_the_solve_again_in_forward_mode_when_reverse_runs_out_of_memory(
+def test_auto_takes_the_solve_again_with_a_graph_per_product_when_reverse_runs_out_of_memory(
     monkeypatch, caplog
 ):
     truth = dropout_levels("reverse")  # the same random state, reverse mode throughout
@@ -265,15 +288,15 @@ def test_auto_takes_the_solve_again_in_forward_mode_when_reverse_runs_out_of_mem
     torch.manual_seed(5)
     with caplog.at_level("WARNING", logger="mlo"):
         auto.step()
-    assert calls == ["reverse"]  # one failed attempt, then forward mode
+    assert calls == ["reverse"]  # one failed attempt, then a graph per product
     assert "ran out of memory in reverse mode" in caplog.text and "'fit'" in caplog.text
     lam_truth = truth.problems["penalty"].module.lam.detach()
     lam_auto = auto.problems["penalty"].module.lam.detach()
     assert torch.allclose(lam_auto, lam_truth, rtol=1e-12, atol=0)
     assert float((lam_truth + 1.0).abs()) > 1e-4
     auto.step()
-    assert calls == ["reverse"]  # the level keeps forward mode
-    assert "hvp=auto(forward, since reverse ran out of memory)" in auto.describe()
+    assert calls == ["reverse"]  # the level keeps it
+    assert "hvp=auto(recompute, since reverse ran out of memory)" in auto.describe()
 
 
 def test_a_level_set_to_reverse_is_not_switched(monkeypatch):
@@ -296,15 +319,19 @@ def test_other_errors_are_not_taken_for_memory(monkeypatch):
     assert "hvp=auto(reverse)" in engine.describe()
 
 
-def test_out_of_memory_without_forward_rules_names_both_failures(monkeypatch):
+def test_out_of_memory_in_both_modes_names_both_failures(monkeypatch):
+    from mlo.autodiff.recompute import RecomputedSecondOrder
+
     engine = dropout_levels("auto")
     run_out_of_memory_in_reverse(monkeypatch, [])
-    fit = engine.problems["fit"]
-    step = type(fit).training_step
-    monkeypatch.setattr(
-        type(fit), "training_step", lambda self, batch: NoForwardRule.apply(step(self, batch))
-    )
-    with pytest.raises(mlo.OutOfMemoryError, match=r"'fit'.*reverse mode.*forward mode"):
+
+    def refuse(self, *args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(RecomputedSecondOrder, "_product", refuse)
+    with pytest.raises(
+        mlo.OutOfMemoryError, match=r"'fit'.*reverse mode.*2.00 GiB.*each product.*1.00 GiB"
+    ):
         engine.step()
 
 

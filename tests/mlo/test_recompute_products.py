@@ -1,0 +1,40 @@
+"""Reverse-mode products from a graph built for each one (``ProblemConfig(hvp="recompute")``,
+issue 32): what only they do. Their values, hypergradients, dropout masks, held
+parameters and memory are tested beside forward mode's, against the retained graph's
+(``tests/mlo/test_forward_products.py``); here, a constant objective and an operation
+without a forward-mode rule."""
+
+from __future__ import annotations
+
+import torch
+
+from mlo.autodiff.recompute import RecomputedSecondOrder
+
+from .test_forward_products import (
+    DTYPE,
+    NoForwardRule,
+    two_levels,
+)
+
+
+def test_a_product_of_a_constant_objective_is_zero():
+    w = torch.ones(3, dtype=DTYPE, requires_grad=True)
+    other = torch.ones(2, dtype=DTYPE, requires_grad=True)
+    flat = RecomputedSecondOrder(lambda values: torch.tensor(1.0, dtype=DTYPE), [w])
+    linear = RecomputedSecondOrder(lambda values: (values[0] * 2.0).sum() + other.sum(), [w])
+    v = [torch.ones(3, dtype=DTYPE)]
+    for products in (flat, linear):  # no graph at all; a gradient that is a constant
+        assert torch.equal(products.hvp(v)[0], torch.zeros(3, dtype=DTYPE))
+        assert torch.equal(products.mixed(v, [other])[0], torch.zeros(2, dtype=DTYPE))
+
+
+def test_it_needs_no_forward_mode_rule():
+    engine, truth = two_levels("cg", "recompute"), two_levels("cg", "reverse")
+    for e in (engine, truth):
+        fit = e.problems["fit"]
+        step = type(fit).training_step
+        type(fit).training_step = lambda self, batch, step=step: NoForwardRule.apply(
+            step(self, batch)
+        )
+    a, b = engine.hypergradient("penalty")["lam"], truth.hypergradient("penalty")["lam"]
+    assert torch.allclose(a, b, rtol=1e-12, atol=1e-15) and float(b.abs()) > 1e-6
