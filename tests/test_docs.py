@@ -137,11 +137,62 @@ def test_the_first_tutorial_prints_what_its_page_shows_and_draws_its_plot(tmp_pa
     assert "first_bilevel.txt" in page and "first_bilevel.png" in page
 
 
-def printed_as_its_page_shows(name: str, capsys) -> None:
-    """What tutorial ``name`` printed equals the output its page includes
-    (docs/tutorials/NAME.txt; regenerate with python docs/tutorials/NAME.py > that file)."""
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+ROUNDING = 1e-12
+"""Numbers below this in magnitude are rounding (an error at machine precision): which
+digits a CPU prints there depends on its kernels, not on the code."""
+
+
+def output_differences(printed: str, shown: str, free: str | None = None) -> list[str]:
+    """The lines where ``printed`` differs from ``shown`` by more than another machine's
+    rounding: the same lines and words, and the same numbers to 1e-3 relative (both
+    below ``ROUNDING`` counts as the same). Text matching the regular expression ``free``
+    may differ (what rounding decides on that page)."""
+    got, want = printed.splitlines(), shown.splitlines()
+    if len(got) != len(want):
+        return [f"{len(got)} lines printed, {len(want)} shown"]
+    found = []
+    for a, b in zip(got, want):
+        if free is not None:
+            a, b = re.sub(free, "<free>", a), re.sub(free, "<free>", b)
+        words_a, words_b = NUMBER.split(a), NUMBER.split(b)
+        numbers_a, numbers_b = NUMBER.findall(a), NUMBER.findall(b)
+        same = words_a == words_b and all(
+            (abs(float(x)) < ROUNDING and abs(float(y)) < ROUNDING)
+            or abs(float(x) - float(y)) <= 1e-3 * max(abs(float(x)), abs(float(y)))
+            for x, y in zip(numbers_a, numbers_b)
+        )
+        if not same:
+            found.append(f"printed {a!r}, shown {b!r}")
+    return found
+
+
+def test_output_differences_allow_rounding_and_nothing_else():
+    shown = "cg(8)   relative error 1.47e-16\nloss 0.2500 after 10 steps\n"
+    assert (
+        output_differences("cg(8)   relative error 9.1e-17\nloss 0.25002 after 10 steps\n", shown)
+        == []
+    )
+    assert output_differences("cg(8)   relative error 2.0e-10\nloss 0.2500 after 10 steps\n", shown)
+    assert output_differences(
+        "cg(8)   relative error 1.47e-16\nloss 0.2510 after 10 steps\n", shown
+    )
+    assert output_differences(
+        "cg(9)   relative error 1.47e-16\nloss 0.2500 after 10 steps\n", shown
+    )
+    assert output_differences("cg(8)   relative error 1.47e-16\n", shown)
+    assert output_differences("op skip_connect←node 0\n", "op max_pool_3x3←node 1\n")
+    free = r"skip_connect|max_pool_3x3|node \d"
+    assert output_differences("op skip_connect←node 0\n", "op max_pool_3x3←node 1\n", free) == []
+
+
+def printed_as_its_page_shows(name: str, capsys, free: str | None = None) -> None:
+    """What tutorial ``name`` printed is the output its page includes
+    (docs/tutorials/NAME.txt; regenerate with python docs/tutorials/NAME.py > that file),
+    up to another machine's rounding (``output_differences``)."""
     printed = capsys.readouterr().out
-    assert printed == (ROOT / "docs" / "tutorials" / f"{name}.txt").read_text()
+    shown = (ROOT / "docs" / "tutorials" / f"{name}.txt").read_text()
+    assert output_differences(printed, shown, free) == [], printed
     assert f"{name}.txt" in (ROOT / "docs" / "tutorials" / f"{name}.md").read_text()
 
 
@@ -159,8 +210,8 @@ def test_the_betty_tutorial_trains_to_bettys_parameters(capsys):
     # Betty's own set-up log (time-stamped lines) is left out of the page's copy.
     printed = capsys.readouterr().out
     kept = [line for line in printed.splitlines() if line and not line.startswith("[20")]
-    shown = (ROOT / "docs" / "tutorials" / "from_betty.txt").read_text().splitlines()
-    assert kept == shown
+    shown = (ROOT / "docs" / "tutorials" / "from_betty.txt").read_text()
+    assert output_differences("\n".join(kept) + "\n", shown) == [], printed
     assert "from_betty.txt" in (ROOT / "docs" / "tutorials" / "from_betty.md").read_text()
     assert result["difference"] < 1e-12  # the same neumann math on the same data
     assert result["ticks"] == 20  # 100 classifier updates, 5 per hyper update
@@ -186,7 +237,12 @@ def test_the_lease_tutorial_searches_extends_and_evaluates(tmp_path, capsys):
     # OUT/pgd/cells.png and OUT/pgd/alphas.png, when this fails.
     tutorial = load_script(ROOT / "docs" / "tutorials" / "lease.py")
     result = tutorial.main(tmp_path)  # the page's budget: 4 architecture updates
-    printed_as_its_page_shows("lease", capsys)
+    # With 4 architecture updates the architecture weights are still within rounding of
+    # their start (the page shows it), so which operations and inputs the derived cells
+    # take, and so the retrained cell's error, is up to the CPU's rounding.
+    ops = "|".join(re.escape(op) for op in problems.nas.PRIMITIVES)
+    chosen = rf"(?:{ops})←(?:c_\{{k-[12]\}}|node \d)|error of the retrained cell .*"
+    printed_as_its_page_shows("lease", capsys, free=chosen)
     for run in ("shipped", "extended"):
         files = result[run].files
         for name in ("genotype", "cells", "alphas", "checkpoint"):
@@ -211,6 +267,7 @@ def test_the_home_pages_example_prints_what_the_page_shows():
     # python docs/quickstart.py > docs/quickstart.txt.
     done = run_child([sys.executable, "docs/quickstart.py"], timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout == (ROOT / "docs" / "quickstart.txt").read_text()
+    shown = (ROOT / "docs" / "quickstart.txt").read_text()
+    assert output_differences(done.stdout, shown) == [], done.stdout
     index = (ROOT / "docs" / "index.md").read_text()
     assert '--8<-- "docs/quickstart.py"' in index and '--8<-- "docs/quickstart.txt"' in index
