@@ -103,38 +103,45 @@ SUITE = [
         "step); `live` is the most bytes of tensors alive at once in one more tick (the"
         " profiler's allocations and frees), free of the allocator's caching, as "
         "`torch.cuda.max_memory_allocated` is on a GPU (`--device cuda`). `darts` and "
-        "`sama` (two gradients) hold 1.15× and 1.14× the plain step's resident peak; "
+        "`sama` (two gradients) hold 1.14× the plain step's resident peak; "
         '`cg(5)` and `neumann(5)` 2.9× (3.0× live) in the default `hvp="auto"`, which '
         "takes reverse-mode products: the gradient's graph, kept for all the products, "
         "and the temporaries of a double backward through it. `cg` takes each "
         "direction's mixed product in its Hessian-vector product's double backward "
         '(`fuse_mixed="auto"` chooses it here: the architecture weights add 0.3 % to a '
         "product's operations) instead of one more pass for the mixed product of its "
-        "solution: 15.39× the plain step's time against 17.14× with `-separate` "
-        "(`fuse_mixed=False`), at the same memory (2.95× and 2.90× resident, 3.03× and "
+        "solution: 16.50× the plain step's time against 17.34× with `-separate` "
+        "(`fuse_mixed=False`), at the same memory (2.95× and 2.89× resident, 3.03× and "
         "3.04× live); neumann's series ends on a term whose mixed product no product "
-        "gives, so it keeps that pass (17.28×). `-forward` is the same solver"
+        "gives, so it keeps that pass (17.62×). `-forward` is the same solver"
         ' with `ProblemConfig(hvp="forward")`: each product one forward-over-reverse '
         "pass, with each operation's tangent cut from the graph that computed it and "
         "only what the product differentiates requiring gradients. It holds 2.13× and "
-        "2.10× the plain step's resident peak, 2.00× and 1.99× its live tensors (the "
-        "forward's saved activations and their tangents), at 1.76× and 1.58× reverse "
+        "2.08× the plain step's resident peak, 2.00× and 1.99× its live tensors (the "
+        "forward's saved activations and their tangents), at 1.72× and 1.63× reverse "
         "mode's time (cg's reverse mode being the fused one), since each product "
         "repeats the forward and backward pass that reverse mode takes once, and it "
         "cannot fuse cg's mixed products at that memory (the parents requiring "
-        "gradients in every product hold 2.9× live). "
-        '`hvp="auto"` therefore stays in reverse mode and '
-        "moves a level to forward mode when its products run out of memory. `-fd` takes"
+        "gradients in every product hold 2.9× live). `-recompute` "
+        '(`ProblemConfig(hvp="recompute")`) stays in reverse mode and builds the '
+        "gradient's graph again for each product, which the product's double backward "
+        "frees as it goes: 2.08× the plain step's live tensors for both solvers, 2.52× "
+        "and 2.48× its resident peak (memory the allocator holds beyond the live "
+        "tensors, more than in forward mode), at 1.41× and 1.31× reverse mode's time and "
+        "0.82× and 0.80× forward mode's (23.29× and 23.04× the plain step), with "
+        "reverse mode's values and no forward-mode rule needed. "
+        '`hvp="auto"` therefore stays in reverse mode and moves a level to '
+        '`"recompute"` when its products run out of memory. `-fd` takes'
         ' each product (`ProblemConfig(hvp="finite_difference")`) from two plain '
-        "gradients: 1.76× the plain step's peak at 0.89× cg's time, but on this ReLU "
+        "gradients: 1.75× the plain step's peak at 0.79× cg's time, but on this ReLU "
         "and max-pool network its products are far from the exact ones at every radius"
         " (next section), so it is no answer for such networks. `unroll` with one graph"
         " (`-one_graph`) grows linearly with K: reverse mode through K steps keeps each"
         " step's activations until the backward pass. From K = 4 on the default "
         "checkpoints the replay (one step's graph at a time, rebuilt from stored "
-        "states): 3.07× at K = 4 and 3.13× at K = 8 against 6.93× and 12.62× with one "
-        "graph, at 1.30× and 1.24× their time. Its `-forward` variant (each replayed "
-        "step's products by one forward-over-reverse pass) holds no less here (2.92× "
+        "states): 3.05× at K = 4 and 3.11× at K = 8 against 6.91× and 12.62× with one "
+        "graph, at 1.20× and 1.19× their time. Its `-forward` variant (each replayed "
+        "step's products by one forward-over-reverse pass) holds no less here (2.89× "
         "and 3.06× resident, but 3.18× and 3.37× live against 2.43× and 2.57×), because"
         " that pass differentiates the supernet and the architecture at once; "
         '`hvp="auto"` leaves `unroll` in reverse mode. Why reverse mode stays near 3×: '
@@ -146,31 +153,33 @@ SUITE = [
         "step's whole peak), 175.7 MiB with the architecture differentiable, as the "
         "mixed product needs it (2.03×), before any product runs; a double backward "
         "through a graph kept for the next product frees nothing as it goes, and adds "
-        "about one set of activation gradients (the other 87 MiB). Forward mode keeps "
-        "no graph between products, and reaches 2.0× in live tensors; its resident "
-        "peak is higher by what the allocator keeps. The same command counts what "
-        "each mode's product costs (`mlo.autodiff.op_cost`, one Hessian-vector "
-        "product with the architecture held): building the graph is one plain "
-        "forward and backward pass (1.00× its operations), and each reverse product "
-        "one double backward through it, 1.39× a plain pass's operations (2.40× its "
-        "time); a forward product evaluates the forward and backward pass again, "
-        "with tangents, every time: 3.18× a plain pass's operations (4.40× its "
-        "time), 2.29× a reverse product's operations and 1.83× its time (the two "
-        "agree to 7e-7 of the largest entry, in float32). Five products are about 16"
-        " plain passes of operations in forward mode against 8 in reverse mode: the "
-        "memory forward mode saves is the graph it evaluates again in every product."
-        " Neither mode is within 2.0× at reverse mode's time. Times are per tick of "
+        "about one set of activation gradients (the other 87 MiB). Forward mode and "
+        "recompute keep no graph between products, and reach 2.0× in live tensors; "
+        "their resident peaks are higher by what the allocator keeps. The same command "
+        "measures what one Hessian-vector product (the architecture held) costs and "
+        "holds in each mode (`mlo.autodiff.op_cost` for its operations): building the "
+        "graph is one plain forward and backward pass (1.00× its operations), and each "
+        "reverse product one double backward through it, 1.39× a plain pass's "
+        "operations (2.31× its time), holding 2.72× its live tensors with the graph; a "
+        "recompute product is both, 2.39× the operations (3.23× the time), holding "
+        "1.96×; a forward product evaluates the forward and backward pass again, with "
+        "tangents: 3.18× the operations (4.19× the time), holding 1.95× (2.29× a "
+        "reverse product's operations and 1.81× its time; the two agree to 7e-7 of the "
+        "largest entry, in float32). Five products are about 16 plain passes of "
+        "operations in forward mode, 12 in recompute and 8 in reverse mode: what the "
+        "two modes save in memory is the graph they build again in every product. No "
+        "exact mode is within 2.0× at reverse mode's time. Times are per tick of "
         "a search (a supernet step and an "
         "architecture step) against one plain step, so even `first_order`, whose "
         "architecture step is one more forward and backward pass (on a validation "
-        "batch), takes 1.70×. `sama`'s 3.19× is what its algorithm's passes cost: the "
+        "batch), takes 1.61×. `sama`'s 3.26× is what its algorithm's passes cost: the "
         "paper's meta-gradient is three first-order backward passes (the validation "
         "gradient, then the training loss's gradient with respect to the architecture "
         "at θ + r u and at θ − r u) after the supernet's own step, and Betty's `sama` "
-        "makes the same passes. Its two extra gradients add 1.49 plain steps to "
+        "makes the same passes. Its two extra gradients add 1.65 plain steps to "
         "`first_order`'s tick, so a tick within 2.0× one plain step is below what the "
         "published algorithm costs on this network; against `first_order`'s tick, the "
-        "cheapest bilevel tick, `sama` costs 1.88×.",
+        "cheapest bilevel tick, `sama` costs 2.02×.",
         ["--rounds", "2"],
         TINY_SUPERNET,
     ),
@@ -215,15 +224,16 @@ SUITE = [
         "differentiable PGD explanations, the explicit explain level) on the same supernet "
         "as above, each solver on the explainer and the audience, against the same plain "
         "supernet step; one round of fresh processes, 2 ticks each. Here the solver hardly "
-        "matters: `darts`, `sama`, `cg(5)` and `neumann(5)` all peak at 3.9–4.1× the plain "
+        "matters: `darts`, `sama`, `cg(5)` and `neumann(5)` all peak at 3.9–4.0× the plain "
         "step (4.08× its live tensors), because the relearn level's gradient reaches the "
         "architecture through the differentiable PGD explanations, whose graph through the "
-        'supernet is held for it; `cg-forward` (`hvp="forward"` on the explainer and the '
-        "audience) holds the same, since that graph, not the products, sets the peak; "
-        "`first_order` (no Jacobian, so no such graph) holds 1.22×. `cg-separate` is cg "
+        'supernet is held for it; `cg-forward` and `cg-recompute` (`hvp="forward"` and '
+        '`hvp="recompute"` on the explainer and the audience) hold the same, since that '
+        "graph, not the products, sets the peak; `first_order` (no Jacobian, so no such "
+        "graph) holds 1.19×. `cg-separate` is cg "
         "with `fuse_mixed=False` (one mixed product after the iterations), against the "
         'default `"auto"`, which fuses on both cg levels here: the same 4.08× live '
-        "tensors; the times of this one round of 2 ticks (19.93× and 19.09×) include, in"
+        "tensors; the times of this one round of 2 ticks (23.95× and 22.08×) include, in"
         ' the first tick, the two products `"auto"` counts on each level to choose; '
         "after that, interleaved in one process, see \"cg's mixed products inside its "
         'Hessian-vector products" above.',
@@ -242,6 +252,7 @@ SUITE = [
             "cg",
             "neumann",
             "cg-forward",
+            "cg-recompute",
             "cg-separate",
         ],
         ["--network", "lease", *TINY_SUPERNET],
