@@ -282,6 +282,7 @@ def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
 
     from mlo.autodiff.forward import forward_product
     from mlo.autodiff.op_cost import OperationCost
+    from mlo.autodiff.recompute import RecomputedSecondOrder
 
     names = [n for n, _ in net.named_parameters()]
     vector = [torch.randn_like(p) for p in params]
@@ -296,8 +297,10 @@ def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
     def build():
         return torch.autograd.grad(objective(params), params, create_graph=True)
 
+    recomputed = RecomputedSecondOrder(objective, params)
+
     def rebuilt():  # hvp="recompute": a graph built for the product, freed by it
-        return torch.autograd.grad(build(), params, vector)
+        return recomputed.hvp(vector)
 
     kept = {"graph": build()}  # the retained graph the reverse products differentiate
     runs = {
@@ -342,8 +345,8 @@ def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
     )
 
     def reverse_one():  # the graph built and kept, as for the next product
-        kept = build()
-        torch.autograd.grad(kept, params, vector, retain_graph=True)
+        graph = build()
+        torch.autograd.grad(graph, params, vector, retain_graph=True)
 
     del reverse_product, forward_product_
     kept.clear()
