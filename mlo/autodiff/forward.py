@@ -34,20 +34,16 @@ upper level differentiates, keeps ``SecondOrder``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from ..durable import rng
 from ..errors import LevelError, SetupError
 from .linalg import Vector
-from .products import EvaluatedSecondOrder, materialized, vjp
-
-Hold = Callable[[Sequence[Tensor]], AbstractContextManager]
-"""``hold(keep)``: a context in which no parameter except ``keep`` requires gradients."""
+from .products import Hold, ReplayedSecondOrder, materialized, vjp
 
 
 class MissingForwardRule(SetupError):
@@ -112,7 +108,7 @@ def _lacks_forward_rule(error: BaseException | None) -> bool:
     )
 
 
-class ForwardSecondOrder(EvaluatedSecondOrder):
+class ForwardSecondOrder(ReplayedSecondOrder):
     """Hessian-vector and mixed products of ``objective(x)`` (a scalar function of the
     tensors ``x``, which may read other tensors ``y``), each by one forward-over-reverse
     pass; the interface of [`SecondOrder`][mlo.autodiff.SecondOrder] without the
@@ -136,17 +132,13 @@ class ForwardSecondOrder(EvaluatedSecondOrder):
         name: str = "",
         hold: Hold | None = None,
     ) -> None:
-        self.objective = objective
-        self.params = list(params)
-        self._average = average
+        super().__init__(objective, params, average, hold)
         self.name = name
-        self.hold = hold
-        self._state = rng.capture()
 
     def _product(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
         """The tangent of ``∇ f`` (by ``x`` when ``wrt`` is None, else by ``wrt``) along
         ``vector``."""
-        rng.restore(self._state)  # the random numbers of the first evaluation
+        self._replay()  # the random numbers of the first evaluation
         return forward_product(self.objective, self.params, vector, wrt, self.hold, self.name)
 
 

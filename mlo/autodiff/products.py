@@ -7,10 +7,12 @@ a gradient built with ``create_graph=True``; no dense Hessian is ever formed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
 
+from ..durable import rng
 from .linalg import Vector
 
 try:  # the C++ engine's entry point behind torch.autograd.grad (see vjp)
@@ -19,6 +21,9 @@ except ImportError:  # pragma: no cover - another torch
     _engine_run_backward = None
 
 _PLAIN = (Tensor, nn.Parameter)
+
+Hold = Callable[[Sequence[Tensor]], AbstractContextManager]
+"""``hold(keep)``: a context in which no parameter except ``keep`` requires gradients."""
 
 
 def vjp(
@@ -119,6 +124,38 @@ class EvaluatedSecondOrder:
     def mixed(self, vector: Sequence[Tensor], others: Sequence[Tensor]) -> Vector:
         """``d²f/dy dx · v`` for each tensor ``y`` in ``others``."""
         return self._product(vector, others)
+
+
+class ReplayedSecondOrder(EvaluatedSecondOrder):
+    """An ``EvaluatedSecondOrder`` whose every evaluation replays the random numbers of
+    the first (``mlo.durable.rng``), so that all products see the same dropout masks, as
+    the retained graph's products do: subclasses call ``_replay()`` before evaluating.
+
+    Args:
+        objective: ``f`` evaluated with ``x`` replaced by the tensors it is given.
+        params: the tensors ``x`` at which the products are taken.
+        average: the cross-rank average of a vector shaped like ``x`` (data parallel), or
+            ``None``.
+        hold: ``hold(keep)`` makes every parameter but ``keep`` stop requiring gradients
+            for a block (``None``: nothing is held).
+    """
+
+    def __init__(
+        self,
+        objective: Callable[[Sequence[Tensor]], Tensor],
+        params: Sequence[Tensor],
+        average: Callable[[Vector], Vector] | None = None,
+        hold: Hold | None = None,
+    ) -> None:
+        self.objective = objective
+        self.params = list(params)
+        self._average = average
+        self.hold = hold
+        self._state = rng.capture()
+
+    def _replay(self) -> None:
+        """Restore the random state the first evaluation started from."""
+        rng.restore(self._state)
 
 
 class SecondOrder:

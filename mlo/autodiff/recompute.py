@@ -23,50 +23,29 @@ upper level differentiates, keeps ``SecondOrder``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
-from ..durable import rng
-from .forward import Hold
 from .linalg import Vector
-from .products import EvaluatedSecondOrder, materialized, vjp
+from .products import ReplayedSecondOrder, materialized, vjp
 
 
-class RecomputedSecondOrder(EvaluatedSecondOrder):
+class RecomputedSecondOrder(ReplayedSecondOrder):
     """Hessian-vector and mixed products of ``objective(x)`` (a scalar function of the
     tensors ``x``, which may read other tensors ``y``), each by one evaluation, one
     backward pass with ``create_graph`` and one double backward that frees the graph; the
     interface of [`SecondOrder`][mlo.autodiff.SecondOrder] without the retained graph.
-
-    Args:
-        objective: ``f`` evaluated with ``x`` replaced by the tensors it is given.
-        params: the tensors ``x`` at which the products are taken.
-        average: the cross-rank average of a vector shaped like ``x`` (data parallel), or
-            ``None``.
-        hold: ``hold(keep)`` makes every parameter but ``keep`` stop requiring gradients
-            for a block (``None``: nothing is held), so that the graph saves nothing for
-            what the product does not differentiate.
+    Its arguments are ``ReplayedSecondOrder``'s;
+    ``hold`` keeps the graph from saving anything for what a product does not
+    differentiate.
     """
-
-    def __init__(
-        self,
-        objective: Callable[[Sequence[Tensor]], Tensor],
-        params: Sequence[Tensor],
-        average: Callable[[Vector], Vector] | None = None,
-        hold: Hold | None = None,
-    ) -> None:
-        self.objective = objective
-        self.params = list(params)
-        self._average = average
-        self.hold = hold
-        self._state = rng.capture()
 
     def _product(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
         """``d(∇_x f)/d(x or wrt) · vector`` from a graph built for it and freed by it."""
-        rng.restore(self._state)  # the random numbers of the first evaluation
+        self._replay()  # the random numbers of the first evaluation
         keep = [] if wrt is None else list(wrt)
         holding = self.hold(keep) if self.hold is not None else nullcontext()
         leaves = [p.detach().requires_grad_() for p in self.params]

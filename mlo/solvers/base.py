@@ -22,8 +22,9 @@ from torch import Tensor
 
 from ..autodiff import SecondOrder
 from ..autodiff.finite_difference import FiniteDifferenceSecondOrder
-from ..autodiff.forward import ForwardSecondOrder, Hold
+from ..autodiff.forward import ForwardSecondOrder
 from ..autodiff.linalg import Vector
+from ..autodiff.products import Hold
 from ..autodiff.recompute import RecomputedSecondOrder
 from ..autodiff.trajectory import Trajectory
 from ..errors import SetupError
@@ -112,27 +113,19 @@ class Level:
         """D's second-order products (see ``second_order``)."""
         if self.second_order is not None:
             return self.second_order()
-        if self.hvp == "recompute" and self.hvp_applies:
-            return RecomputedSecondOrder(
-                lambda params: self.objective(params=params),
-                self.params,
-                self.average,
-                self.hold,
-            )
-        if self.hvp == "forward" and self.hvp_applies:
-            return ForwardSecondOrder(
-                lambda params: self.objective(params=params),
-                self.params,
-                self.average,
-                self.name,
-                self.hold,
-            )
-        if self.hvp == "finite_difference" and self.hvp_applies:
+        if not self.hvp_applies or self.hvp == "reverse":
+            return SecondOrder(self.objective(), self.params, self.average, self.create_graph)
+
+        def objective(params: list[Tensor]) -> Tensor:  # f with D's parameters replaced
+            return self.objective(params=params)
+
+        if self.hvp == "recompute":
+            return RecomputedSecondOrder(objective, self.params, self.average, self.hold)
+        if self.hvp == "forward":
+            return ForwardSecondOrder(objective, self.params, self.average, self.name, self.hold)
+        if self.hvp == "finite_difference":
             return FiniteDifferenceSecondOrder(
-                lambda params: self.objective(params=params),
-                self.params,
-                self.hvp_radius,
-                self.average,
+                objective, self.params, self.hvp_radius, self.average
             )
         return SecondOrder(self.objective(), self.params, self.average, self.create_graph)
 
