@@ -6,16 +6,22 @@ saved activations and what the first backward saved for a double backward (about
 more set of activations); and a double backward through a graph it must keep gathers a
 third set, the gradients by the activations, before it reaches the forward part.
 
-``RecomputedSecondOrder`` evaluates \(f\) and builds \(\nabla_x f\) again for each product
-and lets that product's double backward free the graph as it goes: by the time the
-gradients by the activations have been gathered, the first backward's saved tensors are
-gone. A product then holds the forward's activations and one of the other two sets, about
-twice a training step, as forward-over-reverse does (``mlo.autodiff.forward``), with
-reverse mode's operations plus one forward and backward pass per product, and without
-needing a forward-mode rule for any operation. The values are reverse mode's: the same
-operations on the same numbers.
+``RecomputedSecondOrder`` keeps only the forward's graph: it evaluates \(f\) once for all
+Hessian-vector products, and for each product builds \(\nabla_x f\) again from that graph
+with ``create_graph=True`` and differentiates it. What that backward saves for the double
+backward is handed out once (a saved-tensor hook that lets go of each tensor when the
+double backward takes it), so it is freed as the double backward goes, while the
+forward's graph stays for the next product: by the time the gradients by the activations
+have been gathered, the first backward's saved tensors are gone. A product then holds the
+forward's activations and one of the other two sets, about twice a training step, as
+forward-over-reverse does (``mlo.autodiff.forward``), with reverse mode's operations plus
+one backward pass per product, and without needing a forward-mode rule for any
+operation. The values are reverse mode's: the same operations on the same numbers.
 
-Every evaluation starts from the random state of the first (``mlo.durable.rng``), so all
+The forward's graph holds the other levels' parameters fixed (nothing is saved for
+them), so a mixed product, which differentiates by them, evaluates \(f\) again with them
+free, and lets the kept forward go first (the two graphs are never held together). Every
+evaluation starts from the random state of the first (``mlo.durable.rng``), so all
 products see the same dropout masks, as the retained graph's products do. The products
 are values, not differentiable further: a nested level's solver, whose products an
 upper level differentiates, keeps ``SecondOrder``.
@@ -24,7 +30,8 @@ upper level differentiates, keeps ``SecondOrder``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,36 +40,83 @@ from .linalg import Vector
 from .products import ReplayedSecondOrder, materialized, vjp
 
 
+class _Once:
+    """A saved tensor that the double backward takes once; then nothing holds it here."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor: Tensor | None = tensor
+
+    def take(self) -> Tensor:
+        tensor, self.tensor = self.tensor, None
+        if tensor is None:  # pragma: no cover - autograd unpacks a saved tensor once a pass
+            raise RuntimeError("a saved tensor of a recomputed gradient was used twice")
+        return tensor
+
+
+def _handed_out_once() -> torch.autograd.graph.saved_tensors_hooks:
+    """Saved-tensor hooks under which what autograd saves is freed when first used."""
+    return torch.autograd.graph.saved_tensors_hooks(_Once, _Once.take)
+
+
 class RecomputedSecondOrder(ReplayedSecondOrder):
     """Hessian-vector and mixed products of ``objective(x)`` (a scalar function of the
-    tensors ``x``, which may read other tensors ``y``), each by one evaluation, one
-    backward pass with ``create_graph`` and one double backward that frees the graph; the
-    interface of [`SecondOrder`][mlo.autodiff.SecondOrder] without the retained graph.
-    Its arguments are ``ReplayedSecondOrder``'s;
-    ``hold`` keeps the graph from saving anything for what a product does not
-    differentiate.
+    tensors ``x``, which may read other tensors ``y``) from one kept forward evaluation,
+    each by one backward pass with ``create_graph`` whose saved tensors the product's
+    double backward frees as it goes; the interface of
+    [`SecondOrder`][mlo.autodiff.SecondOrder] without the retained gradient graph.
+    Its arguments are ``ReplayedSecondOrder``'s; ``hold`` keeps the graphs from saving
+    anything for what a product does not differentiate.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._forward: tuple[list[Tensor], Tensor] | None = None  # (x's leaves, f)
+
+    def _holding(self, keep: list[Tensor]) -> AbstractContextManager:
+        return self.hold(keep) if self.hold is not None else nullcontext()
+
     def _product(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
-        """``d(∇_x f)/d(x or wrt) · vector`` from a graph built for it and freed by it."""
-        self._replay()  # the random numbers of the first evaluation
-        keep = [] if wrt is None else list(wrt)
-        holding = self.hold(keep) if self.hold is not None else nullcontext()
+        """``d(∇_x f)/d(x or wrt) · vector``: by ``x`` from the kept forward, by ``wrt``
+        from an evaluation of its own."""
+        if wrt is not None:
+            self._forward = None  # never held beside the mixed product's graph
+            return self._mixed(vector, list(wrt))
+        if self._forward is None:
+            self._replay()  # the random numbers of the first evaluation
+            leaves = [p.detach().requires_grad_() for p in self.params]
+            with self._holding([]):
+                self._forward = leaves, self.objective(leaves)
+        leaves, loss = self._forward
+        return self._differentiate(loss, leaves, vector, leaves, keep_forward=True)
+
+    def _mixed(self, vector: Sequence[Tensor], wrt: list[Tensor]) -> Vector:
+        self._replay()
         leaves = [p.detach().requires_grad_() for p in self.params]
-        inputs = leaves if wrt is None else keep
-        with holding:
+        with self._holding(wrt):
             loss = self.objective(leaves)
-            if not loss.requires_grad:
-                return [torch.zeros_like(x) for x in inputs]
+        return self._differentiate(loss, leaves, vector, wrt, keep_forward=False)
+
+    def _differentiate(
+        self,
+        loss: Tensor,
+        leaves: list[Tensor],
+        vector: Sequence[Tensor],
+        inputs: list[Tensor],
+        keep_forward: bool,
+    ) -> Vector:
+        """``d(∇_leaves loss)/d inputs · vector``; the forward's graph kept or freed."""
+        if not loss.requires_grad or not inputs:
+            return [torch.zeros_like(x) for x in inputs]
+        with self._holding([] if keep_forward else inputs), _handed_out_once():
+            # The forward's graph outlives this pass: the double backward goes through it.
             grads = vjp([loss], leaves, retain_graph=True, create_graph=True)
-            pairs = [
-                (g, v.to(g.dtype))
-                for g, v in zip(grads, vector)
-                if g is not None and g.requires_grad
-            ]
-            if not pairs or not inputs:
-                return [torch.zeros_like(x) for x in inputs]
-            outputs, vectors = zip(*pairs)
-            del loss, grads  # only the double backward's own references keep the graph
-            found = vjp(outputs, inputs, vectors)  # retain_graph=False: freed as it goes
-        return materialized(found, inputs)
+        pairs = [
+            (g, v.to(g.dtype)) for g, v in zip(grads, vector) if g is not None and g.requires_grad
+        ]
+        del loss, grads  # only the double backward's own references keep its graph
+        if not pairs:
+            return [torch.zeros_like(x) for x in inputs]
+        outputs, vectors = zip(*pairs)
+        return materialized(vjp(outputs, inputs, vectors, retain_graph=keep_forward), inputs)
