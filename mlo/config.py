@@ -68,7 +68,7 @@ class ProblemConfig(Options):
         "forward-over-reverse (a forward and a backward pass with tangents). Same values; "
         "measured on the DARTS supernet on a CPU, 'recompute' and 'forward' hold about "
         "two thirds of 'reverse''s peak (about twice a plain training step), and a "
-        "product takes 1.4x and 1.8x a reverse one's time (docs/benchmarks.md, memory); "
+        "product takes 1.2x and 1.8x a reverse one's time (docs/benchmarks.md, memory); "
         "'recompute' needs no forward-mode rules. "
         "'finite_difference' approximates each product by the central difference of two "
         "plain gradients at a distance hvp_radius (DARTS' mixed product): the memory of a "

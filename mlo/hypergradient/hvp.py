@@ -79,7 +79,7 @@ class HvpModes:
         logger.warning(
             "problem %r: its second-order products ran out of memory in reverse mode (%s); "
             "it builds the gradient's graph again for each product from now on, which "
-            "holds about two thirds of the memory and takes longer (1.3x to 1.4x a tick "
+            "holds about two thirds of the memory and takes longer (1.25x to 1.4x a tick "
             "on the DARTS supernet; set ProblemConfig(hvp='recompute') on it to say so and "
             "silence this)",
             name,
