@@ -41,12 +41,17 @@ from .products import ReplayedSecondOrder, materialized, vjp
 
 
 class _Once:
-    """A saved tensor that the double backward takes once; then nothing holds it here."""
+    """A saved tensor that the double backward takes once; then nothing holds it here.
+
+    It holds the tensor detached (the same storage, no autograd history: autograd
+    restores that when it unpacks), since a node that saves its own output would
+    otherwise hold itself through the holder, and a node the double backward does not
+    reach would never be freed."""
 
     __slots__ = ("tensor",)
 
     def __init__(self, tensor: Tensor) -> None:
-        self.tensor: Tensor | None = tensor
+        self.tensor: Tensor | None = tensor.detach()
 
     def take(self) -> Tensor:
         tensor, self.tensor = self.tensor, None

@@ -64,9 +64,11 @@ def test_graph_sizes_reports_the_graph_an_exact_product_keeps():
     assert ops["build"] == ops["plain"] > ops["evaluation"] > 0
     assert ops["forward"] > ops["reverse"] > ops["plain"]
     # recompute, once its forward pass is kept: the build's backward and the double
-    # backward (to 2 %: a forward pass is 16 % here), fewer operations than forward mode
+    # backward, fewer operations than forward mode. To 4 %: op_cost counts a view as one
+    # operation per element, and the product takes a detached view of each tensor its
+    # backward saves (2 % here); a forward pass would be 16 %.
     backward = ops["build"] - ops["evaluation"]
-    assert ops["recompute"] == pytest.approx(backward + ops["reverse"], rel=0.02)
+    assert ops["recompute"] == pytest.approx(backward + ops["reverse"], rel=0.04)
     assert ops["recompute"] < ops["forward"]
     live = dict(re.findall(r"(reverse|recompute|forward) ([\d.]+) MiB", done.stdout))
     assert float(live["recompute"]) < float(live["reverse"]), done.stdout

@@ -6,9 +6,12 @@ without a forward-mode rule."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import torch
 
-from mlo.autodiff.recompute import RecomputedSecondOrder
+from mlo.autodiff.recompute import RecomputedSecondOrder, _handed_out_once
 
 from .test_forward_products import (
     DTYPE,
@@ -38,3 +41,20 @@ def test_it_needs_no_forward_mode_rule():
         )
     a, b = engine.hypergradient("penalty")["lam"], truth.hypergradient("penalty")["lam"]
     assert torch.allclose(a, b, rtol=1e-12, atol=1e-15) and float(b.abs()) > 1e-6
+
+
+def test_a_saved_output_that_no_product_reaches_is_freed():
+    """exp saves its own output; holding that output (with its history) in the hook's
+    holder would make the node hold itself, so a node the double backward never reaches
+    would never be freed."""
+    x = torch.ones(4, dtype=DTYPE, requires_grad=True)
+    with _handed_out_once():
+        y = x.exp()
+    gone = weakref.ref(y)
+    del y
+    gc.collect()
+    assert gone() is None
+    with _handed_out_once():  # and what it saves still differentiates right
+        z = (x.exp() * x.exp()).sum()
+    (g,) = torch.autograd.grad(z, x)
+    assert torch.allclose(g, 2 * x.detach().exp() ** 2, rtol=1e-15, atol=0)
