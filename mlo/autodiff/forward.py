@@ -34,7 +34,6 @@ upper level differentiates, keeps ``SecondOrder``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
@@ -43,7 +42,7 @@ from torch.utils._pytree import tree_map
 
 from ..errors import LevelError, SetupError
 from .linalg import Vector
-from .products import Hold, ReplayedSecondOrder, materialized, vjp
+from .products import Hold, ReplayedSecondOrder, holding, materialized, vjp
 
 
 class MissingForwardRule(SetupError):
@@ -69,7 +68,6 @@ def forward_product(
     Raises:
         MissingForwardRule: an operation of ``f`` has no forward-mode rule.
     """
-    holding = hold if hold is not None else (lambda keep: nullcontext())
     with fwAD.dual_level():
         differentiated = wrt is None or by_params
         primals = [p.detach().requires_grad_(differentiated) for p in params]
@@ -77,7 +75,7 @@ def forward_product(
         inputs = (primals if differentiated else []) + keep
         duals = [fwAD.make_dual(x, v.to(x.dtype)) for x, v in zip(primals, vector)]
         try:
-            with holding(keep), _TangentsCut():
+            with holding(hold, keep), _TangentsCut():
                 loss = objective(duals)
             grads = vjp([loss], inputs) if loss.requires_grad else [None] * len(inputs)
         except (RuntimeError, LevelError) as caught:  # NotImplementedError included
@@ -114,14 +112,8 @@ class ForwardSecondOrder(ReplayedSecondOrder):
     pass; the interface of [`SecondOrder`][mlo.autodiff.SecondOrder] without the
     retained graph.
 
-    Args:
-        objective: ``f`` evaluated with ``x`` replaced by the tensors it is given.
-        params: the tensors ``x`` at which the products are taken.
-        average: the cross-rank average of a vector shaped like ``x`` (data parallel), or
-            ``None``.
-        name: the level, named when an operation has no forward-mode rule.
-        hold: ``hold(keep)`` makes every parameter but ``keep`` stop requiring gradients
-            for a block (``None``: nothing is held).
+    Its arguments are ``ReplayedSecondOrder``'s, and ``name``: the level, named when an
+    operation has no forward-mode rule.
     """
 
     def __init__(

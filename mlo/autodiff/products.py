@@ -7,7 +7,7 @@ a gradient built with ``create_graph=True``; no dense Hessian is ever formed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,11 @@ _PLAIN = (Tensor, nn.Parameter)
 
 Hold = Callable[[Sequence[Tensor]], AbstractContextManager]
 """``hold(keep)``: a context in which no parameter except ``keep`` requires gradients."""
+
+
+def holding(hold: Hold | None, keep: Sequence[Tensor]) -> AbstractContextManager:
+    """``hold(keep)``, or a context that holds nothing when there is no ``hold``."""
+    return hold(keep) if hold is not None else nullcontext()
 
 
 def vjp(

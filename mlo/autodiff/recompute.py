@@ -30,14 +30,12 @@ upper level differentiates, keeps ``SecondOrder``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from .linalg import Vector
-from .products import ReplayedSecondOrder, materialized, vjp
+from .products import ReplayedSecondOrder, holding, materialized, vjp
 
 
 class _Once:
@@ -75,12 +73,7 @@ class RecomputedSecondOrder(ReplayedSecondOrder):
     anything for what a product does not differentiate.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._forward: tuple[list[Tensor], Tensor] | None = None  # (x's leaves, f)
-
-    def _holding(self, keep: list[Tensor]) -> AbstractContextManager:
-        return self.hold(keep) if self.hold is not None else nullcontext()
+    _forward: tuple[list[Tensor], Tensor] | None = None  # the kept (x's leaves, f)
 
     def _product(self, vector: Sequence[Tensor], wrt: Sequence[Tensor] | None) -> Vector:
         """``d(∇_x f)/d(x or wrt) · vector``: by ``x`` from the kept forward, by ``wrt``
@@ -91,7 +84,7 @@ class RecomputedSecondOrder(ReplayedSecondOrder):
         if self._forward is None:
             self._replay()  # the random numbers of the first evaluation
             leaves = [p.detach().requires_grad_() for p in self.params]
-            with self._holding([]):
+            with holding(self.hold, []):
                 self._forward = leaves, self.objective(leaves)
         leaves, loss = self._forward
         return self._differentiate(loss, leaves, vector, leaves, keep_forward=True)
@@ -99,7 +92,7 @@ class RecomputedSecondOrder(ReplayedSecondOrder):
     def _mixed(self, vector: Sequence[Tensor], wrt: list[Tensor]) -> Vector:
         self._replay()
         leaves = [p.detach().requires_grad_() for p in self.params]
-        with self._holding(wrt):
+        with holding(self.hold, wrt):
             loss = self.objective(leaves)
         return self._differentiate(loss, leaves, vector, wrt, keep_forward=False)
 
@@ -114,7 +107,7 @@ class RecomputedSecondOrder(ReplayedSecondOrder):
         """``d(∇_leaves loss)/d inputs · vector``; the forward's graph kept or freed."""
         if not loss.requires_grad or not inputs:
             return [torch.zeros_like(x) for x in inputs]
-        with self._holding([] if keep_forward else inputs), _handed_out_once():
+        with holding(self.hold, [] if keep_forward else inputs), _handed_out_once():
             # The forward's graph outlives this pass: the double backward goes through it.
             grads = vjp([loss], leaves, retain_graph=True, create_graph=True)
         pairs = [
