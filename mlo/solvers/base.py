@@ -23,6 +23,7 @@ from torch import Tensor
 from ..autodiff import SecondOrder
 from ..autodiff.finite_difference import FiniteDifferenceSecondOrder
 from ..autodiff.forward import ForwardSecondOrder
+from ..autodiff.grouped_conv import grouped_double_backward
 from ..autodiff.linalg import Vector
 from ..autodiff.products import Hold
 from ..autodiff.recompute import RecomputedSecondOrder
@@ -109,18 +110,34 @@ class Level:
         differentiable further, nor for a nested level's total gradient or one system."""
         return not self.create_graph and self.second_order is None and self.one_system is None
 
+    def twice_differentiable(self, *args: Any, **kwargs: Any) -> Tensor:
+        """``objective(*args, **kwargs)`` for a graph that is differentiated twice in
+        reverse mode (Hessian-vector products, ``unroll``'s replay) and, unless
+        ``create_graph``, no further: then its grouped convolutions take their double
+        backward one call per term (``mlo.autodiff.grouped_conv``), not one per group."""
+        if self.create_graph:
+            return self.objective(*args, **kwargs)
+        with grouped_double_backward():
+            return self.objective(*args, **kwargs)
+
     def products(self) -> SecondOrder:
         """D's second-order products (see ``second_order``)."""
         if self.second_order is not None:
             return self.second_order()
         if not self.hvp_applies or self.hvp == "reverse":
-            return SecondOrder(self.objective(), self.params, self.average, self.create_graph)
+            objective = self.twice_differentiable()
+            return SecondOrder(objective, self.params, self.average, self.create_graph)
 
         def objective(params: list[Tensor]) -> Tensor:  # f with D's parameters replaced
             return self.objective(params=params)
 
         if self.hvp == "recompute":
-            return RecomputedSecondOrder(objective, self.params, self.average, self.hold)
+            return RecomputedSecondOrder(
+                lambda params: self.twice_differentiable(params=params),
+                self.params,
+                self.average,
+                self.hold,
+            )
         if self.hvp == "forward":
             return ForwardSecondOrder(objective, self.params, self.average, self.name, self.hold)
         if self.hvp == "finite_difference":

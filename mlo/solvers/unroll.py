@@ -135,7 +135,8 @@ def _gradient(level: Level, params: list[Tensor], record: Any, differentiable: b
     if level.total_gradient is not None:
         grads = level.total_gradient(params, record.batch)
         return grads if differentiable else [g.detach() for g in grads]
-    loss = level.objective(params, batch=record.batch)
+    evaluate = level.twice_differentiable if differentiable else level.objective
+    loss = evaluate(params, batch=record.batch)
     return gradient(loss, params, create_graph=differentiable)
 
 
