@@ -7,20 +7,24 @@ becomes ``C`` small convolutions and a few more. On a DARTS supernet, whose sepa
 and dilated convolutions are depthwise, that routine is over 40 % of a cg(5) tick.
 
 Under ``grouped_double_backward()`` each grouped ``conv2d`` records a node of its own.
-Its backward is PyTorch's convolution backward; when that backward is itself recorded
+Its backward computes the input's and the weight's gradients, each in one call: PyTorch's
+convolution backward, except for a depthwise convolution on a CPU, where PyTorch's
+kernels take 4-9x longer for 5x5 and dilated kernels than these equal ones: the input's
+gradient at stride 1 as a convolution by the flipped kernel, the weight's as one
+convolution with a group per (sample, channel). When that backward is itself recorded
 (``create_graph=True``), the node it records differentiates the two bilinear maps
 \(g_x = \mathrm{conv}^\top(g, w)\) and \(g_w = \mathrm{corr}(x, g)\) term by term, each
-term one call with all groups at once:
+term one such call with all groups at once:
 
 * by the output's gradient \(g\): two convolutions, of \(\bar g_x\) by \(w\) and of \(x\)
   by \(\bar g_w\);
-* by the input \(x\): the input gradient of a convolution with weight \(\bar g_w\);
-* by the weight \(w\): the weight gradient of a convolution of \(\bar g_x\).
+* by the input \(x\): the input's gradient of a convolution with weight \(\bar g_w\);
+* by the weight \(w\): the weight's gradient of a convolution of \(\bar g_x\).
 
 These are the same derivatives (checked against PyTorch's in float64), from the same
-saved tensors (the input, the weight and the output's gradient). A backward without
-``create_graph`` (a training step's, or the forward part of a double backward) is
-PyTorch's own convolution backward, as without the context.
+saved tensors as PyTorch's nodes (the input, the weight and the output's gradient), so a
+graph holds what it held. Outside the context nothing changes: a training step's
+convolutions are PyTorch's own.
 """
 
 from __future__ import annotations
@@ -75,10 +79,12 @@ class _Geometry:
         return self._aten(grad, x, weight, (True, False))[0]
 
     def weight_gradient(self, grad: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-        """The gradient by ``weight``. Depthwise: one convolution of the input seen as one
-        sample of ``N·C`` channels by the output's gradient as ``N·C`` kernels (stride
-        and dilation swapped), summed over samples; others PyTorch's backward."""
-        if not self._depthwise(weight, x.shape[1]):
+        """The gradient by ``weight``. Depthwise on a CPU: one convolution of the input
+        seen as one sample of ``N·C`` channels by the output's gradient as ``N·C`` kernels
+        (stride and dilation swapped), summed over samples (PyTorch's kernel takes 4-9x
+        longer for 5x5 and dilated kernels there); others, and any on a GPU, whose
+        per-sample convolution would have kernels the size of an image, PyTorch's backward."""
+        if x.device.type != "cpu" or not self._depthwise(weight, x.shape[1]):
             return self._aten(grad, x, weight, (False, True))[1]
         n, c = x.shape[:2]
         per_sample = F.conv2d(

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
 
+from mlo.autodiff.grouped_conv import grouped_double_backward
 from problems.nas.evaluation import MobileNetwork
 from problems.nas.genotype import DARTS_V2
 
 from ..mlo.quadratic import DTYPE, QuadraticSpec
+from ..mlo.test_grouped_conv import GEOMETRIES, second_order
 from ..scripts import ROOT, tiny_nas
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -96,3 +99,13 @@ def test_products_without_a_kept_graph_hold_less_gpu_memory_than_the_retained_gr
     }
     assert rows["plain"] > 0 and rows["cg-forward"] < rows["cg"], done.stdout
     assert rows["cg-recompute"] < rows["cg"], done.stdout
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_grouped_convolutions_double_backward_on_cuda_is_pytorchs(geometry):
+    """``mlo.autodiff.grouped_conv`` on CUDA (the weight's gradient by PyTorch's kernel
+    there): first and second derivatives equal to PyTorch's own in float64."""
+    ours = second_order(geometry, True, "xwb", grouped_double_backward, "cuda")
+    truth = second_order(geometry, True, "xwb", nullcontext, "cuda")
+    for a, t in zip(ours, truth):
+        assert torch.allclose(a, t, rtol=1e-12, atol=1e-12 * float(t.abs().max()))

@@ -34,18 +34,20 @@ GEOMETRIES = [
 ]
 
 
-def _second_order(geometry, bias: bool, needs: str, mode) -> list[torch.Tensor]:
+def second_order(geometry, bias: bool, needs: str, mode, device="cpu") -> list[torch.Tensor]:
     """The gradient of ``Σ tanh(conv)²`` by the tensors in ``needs`` ("x", "w", "b") and
-    its product with fixed vectors, the conv recorded under ``mode``."""
+    its product with fixed vectors, the conv recorded under ``mode`` on ``device``."""
     c_in, c_out, groups, k, stride, padding, dilation = geometry
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, c_in, 9, 8, dtype=DTYPE, generator=gen)
     w = torch.randn(c_out, c_in // groups, k, k, dtype=DTYPE, generator=gen)
     b = torch.randn(c_out, dtype=DTYPE, generator=gen) if bias else None
+    x, w = x.to(device), w.to(device)
+    b = None if b is None else b.to(device)
     inputs = [t for name, t in (("x", x), ("w", w), ("b", b)) if name in needs and t is not None]
     for t in inputs:
         t.requires_grad_()
-    vectors = [torch.randn(t.shape, dtype=DTYPE, generator=gen) for t in inputs]
+    vectors = [torch.randn(t.shape, dtype=DTYPE, generator=gen).to(device) for t in inputs]
     with mode():
         y = F.conv2d(x, w, b, stride, padding, dilation, groups)
     first = torch.autograd.grad(y.tanh().pow(2).sum(), inputs, create_graph=True)
@@ -58,8 +60,8 @@ def _second_order(geometry, bias: bool, needs: str, mode) -> list[torch.Tensor]:
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_the_derivatives_are_pytorchs(geometry, needs):
     bias = "b" in needs
-    ours = _second_order(geometry, bias, needs, grouped_double_backward)
-    truth = _second_order(geometry, bias, needs, nullcontext)
+    ours = second_order(geometry, bias, needs, grouped_double_backward)
+    truth = second_order(geometry, bias, needs, nullcontext)
     assert len(ours) == len(truth) > 0
     for a, t in zip(ours, truth):
         assert torch.allclose(a, t, rtol=1e-12, atol=1e-12 * float(t.abs().max()))
