@@ -30,7 +30,9 @@ class OperationCost(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = func._overloadpacket
-        if packet in self._formulas:
+        if packet is _aten.convolution_backward:
+            self.total += _convolution_backward(*args)
+        elif packet in self._formulas:
             self.total += int(self._formulas[packet](*args, **kwargs, out_val=out))
         elif packet in _VECTOR:
             matrix = next(t for t in tree_leaves(args) if isinstance(t, torch.Tensor))
@@ -38,3 +40,14 @@ class OperationCost(TorchDispatchMode):
         else:
             self.total += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
         return out
+
+
+def _convolution_backward(grad_out, x, weight, bias_sizes, *rest) -> int:
+    """A convolution backward's floating-point operations: each gradient it computes (by
+    the input, by the weight) costs what the forward convolution did, ``2`` for each
+    output element and each weight entry of its group; the bias's, one per output
+    element. (torch's formula leaves the groups out, so it counts a depthwise layer's as
+    a dense one's.)"""
+    mask = rest[-1]
+    forward = 2 * grad_out.numel() * weight[0].numel()
+    return forward * (int(mask[0]) + int(mask[1])) + grad_out.numel() * int(mask[2])

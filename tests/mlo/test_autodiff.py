@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mlo.autodiff import vjp
@@ -47,3 +48,21 @@ def test_operation_cost_counts_products_by_their_flops_and_other_operations_by_e
     with OperationCost() as cost:
         (x * 2.0).exp()  # two elementwise operations of 7 elements
     assert cost.total == 14
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_a_convolution_backward_costs_its_forward_per_gradient(groups):
+    """torch's flop formula for convolution_backward leaves out the groups (a depthwise
+    layer's backward counted 2.5x its two convolutions); op_cost counts each gradient as
+    the forward convolution: 2 per output element and weight entry of its group."""
+    from mlo.autodiff.op_cost import OperationCost
+
+    x = torch.randn(2, 6, 5, 5)
+    w = torch.randn(6, 6 // groups, 3, 3, requires_grad=True)
+    y = torch.nn.functional.conv2d(x.requires_grad_(), w, padding=1, groups=groups)
+    forward = 2 * y.numel() * (6 // groups) * 9
+    for inputs, passes in (([x, w], 2), ([w], 1)):
+        grad = torch.ones_like(y)
+        with OperationCost() as cost:
+            torch.autograd.grad(y, inputs, grad, retain_graph=True)
+        assert cost.total == passes * forward
