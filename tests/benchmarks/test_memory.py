@@ -61,14 +61,18 @@ def test_graph_sizes_reports_the_graph_an_exact_product_keeps():
         for m in re.finditer(r"^  (\w+) .*?: ([\d.e+]+) operations", done.stdout, re.M)
     }
     assert set(ops) == {"plain", "evaluation", "build", "reverse", "forward", "recompute"}
-    assert ops["build"] == ops["plain"] > ops["evaluation"] > 0
-    assert ops["forward"] > ops["reverse"] > ops["plain"]
+    # the build is the plain pass with create_graph, its grouped convolutions' backward
+    # taken as convolutions of the same flops (mlo.autodiff.grouped_conv) and a few
+    # reshapes, which op_cost counts as an operation per element (5 % here)
+    assert ops["build"] == pytest.approx(ops["plain"], rel=0.06)
+    assert ops["build"] > ops["evaluation"] > 0
+    assert ops["forward"] > ops["reverse"] > ops["build"]
     # recompute, once its forward pass is kept: the build's backward and the double
-    # backward, fewer operations than forward mode. To 4 %: op_cost counts a view as one
+    # backward, fewer operations than forward mode. To 6 %: op_cost counts a view as one
     # operation per element, and the product takes a detached view of each tensor its
-    # backward saves (2 % here); a forward pass would be 16 %.
+    # backward saves (4.6 % here); a forward pass would be 12 %.
     backward = ops["build"] - ops["evaluation"]
-    assert ops["recompute"] == pytest.approx(backward + ops["reverse"], rel=0.04)
+    assert ops["recompute"] == pytest.approx(backward + ops["reverse"], rel=0.06)
     assert ops["recompute"] < ops["forward"]
     live = dict(re.findall(r"(reverse|recompute|forward) ([\d.]+) MiB", done.stdout))
     assert float(live["recompute"]) < float(live["reverse"]), done.stdout
