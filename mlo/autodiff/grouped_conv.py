@@ -194,8 +194,15 @@ class grouped_double_backward(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.conv2d and torch.is_grad_enabled():
+        # Under a torch.func transform (vmap, grad, jvp) inside the objective, PyTorch's
+        # own convolution: these nodes do not define the rules such transforms need.
+        if func is torch.conv2d and torch.is_grad_enabled() and not _transformed():
             found = _grouped(args, kwargs)
             if found is not None:
                 return _GroupedConv2d.apply(*found)
         return func(*args, **kwargs)
+
+
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform is active."""
+    return torch._C._are_functorch_transforms_active()

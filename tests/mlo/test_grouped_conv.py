@@ -111,6 +111,28 @@ def test_other_convolutions_are_pytorchs_own():
     assert constant.grad_fn is None
 
 
+def test_a_torch_func_transform_inside_the_objective_gets_pytorchs_convolution():
+    """An objective may take per-sample values with vmap or an inner gradient with
+    torch.func.grad (MAML-style); those transforms need rules these nodes do not define,
+    so under them the convolution is PyTorch's, with PyTorch's values."""
+    x = torch.randn(3, 2, 4, 6, 6, dtype=DTYPE)
+    w = torch.randn(4, 1, 3, 3, dtype=DTYPE, requires_grad=True)
+
+    def per_sample(xi):
+        return F.conv2d(xi, w, padding=1, groups=4).pow(2).sum()
+
+    def inner(weight):
+        return F.conv2d(x[0], weight, padding=1, groups=4).pow(2).sum()
+
+    found = {}
+    for mode in (grouped_double_backward, nullcontext):
+        with mode():
+            values = torch.func.vmap(per_sample)(x)
+            step = torch.func.grad(inner)(w)
+        found[mode] = torch.autograd.grad((values.sum() + step.pow(2).sum()), w)[0]
+    assert torch.allclose(found[grouped_double_backward], found[nullcontext], rtol=1e-12)
+
+
 class _Features(nn.Module):
     """Depthwise-separable branches (plain, dilated, strided) mixed by weights."""
 
