@@ -262,13 +262,17 @@ SUITE = [
             'previous run) include, in the first tick, the two products `"auto"` counts on '
             "each level to choose; after that, interleaved in one process, see \"cg's mixed "
             'products inside its Hessian-vector products" above (measured before the grouped '
-            "convolutions' double backward of the section above; not rerun since, so whether "
-            "fusing still pays on LeaSE is open). The products here take the grouped "
-            "convolutions' double backward of the section above: against the previous run, "
-            "with PyTorch's routine, `cg` took 20.10× the plain step (22.71×), `neumann` "
-            "16.87× (20.22×) and `cg-recompute` 20.96× (26.05×), on a host slower in both "
-            "runs (the plain step 865 ms and 796 ms, against 500 ms and 430 ms in the section"
-            " above), so these times are rough; the memory columns do not depend on it."
+            "convolutions' double backward of the section above; rerun after it with fewer "
+            "rounds, `python benchmarks/fuse_mixed.py --rounds 3 --supernet-rounds 2 "
+            "--lease-rounds 2`, fusing took 0.93× the separate mixed product's time on LeaSE "
+            'and 0.90× on the supernet, and `"auto"` fused on both, so this round\'s 16.41× '
+            "against 20.10× is the noise of one round of 2 ticks). The products here take the"
+            " grouped convolutions' double backward of the section above: against the "
+            "previous run, with PyTorch's routine, `cg` took 20.10× the plain step (22.71×), "
+            "`neumann` 16.87× (20.22×) and `cg-recompute` 20.96× (26.05×), on a host slower "
+            "in both runs (the plain step 865 ms and 796 ms, against 500 ms and 430 ms in the"
+            " section above), so these times are rough; the memory columns do not depend on "
+            "it."
         ),
         [
             "--network",
