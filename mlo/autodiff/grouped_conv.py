@@ -33,10 +33,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-_PLAIN = (Tensor, nn.Parameter)  # a subclass (DTensor, ...) keeps its own convolution
+from .products import _PLAIN  # a subclass (DTensor, ...) keeps its own convolution
+
 _NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 
 
@@ -57,12 +58,13 @@ class _Geometry:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def backward(
-        self, grad: Tensor, x: Tensor, weight: Tensor, mask: Sequence[bool], bias: bool = False
+        self, grad: Tensor, x: Tensor, weight: Tensor, mask: Sequence[bool]
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """The gradients by the input, weight and bias that ``mask`` asks for."""
+        """The gradients by the input, weight and bias that ``mask`` asks for (a bias's
+        only where there is one: autograd asks for none otherwise)."""
         by_x = self.input_gradient(grad, weight, x) if mask[0] else None
         by_w = self.weight_gradient(grad, x, weight) if mask[1] else None
-        by_b = grad.sum((0, 2, 3)) if bias and mask[2] else None
+        by_b = grad.sum((0, 2, 3)) if mask[2] else None
         return by_x, by_w, by_b
 
     def _depthwise(self, weight: Tensor, x_channels: int) -> bool:
@@ -122,7 +124,7 @@ class _GroupedConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geometry):
         ctx.save_for_backward(x, weight)
-        ctx.geometry, ctx.has_bias = geometry, bias is not None
+        ctx.geometry = geometry
         return geometry.conv(x, weight, bias)
 
     @staticmethod
@@ -132,7 +134,7 @@ class _GroupedConv2d(torch.autograd.Function):
         if torch.is_grad_enabled():  # the backward is recorded: differentiated again
             found = _GroupedConv2dBackward.apply(grad, x, weight, ctx.geometry, mask)
         else:
-            found = ctx.geometry.backward(grad, x, weight, mask, ctx.has_bias)
+            found = ctx.geometry.backward(grad, x, weight, mask)
         return (*found, None)
 
 
@@ -144,7 +146,7 @@ class _GroupedConv2dBackward(torch.autograd.Function):
     def forward(ctx, grad, x, weight, geometry, mask):
         ctx.save_for_backward(grad, x, weight)
         ctx.geometry = geometry
-        return geometry.backward(grad, x, weight, mask, mask[2])
+        return geometry.backward(grad, x, weight, mask)
 
     @staticmethod
     def backward(ctx, bar_x, bar_w, bar_b):
@@ -162,9 +164,9 @@ class _GroupedConv2dBackward(torch.autograd.Function):
                 terms.append(bar_b.view(1, -1, 1, 1).expand_as(grad))
             by_grad = sum(terms[1:], terms[0]) if terms else None
         if wants_x and bar_w is not None:  # g_w = corr(x, g): x's term, weight bar_w
-            by_x = geometry.backward(grad, x, bar_w, (True, False, False))[0]
+            by_x = geometry.input_gradient(grad, bar_w, x)
         if wants_w and bar_x is not None:  # g_x = conv^T(g, w): w's term, input bar_x
-            by_w = geometry.backward(grad, bar_x, weight, (False, True, False))[1]
+            by_w = geometry.weight_gradient(grad, bar_x, weight)
         return by_grad, by_x, by_w, None, None
 
 
@@ -190,7 +192,12 @@ def _grouped(args: tuple, kwargs: dict) -> tuple | None:
 
 class grouped_double_backward(TorchFunctionMode):
     """A context in which grouped ``conv2d`` calls record nodes whose double backward
-    takes each term in one call (see the module's text); other calls run unchanged."""
+    takes each term in one call (see the module's text); other calls run unchanged.
+    ``recorded`` counts the nodes it recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorded = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -199,6 +206,7 @@ class grouped_double_backward(TorchFunctionMode):
         if func is torch.conv2d and torch.is_grad_enabled() and not _transformed():
             found = _grouped(args, kwargs)
             if found is not None:
+                self.recorded += 1
                 return _GroupedConv2d.apply(*found)
         return func(*args, **kwargs)
 

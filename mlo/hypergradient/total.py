@@ -49,6 +49,7 @@ class Hypergradients:
         self.trajectories = trajectories
         self._one_systems: dict[str, OneSystem] = {}
         self.memos: dict[str, dict] = {}  # each level's Level.memo
+        self.grouped_convolutions: dict[str, dict] = {}  # each level's, kept
         self.descendants = {n: graph.descendants(n) for n in graph.names}
         self.modes = JacobianModes(evaluator, self.descendants)
         self.diagnostics: dict[str, dict[str, Tensor]] = {}
@@ -155,6 +156,7 @@ class Hypergradients:
             hvp_radius=problem.config.hvp_radius,
             one_system=self._one_system(name, nested, create_graph),
             memo=self.memos.setdefault(name, {}),
+            grouped_convolutions=self.grouped_convolutions.setdefault(name, {}),
             diagnose=self.diagnose and not create_graph,
         )
 

@@ -98,6 +98,10 @@ class Level:
     """Choices a solver makes once for the level and keeps for the engine's lifetime
     (``cg``'s ``fuse_mixed="auto"``); the engine gives each level the same dict on every
     call, a fresh one by default."""
+    grouped_convolutions: dict[str, bool] = field(default_factory=dict)
+    """Whether the level's objective has grouped convolutions (``"met"``), once
+    ``twice_differentiable`` has evaluated it; the engine gives each level the same dict
+    on every call, a fresh one by default."""
     diagnose: bool = True
     """Whether the solver's diagnostics will be read. The engine asks for them on the
     ticks it reports (the first, every ``log_every``-th and the last) and in
@@ -114,11 +118,16 @@ class Level:
         """``objective(*args, **kwargs)`` for a graph that is differentiated twice in
         reverse mode (Hessian-vector products, ``unroll``'s replay) and, unless
         ``create_graph``, no further: then its grouped convolutions take their double
-        backward one call per term (``mlo.autodiff.grouped_conv``), not one per group."""
-        if self.create_graph:
+        backward one call per term (``mlo.autodiff.grouped_conv``), not one per group.
+        A level whose first such evaluation met no grouped convolution is evaluated
+        plainly from then on (``grouped_convolutions``): the context looks at every
+        operation, about 2 % of a tiny tick."""
+        if self.create_graph or self.grouped_convolutions.get("met") is False:
             return self.objective(*args, **kwargs)
-        with grouped_double_backward():
-            return self.objective(*args, **kwargs)
+        with grouped_double_backward() as context:
+            loss = self.objective(*args, **kwargs)
+        self.grouped_convolutions.setdefault("met", context.recorded > 0)
+        return loss
 
     def products(self) -> SecondOrder:
         """D's second-order products (see ``second_order``)."""

@@ -178,6 +178,13 @@ def _search(solver: str, hvp: str, unroll: int = 1) -> mlo.Engine:
     )
 
 
+class _PyTorchs(grouped_double_backward):
+    """The context's interface, every convolution PyTorch's own."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize(
     ("solver", "hvp", "unroll"),
     [
@@ -206,9 +213,41 @@ def test_the_solvers_hypergradients_are_those_without_it(monkeypatch, solver, hv
     monkeypatch.setattr(base, "grouped_double_backward", Counted)
     a = ours.hypergradient("architecture")["a"]
     assert entered  # the context was used
-    monkeypatch.setattr(base, "grouped_double_backward", nullcontext)
+    monkeypatch.setattr(base, "grouped_double_backward", _PyTorchs)
     b = truth.hypergradient("architecture")["a"]
     assert torch.allclose(a, b, rtol=1e-12, atol=1e-15) and float(b.abs().max()) > 1e-6
+
+
+def test_a_level_without_grouped_convolutions_is_evaluated_plainly_after_the_first_time():
+    """The context looks at every operation of the objective; a level that has no grouped
+    convolution pays that once."""
+    w = torch.randn(4, dtype=DTYPE, requires_grad=True)
+    x = torch.randn(2, 4, 6, 6, dtype=DTYPE)
+    entered = []
+
+    class Counted(grouped_double_backward):
+        def __enter__(self):
+            entered.append(self)
+            return super().__enter__()
+
+    def dense(params=None, batch=None):
+        return (w if params is None else params[0]).pow(3).sum()
+
+    def depthwise(params=None, batch=None):
+        kernel = (w if params is None else params[0]).view(4, 1, 1, 1)
+        return F.conv2d(x, kernel, groups=4).pow(3).sum()
+
+    original = base.grouped_double_backward
+    base.grouped_double_backward = Counted
+    try:
+        for objective, times in ((dense, 1), (depthwise, 3)):
+            entered.clear()
+            level = base.Level("d", [w], objective, 0.1)
+            for _ in range(3):
+                level.twice_differentiable()
+            assert len(entered) == times
+    finally:
+        base.grouped_double_backward = original
 
 
 def test_a_graph_differentiated_further_is_pytorchs_own():
