@@ -43,6 +43,7 @@ class BatchStream:
         self._iterator: Iterator[Any] | None = None
         self._lookahead: Any = _MISSING
         self._epoch_rng: dict[str, Any] | None = None
+        self._closed = False
         if data is not None and not isinstance(data, Iterable):
             raise DataError(
                 f"data for problem {problem!r} must be an iterable of batches (a list, a "
@@ -63,6 +64,12 @@ class BatchStream:
         """The next batch, and whether it starts a new pass over the data."""
         if self.data is None:
             return None, False
+        if self._closed:
+            raise DataError(
+                f"data for problem {self.problem!r} was closed (Engine.close), and its "
+                "loader's workers stopped; build a new Engine (and load a checkpoint to "
+                "continue a run) instead of stepping a closed one"
+            )
         if self._iterator is not None:
             try:
                 return next(self._iterator), False
@@ -179,6 +186,25 @@ class BatchStream:
         if self._lookahead is _MISSING:
             self._lookahead = self._fetch()
         return self._lookahead[0]
+
+    def close(self) -> None:
+        """Stop the worker processes of the data loader's iterator now.
+
+        A ``DataLoader`` with workers stops them when its iterator is freed; but an
+        iterator that a reference cycle holds (an engine and its problems refer to each
+        other) is freed by the garbage collector, which closes the iterator's queues
+        before the iterator asks its workers to stop, so it waits for each worker in
+        vain until a 5-second timeout. Closing stops them at once. The stream yields
+        nothing after it."""
+        iterator, self._iterator = self._iterator, None
+        self._lookahead, self._closed = _MISSING, True
+        if iterator is None:
+            return
+        if getattr(self.data, "_iterator", None) is iterator:  # persistent workers
+            self.data._iterator = None  # type: ignore[union-attr]
+        stop = getattr(iterator, "_shutdown_workers", None)  # DataLoader's, with workers
+        if callable(stop):
+            stop()
 
     def next(self) -> Any:
         if self._lookahead is not _MISSING:

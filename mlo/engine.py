@@ -288,6 +288,19 @@ class Engine:
             writer.close()
             monitor.close({"updates": ", ".join(f"{n} {c}" for n, c in self.updates.items())})
 
+    def close(self) -> None:
+        """Stop every level's data-loader workers now (``BatchStream.close``), instead of
+        whenever the garbage collector reaches the engine; the engine steps no more.
+        ``with mlo.Engine(...) as engine:`` closes it at the end of the block."""
+        for problem in self.problems.values():
+            problem.stream.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def preflight(self) -> None:
         """Evaluate every level's objective once on its current (or first) batch, changing
         nothing, so that a batch that does not fit a model fails before any training."""

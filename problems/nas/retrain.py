@@ -181,30 +181,33 @@ def train_one_level(
             distributed="ddp" if mlo.parallel.distributed.initialized() else "none",
         ),
     )
-    if config.resume:
-        extra = resume_engine(engine, config, out)
-        if facts is not None:
-            check_same_data(extra.get("data"), facts, out / "checkpoint.pt")
-        console.print(f"resumed from {out / 'checkpoint.pt'} at step {engine.tick} of {total}")
-    elif config.overwrite and lead():
-        remove_previous_run(out)
-    seconds = train(
-        engine,
-        total,
-        title=title,
-        out=out,
-        images_per_tick=config.batch_size,
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every,
-        checkpoint_minutes=config.checkpoint_minutes,
-        progress=config.progress,
-        console=console,
-        record=lambda: {
-            "epoch": level.stream.epoch,
-            "lr": level.optimizer.param_groups[0]["lr"],
-        },
-        checkpoint_extra=lambda: {"settings": settings(config), "data": facts},
-    )
+    try:  # the loader's workers stop with the training, even when it fails
+        if config.resume:
+            extra = resume_engine(engine, config, out)
+            if facts is not None:
+                check_same_data(extra.get("data"), facts, out / "checkpoint.pt")
+            console.print(f"resumed from {out / 'checkpoint.pt'} at step {engine.tick} of {total}")
+        elif config.overwrite and lead():
+            remove_previous_run(out)
+        seconds = train(
+            engine,
+            total,
+            title=title,
+            out=out,
+            images_per_tick=config.batch_size,
+            log_every=config.log_every,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_minutes=config.checkpoint_minutes,
+            progress=config.progress,
+            console=console,
+            record=lambda: {
+                "epoch": level.stream.epoch,
+                "lr": level.optimizer.param_groups[0]["lr"],
+            },
+            checkpoint_extra=lambda: {"settings": settings(config), "data": facts},
+        )
+    finally:
+        engine.close()
     return engine, seconds
 
 

@@ -188,62 +188,65 @@ def _search(
             distributed=_distributed(config),
         ),
     )
-    top = "architecture" if "architecture" in engine.problems else engine.graph.roots[0]
-    history: dict[str, list] = {"steps": [], "normal": [], "reduce": []}
-    checkpoint = out / "checkpoint.pt"
-    if config.resume:
-        extra = resume_engine(engine, config, out, data)
-        saved = extra.get("history")
-        if not isinstance(saved, dict) or set(saved) != set(history):
-            raise mlo.CheckpointError(
-                f"{checkpoint} was not written by a search (no α history in it); resume "
-                "with the checkpoint.pt of a search, or start without --resume"
-            )
-        history = {k: list(v) for k, v in saved.items()}
-        console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
-    elif config.overwrite and lead():
-        remove_previous_run(out)
+    try:  # the loaders' workers stop with the training, even when it fails
+        top = "architecture" if "architecture" in engine.problems else engine.graph.roots[0]
+        history: dict[str, list] = {"steps": [], "normal": [], "reduce": []}
+        checkpoint = out / "checkpoint.pt"
+        if config.resume:
+            extra = resume_engine(engine, config, out, data)
+            saved = extra.get("history")
+            if not isinstance(saved, dict) or set(saved) != set(history):
+                raise mlo.CheckpointError(
+                    f"{checkpoint} was not written by a search (no α history in it); resume "
+                    "with the checkpoint.pt of a search, or start without --resume"
+                )
+            history = {k: list(v) for k, v in saved.items()}
+            console.print(f"resumed from {checkpoint} at step {engine.tick} of {total}")
+        elif config.overwrite and lead():
+            remove_previous_run(out)
 
-    def record_alphas() -> None:
-        normal, reduce = arch.edge_strengths()
-        history["steps"].append(engine.tick)
-        history["normal"].append(normal.cpu())
-        history["reduce"].append(reduce.cpu())
+        def record_alphas() -> None:
+            normal, reduce = arch.edge_strengths()
+            history["steps"].append(engine.tick)
+            history["normal"].append(normal.cpu())
+            history["reduce"].append(reduce.cpu())
 
-    if not history["steps"]:
-        record_alphas()
-    accuracies: dict[str, float] = {}
+        if not history["steps"]:
+            record_alphas()
+        accuracies: dict[str, float] = {}
 
-    def record() -> dict[str, Any]:
-        nonlocal accuracies
-        if accuracy_of is not None:
-            accuracies = accuracy_of(engine, engine.problems[top].batch)
-        record_alphas()
-        return {
-            "epoch": engine.problems[top].stream.epoch,
-            **accuracies,
-            f"{top} lr": engine.problems[top].optimizer.param_groups[0]["lr"],
-        }
+        def record() -> dict[str, Any]:
+            nonlocal accuracies
+            if accuracy_of is not None:
+                accuracies = accuracy_of(engine, engine.problems[top].batch)
+            record_alphas()
+            return {
+                "epoch": engine.problems[top].stream.epoch,
+                **accuracies,
+                f"{top} lr": engine.problems[top].optimizer.param_groups[0]["lr"],
+            }
 
-    start_tick = engine.tick
-    seconds = train(
-        engine,
-        total,
-        title=title,
-        out=out,
-        images_per_tick=config.batch_size * inner,
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every,
-        checkpoint_minutes=config.checkpoint_minutes,
-        progress=config.progress,
-        console=console,
-        record=record,
-        checkpoint_extra=lambda: {
-            "history": history,
-            "settings": settings(config),
-            "data": data_facts(data),
-        },
-    )
+        start_tick = engine.tick
+        seconds = train(
+            engine,
+            total,
+            title=title,
+            out=out,
+            images_per_tick=config.batch_size * inner,
+            log_every=config.log_every,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_minutes=config.checkpoint_minutes,
+            progress=config.progress,
+            console=console,
+            record=record,
+            checkpoint_extra=lambda: {
+                "history": history,
+                "settings": settings(config),
+                "data": data_facts(data),
+            },
+        )
+    finally:
+        engine.close()
     normal, reduce = arch.edge_strengths()
     genotype = derive_genotype(normal, reduce)
     files = {

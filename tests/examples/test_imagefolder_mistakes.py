@@ -4,6 +4,7 @@ and exit 2, the corrupt file named even when data-loader workers read it."""
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 from pathlib import Path
 
@@ -75,3 +76,6 @@ def test_a_corrupt_image_is_named(damage, workers, tmp_path, capsys):
     line = run("darts_cifar", [*argv, "--out", str(tmp_path / "o")], capsys)
     assert f"imagefolder: {bad} is not a readable image" in line
     assert "remove or replace the file" in line
+    # The loaders' workers stopped with the failed run, not at a later garbage collection
+    # (which waits 5 s for each: the engine and its problems hold each other).
+    assert multiprocessing.active_children() == []
