@@ -244,12 +244,25 @@ def test_a_read_only_out_is_one_error_line(tmp_path, capsys, monkeypatch):
     assert list((tmp_path / "ro").iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def finished_lease_run(tmp_path_factory) -> Path:
+    """The output folder of one tiny LeaSE run, which the full-disk tests copy."""
+    out = tmp_path_factory.mktemp("lease") / "out"
+    assert load_script(ROOT / "examples" / "lease_cifar.py").main([*TINY, "--out", str(out)]) == 0
+    return out
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "out"))
+
+
 def test_a_full_disk_is_one_error_line_and_the_last_checkpoint_survives(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, finished_lease_run
 ):
     example = load_script(ROOT / "examples" / "lease_cifar.py")
-    out = tmp_path / "out"
-    example.main([*TINY, "--out", str(out)])
+    out = copy_of(finished_lease_run, tmp_path)
     good = (out / "checkpoint.pt").read_bytes()
 
     def full(*args, **kwargs):
@@ -266,13 +279,14 @@ def test_a_full_disk_is_one_error_line_and_the_last_checkpoint_survives(
     assert not list(out.glob(".*.tmp"))
 
 
-def test_a_full_disk_inside_torch_save_is_one_error_line(tmp_path, capsys, monkeypatch):
+def test_a_full_disk_inside_torch_save_is_one_error_line(
+    tmp_path, capsys, monkeypatch, finished_lease_run
+):
     """torch.save's writer reports ENOSPC as a RuntimeError about stream positions."""
     import shutil
 
     example = load_script(ROOT / "examples" / "lease_cifar.py")
-    out = tmp_path / "out"
-    example.main([*TINY, "--out", str(out)])
+    out = copy_of(finished_lease_run, tmp_path)
     good = (out / "checkpoint.pt").read_bytes()
 
     def full(*args, **kwargs):
