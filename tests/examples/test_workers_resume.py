@@ -27,12 +27,19 @@ def search(out: Path, *extra: str) -> dict:
     return torch.load(out / "checkpoint.pt", weights_only=True)["engine"]
 
 
+@pytest.fixture(scope="module")
+def without(tmp_path_factory) -> dict:
+    """The engine state at the end of the straight run, loaded with no worker."""
+    return search(tmp_path_factory.mktemp("w0") / "out", "--workers", "0")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("min_step", [6, 2], ids=["epoch-1", "epoch-0"])
-def test_workers_change_nothing_and_a_kill_past_the_first_epoch_resumes_exactly(min_step, tmp_path):
+def test_workers_change_nothing_and_a_kill_past_the_first_epoch_resumes_exactly(
+    min_step, tmp_path, without
+):
     # The straight run loads with no worker, the killed and resumed one with two: equal
     # states show both that workers change nothing and that the resume is exact.
-    without = search(tmp_path / "w0", "--workers", "0")
     killed = tmp_path / "killed"
     command = [sys.executable, str(SCRIPT), "search", *ARGS, "--out", str(killed)]
     # Killed at a random moment after update 6 (in the second epoch: 5 updates an epoch)
