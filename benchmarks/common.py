@@ -65,3 +65,22 @@ def log_plot(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def betty_bilevel_step(upper: Any, lower: Any):
+    """One iteration of Betty's engine on the problems ``upper`` and ``lower`` (the lower
+    level's step, then the upper's with its hypergradient), as a function of no arguments."""
+    from betty.configs import EngineConfig
+    from betty.engine import Engine
+
+    engine = Engine(
+        [upper, lower],
+        config=EngineConfig(train_iters=1, logger_type="none"),
+        dependencies={"l2u": {lower: [upper]}, "u2l": {upper: [lower]}},
+    )
+
+    def step() -> None:
+        engine.global_step += 1
+        engine.train_step()
+
+    return step

@@ -29,7 +29,7 @@ from torch import nn
 import mlo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import betty_problem, quiet_betty, random_batches
+from common import betty_bilevel_step, betty_problem, quiet_betty, random_batches
 from hand_darts import darts_step_by_hand
 
 OPS = ("none", "skip", "conv3", "conv5", "maxpool", "avgpool")
@@ -159,8 +159,7 @@ def hand_step(train, val):
 
 def betty_step(train, val):
     try:
-        from betty.configs import Config, EngineConfig
-        from betty.engine import Engine
+        from betty.configs import Config
         from betty.problems import ImplicitProblem
     except ImportError:
         return None
@@ -182,17 +181,7 @@ def betty_step(train, val):
         BWeights, "weights", Config(type="darts", darts_alpha=0.01), net, w_opt, train
     )
     ba = betty_problem(BArch, "arch", Config(first_order=True, retain_graph=True), arch, a_opt, val)
-    engine = Engine(
-        [ba, bw],
-        config=EngineConfig(train_iters=1, logger_type="none"),
-        dependencies={"l2u": {bw: [ba]}, "u2l": {ba: [bw]}},
-    )
-
-    def step():
-        engine.global_step += 1
-        engine.train_step()
-
-    return step
+    return betty_bilevel_step(ba, bw)
 
 
 # --------------------------------------------------------------------------- main

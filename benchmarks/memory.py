@@ -13,7 +13,9 @@ solver on the supernet level (``unroll`` at K = 1, 2, 4, 8 replays K supernet st
 from K = 4 on by default, ``-checkpoint`` and ``-one_graph`` force either way, and with
 ``-forward`` each replayed step's second-order products are one forward-over-reverse
 pass; ``-separate``: cg with ``fuse_mixed=False``, its mixed product one pass after the
-iterations instead of a part of each). With
+iterations instead of a part of each). ``betty-darts``, ``betty-cg`` and ``betty-neumann``
+run the same search in Betty's own engine (betty-ml, the dev extra), with its hypergradient
+of that type (5 iterations, as mlo's). With
 ``--network lease`` the search is LeaSE's four levels on the same supernet (a tiny ResNet
 audience, 2-step differentiable PGD explanations), the solver on the explainer and the
 audience, against the same plain supernet step.
@@ -26,6 +28,7 @@ to ``plain``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -58,7 +61,13 @@ CONFIGS = [
     "unroll8-one_graph",
     "unroll4-forward",
     "unroll8-forward",
+    "betty-darts",
+    "betty-cg",
+    "betty-neumann",
 ]
+# Betty's own engine (betty-ml 0.1.1) on the same search: its type="darts", "cg" and
+# "neumann" hypergradients, 5 iterations for the last two, as mlo's rows above.
+BETTY = {"betty-darts", "betty-cg", "betty-neumann"}
 
 
 def _status(field: str) -> int:
@@ -108,12 +117,52 @@ def _plain_step(net, arch, train, steps: int):
     return step
 
 
+def _betty_step(net, arch, train, val, kind: str, device: str):
+    """One iteration of the same DARTS search in Betty's engine: a supernet step, then an
+    architecture step with Betty's ``kind`` hypergradient (5 iterations for cg and
+    neumann), with the optimizers of ``problems.nas.SearchHyper``."""
+    import torch.nn.functional as F
+    from betty.configs import Config
+    from betty.problems import ImplicitProblem
+    from common import betty_bilevel_step, quiet_betty
+
+    from problems.nas import SearchHyper
+
+    quiet_betty()
+    hyper = SearchHyper()
+    w_opt, _ = hyper.weight_optimizer(net.parameters(), 10_000)
+    a_opt = hyper.arch_optimizer(arch.parameters())
+
+    class Weights(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            return F.cross_entropy(self.module(x, self.arch.module.normalized()), y)
+
+    class Arch(ImplicitProblem):
+        def training_step(self, batch):
+            x, y = batch
+            return F.cross_entropy(self.weights.module(x, self.module.normalized()), y)
+
+    solver = {
+        "darts": Config(type="darts", darts_alpha=0.01),
+        "cg": Config(type="cg", cg_iterations=5),
+        "neumann": Config(type="neumann", neumann_iterations=5, neumann_alpha=0.01),
+    }[kind]
+    options = {"device": device}
+    weights = Weights("weights", solver, net, w_opt, train_data_loader=train, **options)
+    upper = Config(first_order=True, retain_graph=True)
+    architecture = Arch("arch", upper, arch, a_opt, train_data_loader=val, **options)
+    return betty_bilevel_step(architecture, weights)
+
+
 def child(config: str, args) -> dict:
     import mlo
 
     net, arch, train, val, gen = _supernet(args)
     if config == "plain":
         step = _plain_step(net, arch, train, args.ticks)
+    elif config in BETTY:
+        step = _betty_step(net, arch, train, val, config.split("-")[1], args.device)
     else:
         separate = config.endswith("-separate")  # cg's mixed product as its own pass
         config = config.removesuffix("-separate")
@@ -435,6 +484,16 @@ def main() -> None:
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda needs a GPU, and torch sees none")
+    if args.network == "lease" and BETTY & set(args.only):
+        parser.error("the betty-* configurations run the DARTS search; leave out --network lease")
+    if BETTY & set(args.only) and args.layers < 3:
+        parser.error(
+            "the betty-* configurations need --layers 3 or more: with fewer cells some "
+            "architecture weights are unused, and Betty's hypergradients refuse that"
+        )
+    if BETTY & set(args.only) and importlib.util.find_spec("betty") is None:
+        print("betty-ml is not installed (the dev extra): its rows are left out")
+        args.only = [c for c in args.only if c not in BETTY]
     keys = ("ticks", "layers", "channels", "batch", "size", "network", "device")
     passed = [f"--{k}={getattr(args, k)}" for k in keys]
     what = "DARTS" if args.network == "darts" else "LeaSE (4 levels) on a"

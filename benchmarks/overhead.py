@@ -40,7 +40,7 @@ from torch import nn
 import mlo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import quiet_betty
+from common import betty_bilevel_step, quiet_betty
 
 RHO, LR, EPSILON, K = 0.1, 0.1, 0.01, 3
 SOLVERS = ("first_order", "darts", "neumann", "cg")
@@ -174,8 +174,7 @@ def mlo_step(solver: str | mlo.solvers.Solver, n: int, dtype: torch.dtype = torc
 
 def betty_step(solver: str, n: int, dtype: torch.dtype = torch.float32):
     try:
-        from betty.configs import Config, EngineConfig
-        from betty.engine import Engine
+        from betty.configs import Config
         from betty.problems import ImplicitProblem
     except ImportError:
         return None
@@ -214,17 +213,7 @@ def betty_step(solver: str, n: int, dtype: torch.dtype = torch.float32):
         train_data_loader=data,
         device="cpu",
     )
-    engine = Engine(
-        [upper, lower],
-        config=EngineConfig(train_iters=1, logger_type="none"),
-        dependencies={"l2u": {lower: [upper]}, "u2l": {upper: [lower]}},
-    )
-
-    def step() -> None:
-        engine.global_step += 1
-        engine.train_step()
-
-    return step, x
+    return betty_bilevel_step(upper, lower), x
 
 
 # --------------------------------------------------------------------------- main

@@ -15,16 +15,31 @@ from ..scripts import ROOT, run_child
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_the_memory_benchmark_reports_each_configs_peak_against_the_plain_step():
-    quick = ["--rounds", "1", "--ticks", "1", "--layers", "1", "--channels", "4"]
-    quick += ["--batch", "4", "--size", "8", "--only", "plain", "darts"]
+    """mlo's rows and Betty's (its own engine on the same search; 3 cells, since with
+    fewer Betty refuses the architecture weights that no cell uses)."""
+    pytest.importorskip("betty", reason="Betty's row needs betty-ml (the dev extra)")
+    quick = ["--rounds", "1", "--ticks", "1", "--layers", "3", "--channels", "4"]
+    quick += ["--batch", "4", "--size", "8", "--only", "plain", "darts", "betty-darts"]
     done = run_child([sys.executable, str(ROOT / "benchmarks" / "memory.py"), *quick], 300)
     assert done.returncode == 0, done.stderr[-3000:]
+    pattern = r"^(plain|darts|betty-darts)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
     rows = {
         m.group(1): (float(m.group(2)), float(m.group(4)))
-        for m in re.finditer(r"^(plain|darts)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", done.stdout, re.M)
+        for m in re.finditer(pattern, done.stdout, re.M)
     }
-    assert set(rows) == {"plain", "darts"}, done.stdout
-    assert rows["plain"][1] == 1.0 and rows["plain"][0] > 0 and rows["darts"][0] > 0
+    assert set(rows) == {"plain", "darts", "betty-darts"}, done.stdout
+    assert rows["plain"][1] == 1.0 and all(peak > 0 for peak, _ in rows.values())
+
+
+def test_betty_rows_on_too_few_cells_or_on_lease_are_one_error_line():
+    script = str(ROOT / "benchmarks" / "memory.py")
+    for flags, said in (
+        (["--layers", "2"], "need --layers 3 or more"),
+        (["--network", "lease"], "run the DARTS search; leave out --network lease"),
+    ):
+        done = run_child([sys.executable, script, *flags, "--only", "betty-cg"], 60)
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_live_peak_counts_the_tensors_alive_at_once():
