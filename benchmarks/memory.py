@@ -484,16 +484,19 @@ def main() -> None:
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda needs a GPU, and torch sees none")
-    if args.network == "lease" and BETTY & set(args.only):
-        parser.error("the betty-* configurations run the DARTS search; leave out --network lease")
-    if BETTY & set(args.only) and args.layers < 3:
-        parser.error(
-            "the betty-* configurations need --layers 3 or more: with fewer cells some "
-            "architecture weights are unused, and Betty's hypergradients refuse that"
-        )
-    if BETTY & set(args.only) and importlib.util.find_spec("betty") is None:
-        print("betty-ml is not installed (the dev extra): its rows are left out")
-        args.only = [c for c in args.only if c not in BETTY]
+    if BETTY & set(args.only):
+        if args.network == "lease":
+            parser.error(
+                "the betty-* configurations run the DARTS search; leave out --network lease"
+            )
+        if args.layers < 3:
+            parser.error(
+                "the betty-* configurations need --layers 3 or more: with fewer cells some "
+                "architecture weights are unused, and Betty's hypergradients refuse that"
+            )
+        if importlib.util.find_spec("betty") is None:
+            print("betty-ml is not installed (the dev extra): its rows are left out")
+            args.only = [c for c in args.only if c not in BETTY]
     keys = ("ticks", "layers", "channels", "batch", "size", "network", "device")
     passed = [f"--{k}={getattr(args, k)}" for k in keys]
     what = "DARTS" if args.network == "darts" else "LeaSE (4 levels) on a"

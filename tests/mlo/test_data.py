@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+import mlo
 
 
 def test_a_loader_with_persistent_workers_says_at_construction_that_it_cannot_resume_exactly(
@@ -46,7 +49,6 @@ def _one_level_on_workers():
     """An engine of one level whose data is a resumable loader with 2 workers."""
     from torch.utils.data import TensorDataset
 
-    import mlo
     from mlo.durable.sampling import resumable_loader
 
     from .helpers import Scalar
@@ -66,10 +68,6 @@ def test_closing_an_engine_stops_its_loaders_workers_at_once():
     """An engine and its problems refer to each other, so without ``close`` the workers
     live until the garbage collector frees the engine, which then waits 5 s for each
     (it closes the iterator's queues before the iterator asks the workers to stop)."""
-    import pytest
-
-    import mlo
-
     engine, data = _one_level_on_workers()
     engine.step()
     held = data._iterator  # as the frames of a failed step's traceback hold it
