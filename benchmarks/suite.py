@@ -306,11 +306,14 @@ SUITE = [
             " level configured `Config(first_order=True, retain_graph=True)` as Betty's "
             "examples configure their upper levels, on the same supernet, batches and "
             "optimizers, against the same plain step; one round of fresh processes, 3 ticks "
-            "each, with mlo's rows of the same round (one round: the times are good to "
-            "several per cent). mlo holds less with `darts`: 0.66× Betty's resident peak and "
-            "0.76× its live tensors, at 0.97× its time. With `cg` and `neumann` both engines "
-            "hold the same, about 3× the plain step (mlo 1.03× and 1.02× Betty's resident "
-            "peak, 0.99× and 1.00× its live tensors: both keep the gradient's graph for the "
+            'each, with mlo\'s rows of the same round in their defaults (`hvp="auto"`, which '
+            'takes reverse-mode products here; `cg` with `fuse_mixed="auto"`), the processes '
+            "one at a time on a host slower than quiet (the plain step 515.5 ms against 430 "
+            "ms); one round, so the times are good to several"
+            " per cent. mlo holds less with `darts`: 0.66× Betty's resident peak and 0.76× "
+            "its live tensors, at 0.97× its time. With `cg` and `neumann` both engines hold "
+            "the same, about 3× the plain step (mlo 1.03× and 1.02× Betty's resident peak, "
+            "0.99× and 1.00× its live tensors: both keep the gradient's graph for the "
             "products), and mlo takes 0.63× and 0.73× Betty's time per tick. Betty's engine "
             "is no lower floor for exact products, then; the modes below 3× are mlo's "
             '`hvp="recompute"` and `hvp="forward"` (2.08× and 2.00× the plain step\'s live '
