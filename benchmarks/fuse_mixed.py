@@ -3,7 +3,8 @@ products' passes (``True``), as one more pass after its iterations (``False``), 
 default ``"auto"``, which chooses on a level's first solve from an operation count.
 
 Two programs where the choice goes opposite ways, each one process, rounds interleaving
-the three settings (after two warm-up ticks each, so that ``"auto"`` has chosen):
+the three settings (after ``--warmup`` ticks each, two by default; ``"auto"`` has chosen
+after the first):
 
 - ``quadratic``: the two-level tick of ``benchmarks/overhead.py`` (n = 2000, cg with
   K = 3): the parent enters the lower objective through a dense n × n matrix, so each
@@ -18,7 +19,7 @@ The script prints the median time per tick, the medians of the paired ratios to
 ``False``, and what ``"auto"`` chose.
 
     python benchmarks/fuse_mixed.py [--rounds 300] [--supernet-rounds 8] [--lease-rounds 4]
-        [--n 2000]
+        [--warmup 2] [--n 2000]
         [--layers 3] [--channels 8] [--batch 16] [--size 16]
 """
 
@@ -76,8 +77,8 @@ def chosen(step) -> str:
 def measure(build, args, rounds: int) -> tuple[dict, dict, str]:
     steps = {fuse: build(fuse, args) for fuse in SETTINGS}
     for step in steps.values():
-        step()
-        step()
+        for _ in range(args.warmup):
+            step()
     times: dict = {fuse: [] for fuse in SETTINGS}
     for _ in range(rounds):
         for fuse, step in steps.items():
@@ -95,6 +96,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="rounds of the quadratic")
     parser.add_argument("--supernet-rounds", type=int, default=8)
     parser.add_argument("--lease-rounds", type=int, default=4)
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed ticks of each setting first (at least 1)"
+    )
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--channels", type=int, default=8)
@@ -105,6 +109,7 @@ def main() -> None:
         "rounds",
         "supernet_rounds",
         "lease_rounds",
+        "warmup",
         "n",
         "layers",
         "channels",

@@ -11,7 +11,7 @@ from ..scripts import ROOT, run_child
 
 def test_auto_fuses_on_the_supernet_and_not_on_the_dense_quadratic():
     quick = ["--rounds", "3", "--supernet-rounds", "1", "--lease-rounds", "1", "--n", "64"]
-    quick += ["--layers", "1"]
+    quick += ["--warmup", "1", "--layers", "1"]
     quick += ["--channels", "4", "--batch", "4", "--size", "8"]
     done = run_child([sys.executable, str(ROOT / "benchmarks" / "fuse_mixed.py"), *quick], 300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -24,7 +24,8 @@ def test_auto_fuses_on_the_supernet_and_not_on_the_dense_quadratic():
 
 def test_a_bad_count_is_one_error_line():
     script = str(ROOT / "benchmarks" / "fuse_mixed.py")
-    done = run_child([sys.executable, script, "--supernet-rounds", "0"], 60)
-    assert done.returncode == 2
-    assert "error: --supernet-rounds must be at least 1" in done.stderr
-    assert "Traceback" not in done.stderr
+    for flag in ("--supernet-rounds", "--warmup"):
+        done = run_child([sys.executable, script, flag, "0"], 60)
+        assert done.returncode == 2
+        assert f"error: {flag} must be at least 1" in done.stderr
+        assert "Traceback" not in done.stderr

@@ -137,20 +137,21 @@ def test_a_sharded_nas_search_on_two_ranks_is_one_process_in_float64(script, ext
 def test_a_lease_search_stopped_and_resumed_on_two_ranks_ends_as_a_straight_one(tmp_path):
     """Both ranks' explanations are saved (the explain level holds each rank's own
     examples'): resumed, the search ends bit-identical to one that ran straight through
-    (before, every rank resumed with rank 0's explanations and 1,985 tensors differed)."""
+    (before, every rank resumed with rank 0's explanations and 1,985 tensors differed
+    after 2 + 2 steps; with 1 + 1 steps, as here, the old checkpoints fail too)."""
     from ..mlo.test_state_untouched import assert_identical
 
     flags = [
         "search",
-        *tiny_nas("digits", max_steps=4, threads=1),
+        *tiny_nas("digits", max_steps=2, threads=1),
         *("--layers", "3", "--pgd-steps", "2", "--log-every", "1"),
     ]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    for out, extra in ((straight, []), (split, ["--max-steps", "2"]), (split, ["--resume"])):
+    for out, extra in ((straight, []), (split, ["--max-steps", "1"]), (split, ["--resume"])):
         result = torchrun("lease_cifar.py", *flags, "--out", str(out), *extra)
         assert result.returncode == 0, result.stderr[-8000:]
     engines = [
         torch.load(o / "checkpoint.pt", weights_only=True)["engine"] for o in (straight, split)
     ]
-    assert engines[1]["tick"] == engines[0]["tick"] == 4
+    assert engines[1]["tick"] == engines[0]["tick"] == 2
     assert_identical(engines[0], engines[1])

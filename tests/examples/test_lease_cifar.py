@@ -125,6 +125,8 @@ def test_search_killed_with_sigkill_resumes_to_the_same_architecture(tmp_path):
             "synthetic",
             "--synthetic-size",
             "64",
+            "--image-size",
+            "8",
             "--out",
             str(out),
             "--max-steps",
