@@ -33,6 +33,7 @@ upper level differentiates, keeps ``SecondOrder``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch.autograd.forward_ad as fwAD
@@ -73,7 +74,7 @@ def forward_product(
         primals = [p.detach().requires_grad_(differentiated) for p in params]
         keep = [] if wrt is None else list(wrt)
         inputs = (primals if differentiated else []) + keep
-        duals = [fwAD.make_dual(x, v.to(x.dtype)) for x, v in zip(primals, vector)]
+        duals = _make_duals(primals, vector)
         try:
             with holding(hold, keep), _TangentsCut():
                 loss = objective(duals)
@@ -90,6 +91,17 @@ def forward_product(
             ) from error
         out = [None if g is None else fwAD.unpack_dual(g).tangent for g in grads]
     return materialized(out, inputs)
+
+
+def _make_duals(primals: Sequence[Tensor], tangents: Sequence[Tensor]) -> list[Tensor]:
+    """``fwAD.make_dual`` of each pair, without the ``FutureWarning`` that torch 2.14's
+    first ``make_dual`` in a process raises about its own use of ``torch.jit.script`` as it
+    loads its forward-mode decompositions: nothing a user of mlo can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+        )
+        return [fwAD.make_dual(x, v.to(x.dtype)) for x, v in zip(primals, tangents)]
 
 
 def _lacks_forward_rule(error: BaseException | None) -> bool:

@@ -8,6 +8,8 @@ reverse mode runs out of memory."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -17,6 +19,8 @@ from mlo.autodiff import SecondOrder
 from mlo.autodiff.forward import ForwardSecondOrder
 from mlo.autodiff.recompute import RecomputedSecondOrder
 from mlo.parameters import ParameterSet
+
+from ..scripts import run_child
 
 DTYPE = torch.float64
 
@@ -386,3 +390,22 @@ def test_held_restores_every_parameter_even_after_an_error_and_leaves_others_alo
         raise RuntimeError("inside")
     assert lam.requires_grad and all(p.requires_grad for p in fit[:-1])
     assert not frozen.requires_grad
+
+
+def test_the_first_forward_product_of_a_process_warns_about_nothing_of_torchs_own():
+    # torch 2.14's first make_dual in a process loads its forward-mode decompositions
+    # through torch.jit.script, which warns that torch.jit.script is deprecated: torch's
+    # own use, nothing mlo's user can change. A fresh process, warnings as errors.
+    program = (
+        "import torch, mlo\n"
+        "from mlo.autodiff.forward import ForwardSecondOrder\n"
+        "w = torch.randn(3, dtype=torch.float64, requires_grad=True)\n"
+        "def f(values=None):\n"
+        "    x = w if values is None else values[0]\n"
+        "    return (x.sin() * x).sum()\n"
+        "(h,) = ForwardSecondOrder(f, [w]).hvp([torch.ones(3, dtype=torch.float64)])\n"
+        "expected = 2 * w.cos() - w * w.sin()\n"
+        "assert torch.allclose(h, expected.detach(), rtol=1e-12), (h, expected)\n"
+    )
+    done = run_child([sys.executable, "-W", "error", "-c", program], timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
