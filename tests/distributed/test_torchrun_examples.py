@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from ..scripts import ROOT, run_child, tiny_nas, torchrun_command
+from ..scripts import ROOT, load_script, run_child, tiny_nas, torchrun_command
 from .levels import assert_close
 
 TINY_NAS = ["--small", *tiny_nas(max_steps=2, synthetic_size=64, threads=1)]
@@ -39,9 +38,16 @@ def replicated_parameters(checkpoint) -> dict[str, torch.Tensor]:
 
 
 def one_process(script: str, *args: str, float64: bool = False) -> None:
-    command = [sys.executable, *([FLOAT64] if float64 else []), str(ROOT / "examples" / script)]
-    result = run_child([*command, *args], timeout=400)
-    assert result.returncode == 0, result.stderr[-8000:]
+    """The example's search in this process (what ``float64_example.py`` does, with the
+    default dtype and the thread count given back after), saving a process's start."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    if float64:
+        torch.set_default_dtype(torch.float64)
+    try:
+        assert load_script(ROOT / "examples" / script).main(list(args)) == 0
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
