@@ -28,10 +28,12 @@ def quiet_betty() -> None:
     get_logger().setLevel(logging.ERROR)
 
 
-def betty_problem(cls: type, name: str, config: Any, module, optimizer, data) -> Any:
-    """A Betty problem of class ``cls`` on the CPU, reading the batches ``data``."""
+def betty_problem(
+    cls: type, name: str, config: Any, module, optimizer, data, device: str = "cpu"
+) -> Any:
+    """A Betty problem of class ``cls`` on ``device``, reading the batches ``data``."""
     return cls(
-        name, config, module=module, optimizer=optimizer, train_data_loader=data, device="cpu"
+        name, config, module=module, optimizer=optimizer, train_data_loader=data, device=device
     )
 
 

@@ -124,7 +124,7 @@ def _betty_step(net, arch, train, val, kind: str, device: str):
     import torch.nn.functional as F
     from betty.configs import Config
     from betty.problems import ImplicitProblem
-    from common import betty_bilevel_step, quiet_betty
+    from common import betty_bilevel_step, betty_problem, quiet_betty
 
     from problems.nas import SearchHyper
 
@@ -148,10 +148,9 @@ def _betty_step(net, arch, train, val, kind: str, device: str):
         "cg": Config(type="cg", cg_iterations=5),
         "neumann": Config(type="neumann", neumann_iterations=5, neumann_alpha=0.01),
     }[kind]
-    options = {"device": device}
-    weights = Weights("weights", solver, net, w_opt, train_data_loader=train, **options)
+    weights = betty_problem(Weights, "weights", solver, net, w_opt, train, device)
     upper = Config(first_order=True, retain_graph=True)
-    architecture = Arch("arch", upper, arch, a_opt, train_data_loader=val, **options)
+    architecture = betty_problem(Arch, "arch", upper, arch, a_opt, val, device)
     return betty_bilevel_step(architecture, weights)
 
 

@@ -33,9 +33,11 @@ upper level differentiates, keeps ``SecondOrder``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 
+import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
@@ -74,7 +76,8 @@ def forward_product(
         primals = [p.detach().requires_grad_(differentiated) for p in params]
         keep = [] if wrt is None else list(wrt)
         inputs = (primals if differentiated else []) + keep
-        duals = _make_duals(primals, vector)
+        _load_forward_rules()
+        duals = [fwAD.make_dual(x, v.to(x.dtype)) for x, v in zip(primals, vector)]
         try:
             with holding(hold, keep), _TangentsCut():
                 loss = objective(duals)
@@ -93,15 +96,16 @@ def forward_product(
     return materialized(out, inputs)
 
 
-def _make_duals(primals: Sequence[Tensor], tangents: Sequence[Tensor]) -> list[Tensor]:
-    """``fwAD.make_dual`` of each pair, without the ``FutureWarning`` that torch 2.14's
-    first ``make_dual`` in a process raises about its own use of ``torch.jit.script`` as it
-    loads its forward-mode decompositions: nothing a user of mlo can act on."""
+@functools.cache
+def _load_forward_rules() -> None:
+    """Load torch's forward-mode decompositions once per process, as its first
+    ``make_dual`` does, without the ``FutureWarning`` torch 2.14 raises there about its own
+    use of ``torch.jit.script``: nothing a user of mlo can act on."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
         )
-        return [fwAD.make_dual(x, v.to(x.dtype)) for x, v in zip(primals, tangents)]
+        fwAD.make_dual(torch.zeros(()), torch.zeros(()))
 
 
 def _lacks_forward_rule(error: BaseException | None) -> bool:

@@ -13,14 +13,15 @@ own step (Adam's step counter, a CPU tensor in non-capturable mode: no device wa
 from __future__ import annotations
 
 import traceback
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mlo
-from problems.lease import AudienceHyper, ExplanationConfig, LeaseHyper, ResNet, build
-from problems.nas import ArchitectureWeights, Supernet, build_darts
+
+from ..scripts import ROOT, load_script
 
 _aten = torch.ops.aten
 READS = {_aten._local_scalar_dense, _aten.is_nonzero, _aten.nonzero, _aten.masked_select}
@@ -34,9 +35,6 @@ def _masked(args) -> bool:
     return any(
         isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices
     )
-
-
-SIZE, BATCH = 8, 4
 
 
 class HostReads(TorchDispatchMode):
@@ -54,47 +52,19 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def batches(gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [
-        (torch.randn(BATCH, 3, SIZE, SIZE, generator=gen), torch.randint(0, 10, (BATCH,)))
-        for _ in range(4)
-    ]
-
-
 def search(network: str, solver: str, hvp: str) -> mlo.Engine:
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    net, arch = Supernet(10, 1, 4), ArchitectureWeights()
-    train, val = batches(gen), batches(gen)
-    if network == "darts":
-        problems, deps = build_darts(net, arch, train, val, total_updates=100, solver=solver)
-        varied = {"network"}
-    else:
-        hyper = LeaseHyper(
-            explanation=ExplanationConfig(steps=2), audience=AudienceHyper(arch="resnet_tiny")
-        )
-        problems, deps = build(
-            net,
-            arch,
-            train,
-            batches(gen),
-            val,
-            num_classes=10,
-            batch_size=BATCH,
-            total_updates=100,
-            image_shape=(3, SIZE, SIZE),
-            pixel_std=torch.full((3,), 0.25),
-            hyper=hyper,
-            audience=ResNet("resnet_tiny", 10),
-        )
-        varied = {"explainer", "audience"}
+    """The memory benchmark's search (``benchmarks/memory.py``: its supernet, batches and
+    LeaSE levels), at 1 cell of 4 channels, batch 4, 8x8 images."""
+    bench = load_script(ROOT / "benchmarks" / "memory.py")
+    args = SimpleNamespace(layers=1, channels=4, batch=4, size=8, device="cpu", network=network)
     chosen = mlo.solvers.resolve(solver)
     if "iterations" in type(chosen).model_fields:  # two: a read inside the loop shows
         chosen = chosen.model_copy(update={"iterations": 2})
+    net, arch, train, val, gen = bench._supernet(args)
+    problems, deps = bench.search_levels(net, arch, train, val, args, gen, chosen, unroll=2)
     for problem in problems:
-        if problem.name in varied:
-            update = {"solver": chosen, "hvp": hvp, "unroll_steps": 2}
-            problem.config = problem.config.model_copy(update=update)
+        if problem.name in ("network", "explainer", "audience"):  # where the solver is
+            problem.config = problem.config.model_copy(update={"hvp": hvp})
     config = mlo.EngineConfig(progress=False, log_every=100, check_finite_every=100)
     return mlo.Engine(problems, deps, config)
 
