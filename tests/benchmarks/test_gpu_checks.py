@@ -14,11 +14,10 @@ from ..scripts import ROOT, subprocess_env
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs its real checks")
 def test_without_a_gpu_every_part_runs_and_the_script_fails(tmp_path):
-    out = tmp_path / "gpu"
     env = {**subprocess_env(), "PYTHON": sys.executable}
     done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_checks.sh"), str(out)],
-        cwd=tmp_path,  # the script finds the checkout itself
+        ["bash", str(ROOT / "benchmarks" / "gpu_checks.sh"), "gpu"],
+        cwd=tmp_path,  # the script finds the checkout; OUT is relative to the caller
         env=env,
         capture_output=True,
         text=True,
@@ -26,6 +25,7 @@ def test_without_a_gpu_every_part_runs_and_the_script_fails(tmp_path):
         check=False,
     )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "gpu"
     assert "no GPU" in (out / "versions.txt").read_text()
     assert "--device cuda needs a GPU" in (out / "memory.txt").read_text()
     assert "skipped" in (out / "tests.txt").read_text()
