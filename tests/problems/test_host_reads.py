@@ -12,6 +12,7 @@ own step (Adam's step counter, a CPU tensor in non-capturable mode: no device wa
 
 from __future__ import annotations
 
+import functools
 import traceback
 from types import SimpleNamespace
 
@@ -52,10 +53,16 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@functools.cache
+def _benchmark():
+    """``benchmarks/memory.py``, loaded once for all the cases."""
+    return load_script(ROOT / "benchmarks" / "memory.py")
+
+
 def search(network: str, solver: str, hvp: str) -> mlo.Engine:
     """The memory benchmark's search (``benchmarks/memory.py``: its supernet, batches and
     LeaSE levels), at 1 cell of 4 channels, batch 4, 8x8 images."""
-    bench = load_script(ROOT / "benchmarks" / "memory.py")
+    bench = _benchmark()
     args = SimpleNamespace(layers=1, channels=4, batch=4, size=8, device="cpu", network=network)
     chosen = mlo.solvers.resolve(solver)
     if "iterations" in type(chosen).model_fields:  # two: a read inside the loop shows
