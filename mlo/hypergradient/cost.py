@@ -7,8 +7,8 @@ Per update of a level P (DESIGN §2): one pass for P's own gradient, plus one ca
 each lower level L's solver on P's adjoint propagation. A call takes
 ``s = solver.products_on(unroll_steps, ...)`` passes when L's Jacobian is partial (its
 ``products``, less one where ``cg`` takes its mixed products inside its Hessian-vector
-products' passes; with ``hvp="recompute"`` each product is two, since it builds the
-gradient's graph again). When it is
+products' passes; with ``hvp="recompute"`` each Hessian-vector product is two, since it
+builds the gradient's graph again, and the mixed product one forward-over-reverse pass). When it is
 total (L reads its own lower levels), each pass is one through L's total gradient: the
 pass itself and a propagation through L's lower levels, ``inner`` passes, so the call
 takes ``s · (1 + inner)``. The count compounds with the depth of the nesting; it is exact
@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..autodiff.recompute import REVERSE_MIXED
 from ..solvers import ImplicitSolver
 from .adjoint import AdjointPropagation
 from .jacobian import JacobianModes
@@ -129,10 +130,13 @@ class CostEstimate:
             nested = exact and self.modes.nested(lower)
             mode = self.propagation.hvp_modes.mode(lower)
             apart = nested or mode != "reverse"
-            memo = self.memos.get(lower, {})
-            passes = config.solver.products_on(config.unroll_steps, memo, apart)
+            # The level's own choices (Level.memo), not this count's cache ``memo``.
+            choices = self.memos.get(lower, {})
+            passes = config.solver.products_on(config.unroll_steps, choices, apart)
             if mode == "recompute" and not nested and isinstance(config.solver, ImplicitSolver):
-                passes = 2 * (passes - 1)  # each product builds the gradient's graph again
+                # Each Hessian-vector product builds the gradient's graph again; the mixed
+                # product is one forward-over-reverse pass unless forward mode failed.
+                passes = 2 * (passes - 1) - (REVERSE_MIXED not in choices)
             if nested and config.jacobian == "one_system":
                 # One MINRES solve per level of its chain, none nested in another's
                 # products (each product is one backward pass, of a higher order).

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from ..autodiff.linalg import Vector
+from ..autodiff.recompute import REVERSE_MIXED
 from ..durable import rng
 from ..errors import OutOfMemoryError, first_line, is_out_of_memory
 from ..solvers import Level, Solver, SolverResult
@@ -34,10 +35,13 @@ class HvpModes:
     Args:
         evaluator: the levels (their ``ProblemConfig(hvp=...)``) and the data-parallel
             reducer (on several ranks a switch is not made: see ``vjp``).
+        memos: each level's ``Level.memo``, where recompute's products record that the
+            mixed products fell back to reverse mode.
     """
 
-    def __init__(self, evaluator: Evaluator) -> None:
+    def __init__(self, evaluator: Evaluator, memos: dict[str, dict] | None = None) -> None:
         self.evaluator = evaluator
+        self.memos = {} if memos is None else memos
         self.switched: dict[str, str] = {}
         """The levels ``"auto"`` moved to ``"recompute"``, and the error that moved them."""
 
@@ -109,9 +113,16 @@ class HvpModes:
         ):
             return ""
         if chosen == "auto" and name in self.switched:
-            return " hvp=auto(recompute, since reverse ran out of memory)"
+            return " hvp=auto(recompute, since reverse ran out of memory)" + self._mixed(name)
         if chosen == "auto":
             return " hvp=auto(reverse)"
         if chosen == "finite_difference":
             return f" hvp=finite_difference(r={config.hvp_radius:g})"
-        return f" hvp={chosen}"
+        return f" hvp={chosen}" + (self._mixed(name) if chosen == "recompute" else "")
+
+    def _mixed(self, name: str) -> str:
+        """How recompute takes the level's mixed products (``mlo.autodiff.recompute``)."""
+        why = self.memos.get(name, {}).get(REVERSE_MIXED)
+        if why is None:
+            return " mixed=forward-over-reverse"
+        return f" mixed=reverse (forward mode failed: {why})"

@@ -58,7 +58,7 @@ class Hypergradients:
         self.blind: dict[str, bool] = {}  # see reads_nothing
         """Whether solvers compute their diagnostics now (the engine turns it off on the
         ticks it does not report)."""
-        self.hvp_modes = HvpModes(evaluator)
+        self.hvp_modes = HvpModes(evaluator, self.memos)
         self.propagate = AdjointPropagation(
             evaluator,
             graph,

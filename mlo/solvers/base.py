@@ -146,6 +146,8 @@ class Level:
                 self.params,
                 self.average,
                 self.hold,
+                forward_objective=objective,
+                memo=self.memo,
             )
         if self.hvp == "forward":
             return ForwardSecondOrder(objective, self.params, self.average, self.name, self.hold)

@@ -13,6 +13,7 @@ from torch import nn
 
 import mlo
 import mlo.autodiff.products as products
+from mlo.autodiff.recompute import REVERSE_MIXED
 
 
 class Vec(nn.Module):
@@ -148,13 +149,20 @@ def test_cg_counts_its_mixed_product_apart_where_products_are_not_reverse_modes(
 
 
 def test_recompute_counts_a_gradient_and_a_double_backward_for_every_product(monkeypatch):
-    # l1: 1; l0: 1 + (3 Hessian-vector products and 1 mixed product, each from a graph
-    # built for it: its create_graph backward, then its double backward)
+    # l1: 1; l0: 1 + (3 Hessian-vector products, each from a graph built for it: its
+    # create_graph backward, then its double backward) + 1 mixed product by one
+    # forward-over-reverse pass
     engine = dense_chain(2, mlo.solvers.CG(iterations=3), jacobian="partial", hvp="recompute")
     engine.step()
+    assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=True) == 9
+    assert passes_of_one_tick(engine, monkeypatch) == 9
+    assert "hvp=recompute mixed=forward-over-reverse passes/tick=1" in engine.describe()
+    choices = engine.hypergradients.memos["l1"]  # the solver's Level.memo
+    assert not [k for k in choices if k == "l1"]  # the count keeps its cache elsewhere
+    # where forward mode fails on the objective, the mixed product is two passes too
+    choices[REVERSE_MIXED] = "no forward-mode rule"
     assert engine.hypergradients.cost.per_tick(one_tick(engine), exact=True) == 10
     assert passes_of_one_tick(engine, monkeypatch) == 10
-    assert "hvp=recompute passes/tick=1" in engine.describe()
 
 
 @pytest.mark.parametrize(

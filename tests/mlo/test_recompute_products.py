@@ -2,7 +2,7 @@
 issue 32): what only they do. Their values, hypergradients, dropout masks, held
 parameters and memory are tested beside forward mode's, against the retained graph's
 (``tests/mlo/test_forward_products.py``); here, a constant objective and an operation
-without a forward-mode rule."""
+without a forward-mode rule (whose mixed products fall back to reverse mode)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import weakref
 
 import torch
 
+from mlo.autodiff import recompute
 from mlo.autodiff.recompute import RecomputedSecondOrder, _handed_out_once
 
 from .test_forward_products import (
@@ -39,8 +40,22 @@ def test_it_needs_no_forward_mode_rule():
         type(fit).training_step = lambda self, batch, step=step: NoForwardRule.apply(
             step(self, batch)
         )
+    assert "hvp=recompute mixed=forward-over-reverse" in engine.describe()
     a, b = engine.hypergradient("penalty")["lam"], truth.hypergradient("penalty")["lam"]
     assert torch.allclose(a, b, rtol=1e-12, atol=1e-15) and float(b.abs()) > 1e-6
+    # the mixed product's forward-mode attempt failed, so it was taken in reverse mode,
+    # which the level keeps: forward mode is not tried again
+    assert "mixed=reverse (forward mode failed:" in engine.describe()
+    tried = []
+    forward_product = recompute.forward_product
+    recompute.forward_product = lambda *args, **kwargs: (
+        tried.append(1) or forward_product(*args, **kwargs)
+    )
+    try:
+        again = engine.hypergradient("penalty")["lam"]
+    finally:
+        recompute.forward_product = forward_product
+    assert not tried and torch.equal(again, a)
 
 
 def test_a_saved_output_that_no_product_reaches_is_freed():
