@@ -138,8 +138,9 @@ class RecomputedSecondOrder(ReplayedSecondOrder):
             if is_out_of_memory(error):
                 raise
             # No or a failing forward-mode rule; any other error fails again in reverse
-            # mode and is raised there.
-            self.memo[REVERSE_MIXED] = first_line(error)[:160]
+            # mode and is raised there. Kept: autograd's words, not forward mode's advice.
+            cause = error.__cause__ if isinstance(error, MissingForwardRule) else error
+            self.memo[REVERSE_MIXED] = first_line(cause or error)[:160]
             return None
 
     def _mixed(self, vector: Sequence[Tensor], wrt: list[Tensor]) -> Vector:
