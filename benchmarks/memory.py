@@ -275,7 +275,8 @@ def graph_sizes(args) -> None:
     (the forward's saved tensors, then with the first backward's, built with
     ``create_graph``), with the architecture held fixed and with it differentiable (as the
     mixed product needs it); then what one product costs and holds in each exact mode
-    (``hvp="reverse"``, ``"recompute"``, ``"forward"``)."""
+    (``hvp="reverse"``, ``"recompute"``, ``"forward"``), and one mixed product in
+    recompute's two ways."""
     import dataclasses
 
     import mlo
@@ -318,6 +319,56 @@ def graph_sizes(args) -> None:
             f"{both / mib:.1f} MiB"
         )
     _product_costs(net, held, x, y, params)
+    _mixed_costs(net, arch, x, y, params)
+
+
+def _mixed_costs(net, arch, x, y, params, rounds: int = 3) -> None:
+    """What one mixed product (by the architecture) holds and takes with
+    ``hvp="recompute"``: in reverse mode (the objective evaluated with the architecture
+    free, the gradient's graph built, a double backward) and forward-over-reverse (what
+    recompute takes where the objective's operations have forward-mode rules)."""
+    from torch.func import functional_call
+
+    from mlo.autodiff.grouped_conv import grouped_double_backward
+    from mlo.autodiff.recompute import RecomputedSecondOrder
+
+    names = [n for n, _ in net.named_parameters()]
+    alphas = list(arch.parameters())
+    vector = [torch.randn_like(p) for p in params]
+
+    def objective(tensors):
+        out = functional_call(net, dict(zip(names, tensors)), (x, arch.normalized()))
+        return torch.nn.functional.cross_entropy(out, y)
+
+    def twice(tensors):
+        with grouped_double_backward():
+            return objective(tensors)
+
+    runs = {
+        "reverse": lambda: RecomputedSecondOrder(twice, params).mixed(vector, alphas),
+        "forward-over-reverse": lambda: RecomputedSecondOrder(
+            twice, params, forward_objective=objective
+        ).mixed(vector, alphas),
+    }
+    peaks = {k: _live_peak(run) for k, run in runs.items()}
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
+    a, b = (run() for run in runs.values())
+    apart = max(float((p - q).abs().max()) for p, q in zip(a, b)) / max(
+        float(p.abs().max()) for p in a
+    )
+    print(
+        "one mixed product with hvp='recompute' (the architecture differentiated): "
+        + ", ".join(f"by {k}: {peaks[k] / 2**20:.1f} MiB live, {ms[k]:.1f} ms" for k in runs)
+        + f"; forward / reverse: {peaks['forward-over-reverse'] / peaks['reverse']:.2f}x "
+        f"the live tensors, {ms['forward-over-reverse'] / ms['reverse']:.2f}x the time (they "
+        f"differ by {apart:.1e} of the largest entry)"
+    )
 
 
 def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:

@@ -20,7 +20,9 @@ activations and their tangents) rather than three times:
 - each operation's tangent is cut from the autograd graph that computed it. PyTorch
   records the tangent computations (so that a tangent could be differentiated in reverse
   mode), and the saved activations' tangents would keep that graph alive; the backward
-  pass needs the tangents' values only;
+  pass needs the tangents' values only. For the same reason what autograd saves is held
+  detached, its tangent cut (``_saved_detached``): an output saved as it is keeps its
+  uncut tangent;
 - only what the product differentiates requires gradients while \(f\) is evaluated: \(x\)
   for \(H v\) (the other levels' parameters held), the tensors \(y\) for the mixed product
   (\(x\) held, carrying the tangent). Autograd then saves nothing for the rest.

@@ -93,3 +93,8 @@ def test_graph_sizes_reports_the_graph_an_exact_product_keeps():
     assert float(live["recompute"]) < float(live["reverse"]), done.stdout
     apart = float(re.search(r"differ by at most ([\d.e+-]+) of", done.stdout).group(1))
     assert apart < 1e-4
+    # recompute's mixed product: forward-over-reverse holds less than reverse mode
+    mixed = dict(re.findall(r"by ([\w-]+): ([\d.]+) MiB live", done.stdout))
+    assert float(mixed["forward-over-reverse"]) < float(mixed["reverse"]), done.stdout
+    apart = float(re.search(r"they differ by ([\d.e+-]+) of", done.stdout).group(1))
+    assert apart < 1e-4
