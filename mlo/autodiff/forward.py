@@ -123,7 +123,9 @@ def _saved_detached() -> torch.autograd.graph.saved_tensors_hooks:
     an operation's output keeps its uncut tangent, and with it the graph of the tangents'
     computation, alive until the backward pass: on the DARTS supernet a mixed product
     then held 1.16x the live tensors (169.8 MiB against 146.5 MiB), with the same values
-    to the bit."""
+    to the bit. An objective that disables saved-tensor hooks
+    (``torch.autograd.graph.disable_saved_tensors_hooks``) fails under them with its own
+    message (recompute's mixed product then falls back to reverse mode)."""
     return torch.autograd.graph.saved_tensors_hooks(_detached, _as_saved)
 
 
