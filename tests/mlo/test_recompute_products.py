@@ -11,7 +11,7 @@ import weakref
 
 import torch
 
-from mlo.autodiff import recompute
+from mlo.autodiff import SecondOrder, recompute
 from mlo.autodiff.recompute import RecomputedSecondOrder, _handed_out_once
 
 from .test_forward_products import (
@@ -73,3 +73,25 @@ def test_a_saved_output_that_no_product_reaches_is_freed():
         z = (x.exp() * x.exp()).sum()
     (g,) = torch.autograd.grad(z, x)
     assert torch.allclose(g, 2 * x.detach().exp() ** 2, rtol=1e-15, atol=0)
+
+
+def test_an_objective_that_disables_saved_tensor_hooks_gets_reverse_mode_mixed_products():
+    """Forward mode holds what autograd saves through saved-tensor hooks, which such an
+    objective refuses; recompute's mixed product then falls back to reverse mode (and its
+    Hessian-vector products, which hook only the backward pass, are unaffected)."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(4, generator=gen, dtype=DTYPE, requires_grad=True)
+    a = torch.randn(4, generator=gen, dtype=DTYPE, requires_grad=True)
+
+    def objective(values):
+        with torch.autograd.graph.disable_saved_tensors_hooks("this model refuses hooks"):
+            return ((values[0].exp() * a).sin() * values[0]).sum()
+
+    v = [torch.randn(4, generator=gen, dtype=DTYPE)]
+    products = RecomputedSecondOrder(objective, [w], forward_objective=objective)
+    truth = SecondOrder(objective([w]), [w])
+    assert torch.allclose(products.hvp(v)[0], truth.hvp(v)[0], rtol=1e-12, atol=1e-14)
+    (mixed,) = products.mixed(v, [a])
+    assert torch.allclose(mixed, truth.mixed(v, [a])[0], rtol=1e-12, atol=1e-14)
+    assert float(mixed.abs().max()) > 1e-3
+    assert "this model refuses hooks" in products.memo[recompute.REVERSE_MIXED]
