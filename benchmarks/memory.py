@@ -322,28 +322,49 @@ def graph_sizes(args) -> None:
     _mixed_costs(net, arch, x, y, params)
 
 
-def _mixed_costs(net, arch, x, y, params, rounds: int = 3) -> None:
-    """What one mixed product (by the architecture) holds and takes with
-    ``hvp="recompute"``: in reverse mode (the objective evaluated with the architecture
-    free, the gradient's graph built, a double backward) and forward-over-reverse (what
-    recompute takes where the objective's operations have forward-mode rules)."""
+def _objectives(net, weights, x, y):
+    """The supernet's loss on ``(x, y)`` as a function of its parameter tensors, with
+    the architecture weights ``weights()`` (held or differentiable), and the same
+    evaluated as the solvers evaluate it for reverse-mode products (grouped convolutions
+    whose double backward takes one call a term)."""
     from torch.func import functional_call
 
     from mlo.autodiff.grouped_conv import grouped_double_backward
-    from mlo.autodiff.recompute import RecomputedSecondOrder
 
     names = [n for n, _ in net.named_parameters()]
-    alphas = list(arch.parameters())
-    vector = [torch.randn_like(p) for p in params]
 
     def objective(tensors):
-        out = functional_call(net, dict(zip(names, tensors)), (x, arch.normalized()))
+        out = functional_call(net, dict(zip(names, tensors)), (x, weights()))
         return torch.nn.functional.cross_entropy(out, y)
 
     def twice(tensors):
         with grouped_double_backward():
             return objective(tensors)
 
+    return objective, twice
+
+
+def _median_ms(runs: dict, rounds: int) -> dict[str, float]:
+    """Each run's median time in ms over ``rounds`` rounds, the runs interleaved."""
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {k: 1e3 * statistics.median(t) for k, t in times.items()}
+
+
+def _mixed_costs(net, arch, x, y, params, rounds: int = 3) -> None:
+    """What one mixed product (by the architecture) holds and takes with
+    ``hvp="recompute"``: in reverse mode (the objective evaluated with the architecture
+    free, the gradient's graph built, a double backward) and forward-over-reverse (what
+    recompute takes where the objective's operations have forward-mode rules)."""
+    from mlo.autodiff.recompute import RecomputedSecondOrder
+
+    objective, twice = _objectives(net, arch.normalized, x, y)
+    alphas = list(arch.parameters())
+    vector = [torch.randn_like(p) for p in params]
     runs = {
         "reverse": lambda: RecomputedSecondOrder(twice, params).mixed(vector, alphas),
         "forward-over-reverse": lambda: RecomputedSecondOrder(
@@ -351,13 +372,7 @@ def _mixed_costs(net, arch, x, y, params, rounds: int = 3) -> None:
         ).mixed(vector, alphas),
     }
     peaks = {k: _live_peak(run) for k, run in runs.items()}
-    times = {k: [] for k in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
+    ms = _median_ms(runs, rounds)
     a, b = (run() for run in runs.values())
     apart = max(float((p - q).abs().max()) for p, q in zip(a, b)) / max(
         float(p.abs().max()) for p in a
@@ -377,23 +392,12 @@ def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
     interleaved rounds. Reverse mode builds the gradient's graph once (``build``) and
     takes each product by one double backward through it; forward mode takes each by one
     forward-over-reverse pass."""
-    from torch.func import functional_call
-
     from mlo.autodiff.forward import forward_product
-    from mlo.autodiff.grouped_conv import grouped_double_backward
     from mlo.autodiff.op_cost import OperationCost
     from mlo.autodiff.recompute import RecomputedSecondOrder
 
-    names = [n for n, _ in net.named_parameters()]
+    objective, twice = _objectives(net, lambda: weights, x, y)
     vector = [torch.randn_like(p) for p in params]
-
-    def objective(tensors):
-        out = functional_call(net, dict(zip(names, tensors)), (x, weights))
-        return torch.nn.functional.cross_entropy(out, y)
-
-    def twice(tensors):  # as the solvers evaluate it for reverse-mode products
-        with grouped_double_backward():
-            return objective(tensors)
 
     def plain():
         return torch.autograd.grad(objective(params), params)
@@ -429,18 +433,13 @@ def _product_costs(net, weights, x, y, params, rounds: int = 3) -> None:
         "pytorch's reverse product (grouped convolutions' double backward one group at a "
         "time)": lambda: torch.autograd.grad(kept["pytorch"], params, vector, retain_graph=True),
     }
-    operations, times = {}, {k: [] for k in runs}
+    operations = {}
     for name, run in runs.items():
         with OperationCost() as cost:
             run()
         operations[name] = cost.total
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    ms = _median_ms(runs, rounds)
     base = "plain forward and backward"
-    ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
     print("one Hessian-vector product, architecture held (operations; median ms):")
     for name in runs:
         print(

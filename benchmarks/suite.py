@@ -149,9 +149,7 @@ SUITE = [
             "1.44× and the tick 1.63× as long), at 1.45× and 1.17× reverse mode's time and "
             "0.62× and 0.59× forward mode's (18.86× and 17.13× the plain step), with reverse "
             "mode's values (the mixed product forward mode's, equal to 1e-12 in float64). "
-            "Interleaved in one process (6 paired cg(5) ticks, median ratio), the "
-            "forward-mode mixed product made a tick 1.01× as long as the reverse-mode one, "
-            'and the recompute tick took 1.48× the retained graph\'s. `hvp="auto"` therefore '
+            '`hvp="auto"` therefore '
             'stays in reverse mode and moves a level to `"recompute"` when its products run '
             "out of memory. `-fd` takes each product "
             '(`ProblemConfig(hvp="finite_difference")`) from two plain gradients: 1.74× the '

@@ -25,9 +25,10 @@ the kept forward go first (the two graphs are never held together). Given a
 \(x\) carries \(v\) as its tangent and only the other levels' parameters require
 gradients, so autograd saves what reaches them (and its tangents) and no gradient graph
 is built on top, where reverse mode saves the forward's tensors for \(x\) and the other
-levels both and then the first backward's. On the DARTS supernet it holds 0.83x reverse
-mode's live tensors (146.5 MiB against 176.4 MiB; below a Hessian-vector product's peak,
-which then sets the solve's), at about 1.15x its time, one product a solve. Where an
+levels both and then the first backward's. On the DARTS supernet it holds 0.82x reverse
+mode's live tensors (146.5 MiB against 179.0 MiB; below a Hessian-vector product's peak,
+which then sets the solve's), at 1.20x its time, one product a solve
+(``python benchmarks/memory.py --graph-sizes``). Where an
 operation has no forward-mode rule, or its rule fails, the mixed product is taken in
 reverse mode, with the other levels' parameters free, from then on (``memo``). Every
 evaluation starts from the random state of the first (``mlo.durable.rng``), so all

@@ -39,9 +39,9 @@ class HvpModes:
             mixed products fell back to reverse mode.
     """
 
-    def __init__(self, evaluator: Evaluator, memos: dict[str, dict] | None = None) -> None:
+    def __init__(self, evaluator: Evaluator, memos: dict[str, dict]) -> None:
         self.evaluator = evaluator
-        self.memos = {} if memos is None else memos
+        self.memos = memos
         self.switched: dict[str, str] = {}
         """The levels ``"auto"`` moved to ``"recompute"``, and the error that moved them."""
 

@@ -375,7 +375,7 @@ def test_no_switch_on_several_ranks():
         def vjp(self, level, v, parents):
             raise torch.OutOfMemoryError("CUDA out of memory")
 
-    modes = HvpModes(evaluator)
+    modes = HvpModes(evaluator, {})
     evaluator.reducer = object()  # as if on several ranks
     with pytest.raises(torch.OutOfMemoryError):
         modes.vjp(Refusing(), level, [], [])
